@@ -1,0 +1,67 @@
+"""Builders of the three stage example types. Every example is {"messages": [{"role", "content", "loss"}], ...}:
+`loss` says which messages carry loss, so the collator needs no stage-specific code."""
+
+import json
+
+from toolgen.tokens import FINISH
+
+AGENT_SYSTEM = ("You are an agent that solves the user's task with tools. At each step give a Thought, then the action "
+                "as one tool token, then its input as JSON. Observations come back from the tool. End with the "
+                f"action {FINISH} and the final answer.")
+ASK_ACTION = "Generate the action."
+ASK_INPUT = "Give the input. Here is the documentation: "
+FINISH_DOC = {"name": "Finish", "description": "Finish the task with a final answer, or give up and restart.",
+              "required": ["return_type"], "optional": ["final_answer"]}
+
+
+def msg(role, content, loss=False):
+    return {"role": role, "content": content, "loss": loss}
+
+
+def api_documentation(api):
+    """The documentation text of an API, as memorised in stage 1."""
+    def fmt(params):
+        return ", ".join(f"{p.get('name')} ({p.get('type', '').lower()}): {p.get('description', '')}".strip() for p in params) or "none"
+    lines = [f"Tool: {api.tool}"]
+    if api.tool_description:
+        lines.append(f"Tool description: {api.tool_description}")
+    lines += [f"API: {api.api}", f"API description: {api.api_description or 'none'}",
+              f"Required parameters: {fmt(api.params('required'))}",
+              f"Optional parameters: {fmt(api.params('optional'))}"]
+    return "\n".join(lines)
+
+
+def api_input_doc(api):
+    """The short JSON documentation shown before the arguments turn."""
+    return json.dumps({"name": api.api, "description": api.api_description,
+                       "required": [p.get("name") for p in api.params("required")],
+                       "optional": [p.get("name") for p in api.params("optional")]}, ensure_ascii=False)
+
+
+def memorization_example(api, token):
+    return {"messages": [msg("user", api_documentation(api)), msg("assistant", token, True)], "target": token}
+
+
+def retrieval_example(query_text, token):
+    return {"messages": [msg("user", query_text), msg("assistant", token, True)], "target": token}
+
+
+def retrieval_test_record(query, names):
+    return {"query_id": query.uid, "messages": [msg("user", query.text)],
+            "relevant": [names[k] for k in query.relevant], "missing_relevant": query.missing}
+
+
+def agent_example(trajectory, resolved):
+    """resolved: [(token, api or None for Finish, step)] in order. Truncated arguments carry no loss."""
+    messages = [msg("system", AGENT_SYSTEM), msg("user", trajectory.query)]
+    for token, api, step in resolved:
+        messages.append(msg("assistant", f"Thought: {step.thought}" if step.thought else "Thought: next step.", True))
+        messages.append(msg("user", ASK_ACTION))
+        messages.append(msg("assistant", token, True))
+        doc = api_input_doc(api) if api is not None else json.dumps(FINISH_DOC)
+        messages.append(msg("user", ASK_INPUT + doc))
+        complete = step.arguments is not None
+        messages.append(msg("assistant", step.arguments if complete else "{}", complete))
+        if api is not None:
+            messages.append(msg("tool", step.observation or "{}"))
+    return {"messages": messages, "query": trajectory.query}

@@ -1,0 +1,204 @@
+"""Raw ToolBench data -> the three stage files, the held-out test files, the tool vocabulary and a report.
+
+    python -m toolgen.prepare --toolbench DIR --out DIR      (console: toolgen-prepare)
+
+With no --toolbench the shipped sample catalog (toolgen/data/sample/) is used, so this runs offline.
+"""
+
+import argparse
+import collections
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from toolgen.data import stages
+from toolgen.data.toolbench import (Catalog, DataError, read_api_jsonl, read_queries, read_tools_dir,
+                                    read_trajectories, resolve_queries, api_from_record)
+from toolgen.tokens import FINISH, tool_token_names
+
+SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "data", "sample")
+OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
+                "agent_test.json", "tool_tokens.json", "prepare_report.json")
+
+
+def is_test(text, seed, fraction):
+    """Deterministic split by query text: the same text always lands on the same side, so no text is shared."""
+    digest = hashlib.sha256(f"{seed}\0{' '.join(text.lower().split())}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def detect_layout(root):
+    """Find the ToolBench raw layout under root: toolenv/tools, instruction/*.json, answer/**/*.json."""
+    found = {"tools_dir": None, "queries": [], "trajectories": []}
+    for base in (root, os.path.join(root, "data")):
+        if found["tools_dir"] is None and os.path.isdir(os.path.join(base, "toolenv", "tools")):
+            found["tools_dir"] = os.path.join(base, "toolenv", "tools")
+        found["queries"] += sorted(glob.glob(os.path.join(base, "instruction", "*.json")))
+        found["trajectories"] += sorted(glob.glob(os.path.join(base, "answer", "**", "*.json"), recursive=True))
+    return found
+
+
+def _expand(paths):
+    out = []
+    for p in paths:
+        out += sorted(glob.glob(os.path.join(p, "**", "*.json"), recursive=True)) if os.path.isdir(p) else [p]
+    return out
+
+
+class Report:
+    def __init__(self, strict):
+        self.strict, self.read, self.written = strict, collections.Counter(), {}
+        self.skipped, self.examples = collections.Counter(), collections.defaultdict(list)
+
+    def skip(self, reason, detail):
+        if self.strict:
+            raise DataError(f"{detail}: {reason.replace('_', ' ')} (skipping is off under --strict)")
+        self.skipped[reason] += 1
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(detail)
+
+
+def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
+            seed=0, strict=False):
+    """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
+    layout = detect_layout(toolbench) if toolbench else {"tools_dir": None, "queries": [], "trajectories": []}
+    tools_dir = tools_dir or layout["tools_dir"]
+    query_files = list(queries) or layout["queries"]
+    trajectory_files = _expand(trajectories) or layout["trajectories"]
+    report = Report(strict)
+    if not (api_catalog or tools_dir or query_files):
+        raise DataError(f"{toolbench}: no tool folder, API catalog or query file found (see README: input layouts)")
+
+    raw_queries = [(path, *read_queries(path)) for path in query_files]
+    if api_catalog:
+        apis, catalog_source = read_api_jsonl(api_catalog), api_catalog
+    elif tools_dir:
+        apis, catalog_source = read_tools_dir(tools_dir), tools_dir
+    else:
+        apis, catalog_source = [api_from_record(a, f"{p} record {i} api_list[{j}]") for p, _, recs in raw_queries
+                                for i, r in enumerate(recs) for j, a in enumerate(r.get("api_list", []))], "queries' api_lists"
+    catalog = Catalog(apis)
+    report.read["apis"] = len(apis)
+    names, collisions = tool_token_names(list(catalog.apis))
+
+    # Stage 1: every API of the catalog, also those no query names.
+    memorization = [stages.memorization_example(catalog.apis[k], names[k]) for k in sorted(catalog.apis)]
+
+    # Stage 2: one example per (training query, relevant API), as the ToolGen paper does.
+    retrieval_train, retrieval_test = [], []
+    for path, stem, records in raw_queries:
+        report.read[f"queries:{path}"] = len(records)
+        for q in resolve_queries(stem, records, catalog, path):
+            for label in q.missing:
+                report.skip("relevant_api_not_in_catalog", f"{path} query {q.uid}: {label}")
+            if not q.relevant and not q.missing:
+                report.skip("query_without_relevant_apis", f"{path} query {q.uid}")
+                continue
+            if is_test(q.text, seed, test_fraction):
+                retrieval_test.append(stages.retrieval_test_record(q, names))
+            elif q.relevant:
+                retrieval_train += [stages.retrieval_example(q.text, names[k]) for k in q.relevant]
+
+    # Stage 3: trajectories; one per query text (the longest), unknown functions and unfinished ones skipped.
+    by_query = {}
+    for path in trajectory_files:
+        found, skips = read_trajectories(path)
+        report.read["trajectory_files"] += 1
+        report.read["trajectories"] += len(found) + len(skips)
+        for reason, detail in skips:
+            report.skip(reason, detail)
+        for t in found:
+            resolved, unknown = [], None
+            for step in t.steps:
+                if step.function == "Finish":
+                    resolved.append((FINISH, None, step))
+                elif step.function in catalog.by_function:
+                    key = catalog.by_function[step.function]
+                    resolved.append((names[key], catalog.apis[key], step))
+                else:
+                    unknown = step.function
+                    break
+            if unknown:
+                report.skip("trajectory_calls_unknown_function", f"{t.source}: {unknown}")
+            elif not resolved or resolved[-1][0] != FINISH:
+                report.skip("trajectory_without_finish", t.source)
+            elif not t.query:
+                report.skip("trajectory_without_query", t.source)
+            elif t.query in by_query and len(by_query[t.query][1]) >= len(resolved):
+                report.skip("duplicate_trajectory_for_query", t.source)
+            else:
+                if t.query in by_query:
+                    report.skip("duplicate_trajectory_for_query", by_query[t.query][0].source)
+                by_query[t.query] = (t, resolved)
+    agent_train, agent_test = [], []
+    for text, (t, resolved) in sorted(by_query.items()):
+        (agent_test if is_test(text, seed, test_fraction) else agent_train).append(stages.agent_example(t, resolved))
+        truncated = sum(s.arguments is None for _, _, s in resolved)
+        if truncated:
+            report.skipped["truncated_arguments_without_loss"] += truncated
+
+    if not memorization:
+        raise DataError(f"{catalog_source}: the catalog is empty")
+    tool_tokens = {"tokens": [names[k] for k in sorted(catalog.apis)] + [FINISH],
+                   "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
+                                        "documentation": stages.api_documentation(catalog.apis[k])} for k in sorted(catalog.apis)},
+                   "collisions": collisions}
+    outputs = {"tool_memorization.json": memorization, "retrieval_training.json": retrieval_train,
+               "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
+               "agent_test.json": agent_test, "tool_tokens.json": tool_tokens}
+    outputs["prepare_report.json"] = {
+        "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction,
+        "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
+                                               for name, obj in outputs.items()},
+        "skipped": dict(report.skipped), "skipped_examples": dict(report.examples),
+        "token_collisions": len(collisions)}
+    return outputs
+
+
+def write_atomically(outputs, out_dir):
+    """Write every file to a temporary folder beside out_dir, then move them in: a failed run leaves nothing half-written."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".prepare-", dir=out_dir)
+    try:
+        for name, obj in outputs.items():
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(obj, f, ensure_ascii=False, indent=None if isinstance(obj, list) else 1)
+        for name in outputs:
+            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--toolbench", default=None, help="a ToolBench download (raw layout); default: the shipped sample")
+    p.add_argument("--out", required=True, help="folder for the stage files")
+    p.add_argument("--tools-dir", help="tool documentation folder (<Category>/<tool>.json)")
+    p.add_argument("--api-catalog", help="API catalog as JSON Lines; when given it is the catalog")
+    p.add_argument("--queries", action="append", default=[], help="query file (G1_query.json style); repeatable")
+    p.add_argument("--trajectories", action="append", default=[], help="trajectory file or folder; repeatable")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict", action="store_true", help="turn every skip into an error")
+    args = p.parse_args(argv)
+    toolbench = args.toolbench
+    if not (toolbench or args.tools_dir or args.api_catalog or args.queries):
+        toolbench = SAMPLE_DIR
+    try:
+        outputs = prepare(toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories,
+                          args.test_fraction, args.seed, args.strict)
+    except (DataError, FileNotFoundError) as e:
+        sys.exit(f"toolgen-prepare: error: {e}")
+    write_atomically(outputs, args.out)
+    report = outputs["prepare_report.json"]
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in report["written"].items()))
+    if report["skipped"]:
+        print("skipped: " + ", ".join(f"{k} {v}" for k, v in report["skipped"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Tool tokens: names in ToolGen's atomic style, adding them to a tokenizer, initialising their embedding rows."""
+
+import json
+import re
+import unicodedata
+
+FINISH = "<<Finish>>"
+
+
+def _ascii(text):
+    """ASCII-safe text for a token name: accents folded, token delimiters and control characters removed."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = text.replace("<<", "").replace(">>", "").replace("&&", "&")
+    return re.sub(r"\s+", " ", re.sub(r"[\x00-\x1f]", " ", text)).strip()
+
+
+def tool_token_names(keys):
+    """Map each (category, tool, api) to a unique '<<tool&&api>>'.
+
+    Collisions (one tool name in several categories, or names equal once made ASCII) are resolved deterministically:
+    keys are visited in sorted order, the first keeps the plain name, later ones get '@<category>' and then '#<n>'.
+    Returns (names: {key: token}, collisions: [{key, token, clashed_with}]).
+    """
+    names, taken, collisions = {}, {}, []
+    for key in sorted(keys):
+        category, tool, api = key
+        base_tool, base_api = _ascii(tool) or "tool", _ascii(api) or "api"
+        candidates = [f"<<{base_tool}&&{base_api}>>", f"<<{base_tool}@{_ascii(category)}&&{base_api}>>"]
+        token = next((c for c in candidates if c not in taken), None)
+        n = 2
+        while token is None:
+            token = f"<<{base_tool}@{_ascii(category)}&&{base_api}#{n}>>"
+            token = None if token in taken else token
+            n += 1
+        if token != candidates[0]:
+            collisions.append({"key": list(key), "token": token, "clashed_with": list(taken[candidates[0]])})
+        names[key] = token
+        taken[token] = key
+    return names, collisions
+
+
+def token_words(token):
+    """The plain words of a tool token, for initialising its embedding: '<<Sky Cast&&daily forecast>>' -> 'Sky Cast daily forecast'."""
+    inner = token[2:-2] if token.startswith("<<") and token.endswith(">>") else token
+    return re.sub(r"[@#&]+", " ", inner).strip() or inner
+
+
+def load_tool_tokens(path):
+    """tool_tokens.json -> list of token strings, Finish included, in file order."""
+    with open(path, encoding="utf-8") as f:
+        return list(json.load(f)["tokens"])
+
+
+def add_tool_tokens(tokenizer, model, tokens, pad_to_multiple_of=64):
+    """Add tokens to tokenizer and model; new rows start at the mean embedding of the token's words.
+
+    The vocabulary is padded to a multiple of 64 (an odd size puts the LM head on a much slower GEMM); the padding rows
+    exist only in the weight matrices, and callers cut logits to len(tokenizer) so they are never predicted.
+    Returns the ids of the tool tokens, in the order given.
+    """
+    import torch
+
+    new = [t for t in tokens if t not in tokenizer.get_vocab()]
+    tokenizer.add_tokens(new, special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    words = {t: tokenizer(token_words(t), add_special_tokens=False)["input_ids"] for t in new}
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
+    tied = model.get_output_embeddings() is None or (
+        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr())
+    tables = [model.get_input_embeddings().weight]
+    if not tied:
+        tables.append(model.get_output_embeddings().weight)
+    with torch.no_grad():
+        for table in tables:
+            for t in new:
+                sub = [i for i in words[t] if i < table.shape[0]] or [tokenizer.unk_token_id or 0]
+                table[tokenizer.convert_tokens_to_ids(t)] = table[sub].float().mean(0).to(table.dtype)
+            table[len(tokenizer):] = 0   # padding rows: never trained, never predicted
+    return ids

@@ -1,0 +1,83 @@
+"""Tokenization with loss masks, and the padding collator.
+
+A conversation is rendered with the tokenizer's chat template one message at a time: the text that message i adds to
+the rendering of messages[:i] is its segment. An assistant segment is split into its header (what
+add_generation_prompt renders) and its body; only the bodies of messages with loss=True get labels, so the model
+learns the answer and the end-of-turn marker, never the prompt, the role headers or the padding.
+"""
+
+import torch
+
+IGNORE = -100
+
+
+def _render(tokenizer, messages, add_generation_prompt=False):
+    if not messages and not add_generation_prompt:
+        return ""
+    return tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in messages],
+                                         tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _segments(tokenizer, messages):
+    """[(text, carries_loss)] whose concatenation is the rendering of the whole conversation."""
+    out, done = [], ""
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            header = _render(tokenizer, messages[:i], add_generation_prompt=True)
+            if header.startswith(done) and header != done:
+                out.append((header[len(done):], False))
+                done = header
+        full = _render(tokenizer, messages[:i + 1])
+        if not full.startswith(done):
+            raise ValueError("the chat template does not render conversations prefix by prefix; "
+                             "set a template that does (see models.PLAIN_CHAT_TEMPLATE)")
+        out.append((full[len(done):], bool(m.get("loss")) and m["role"] == "assistant"))
+        done = full
+    return out
+
+
+def tokenize_messages(tokenizer, messages, max_length=None):
+    """-> {"input_ids", "labels"}. Long examples keep their start; if that would cut every target, they keep their end."""
+    input_ids, labels = [], []
+    for text, loss in _segments(tokenizer, messages):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if loss else [IGNORE] * len(ids)
+    if max_length and len(input_ids) > max_length:
+        if any(l != IGNORE for l in labels[:max_length]):
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        else:
+            input_ids, labels = input_ids[-max_length:], labels[-max_length:]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def prompt_ids(tokenizer, messages):
+    """Token ids of a prompt that ends with the assistant header, tokenized exactly as in training."""
+    ids = []
+    for text, _ in _segments(tokenizer, messages):
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    header = _render(tokenizer, messages, add_generation_prompt=True)[len(_render(tokenizer, messages)):]
+    return ids + tokenizer(header, add_special_tokens=False)["input_ids"]
+
+
+class LeftPadCollator:
+    """Pads on the left, so that in a batch of short prompts the targets (the tool token and the end-of-turn marker)
+    sit at the same few last positions: the loss needs the LM head at those positions only.
+    position_ids count real tokens only, so a padded example is computed exactly as it would be alone."""
+
+    def __init__(self, pad_token_id, pad_to_multiple_of=None):
+        self.pad_token_id, self.multiple = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, examples):
+        longest = max(len(e["input_ids"]) for e in examples)
+        if self.multiple:
+            longest = -(-longest // self.multiple) * self.multiple
+        batch = {k: torch.full((len(examples), longest), v, dtype=torch.long)
+                 for k, v in (("input_ids", self.pad_token_id), ("labels", IGNORE), ("attention_mask", 0))}
+        for row, e in enumerate(examples):
+            n = len(e["input_ids"])
+            batch["input_ids"][row, longest - n:] = torch.tensor(e["input_ids"])
+            batch["labels"][row, longest - n:] = torch.tensor(e["labels"])
+            batch["attention_mask"][row, longest - n:] = 1
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return batch

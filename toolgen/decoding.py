@@ -1,0 +1,62 @@
+"""Constrained tool decoding and retrieval ranking.
+
+With one atomic token per tool, constrained decoding of a tool is a mask over the tool rows of the logits: only a
+complete, real tool token can come out. Retrieval ranks tools by their log-probability at the answer position; for
+atomic tokens that is exactly the order in which beam search with num_beams=k and one new token returns them
+(`beam_search_tools`, used by the tests to check the two agree).
+"""
+
+import torch
+
+from toolgen.collate import LeftPadCollator, prompt_ids
+
+
+@torch.no_grad()
+def next_token_logprobs(model, tokenizer, prompts, batch_size=32):
+    """Log-probabilities over the real vocabulary (padding rows cut) of the token after each prompt: [N, vocab]."""
+    collate = LeftPadCollator(tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    vocab = len(tokenizer)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [prompt_ids(tokenizer, m) for m in prompts[start:start + batch_size]]
+        batch = collate([{"input_ids": ids, "labels": ids} for ids in chunk])
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       position_ids=batch["position_ids"].to(device), logits_to_keep=1, use_cache=False).logits
+        out.append(torch.log_softmax(logits[:, -1, :vocab].float(), -1).cpu())
+    return torch.cat(out) if out else torch.empty(0, vocab)
+
+
+def rank_tools(logprobs, allowed_ids, k=None):
+    """Top-k allowed ids per row, best first (ties broken by position in allowed_ids). -> list of id lists."""
+    allowed = torch.tensor(allowed_ids)
+    scores = logprobs[:, allowed]
+    k = min(k or len(allowed_ids), len(allowed_ids))
+    order = torch.topk(scores, k, dim=-1, sorted=True).indices   # stable enough: exact ties are vanishingly rare
+    return allowed[order].tolist()
+
+
+def unconstrained_argmax(logprobs):
+    return logprobs.argmax(-1).tolist()
+
+
+@torch.no_grad()
+def beam_search_tools(model, tokenizer, messages, allowed_ids, k):
+    """Beam search (num_beams=k, one new token) restricted to allowed_ids: the reference the ranking must match."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
+    allowed = list(allowed_ids)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), num_beams=k, num_return_sequences=k,
+                         max_new_tokens=1, do_sample=False, prefix_allowed_tokens_fn=lambda b, s: allowed,
+                         pad_token_id=tokenizer.pad_token_id, output_scores=False)
+    return out[:, -1].tolist()
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, messages, max_new_tokens=96):
+    """Greedy continuation of a conversation (the agent's argument turn), decoded without special tokens."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()

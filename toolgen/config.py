@@ -53,8 +53,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"          # adamw | sgd (plain SGD: its update shows the gradient's scale, used in tests)
+    lr_scheduler: str = "cosine"      # cosine (with warm-up) | constant
     logging_steps: int = 5
-    save_steps: int = 0               # 0: only the final save
+    save_steps: int = 0               # checkpoint every N steps and at the end; 0: no checkpoints
     num_workers: int = 0
 
 

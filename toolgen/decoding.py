@@ -32,7 +32,7 @@ def rank_tools(logprobs, allowed_ids, k=None):
     allowed = torch.tensor(allowed_ids)
     scores = logprobs[:, allowed]
     k = min(k or len(allowed_ids), len(allowed_ids))
-    order = torch.topk(scores, k, dim=-1, sorted=True).indices   # stable enough: exact ties are vanishingly rare
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]   # ties: allowed_ids order
     return allowed[order].tolist()
 
 

@@ -184,7 +184,15 @@ def main(argv=None):
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="turn every skip into an error")
+    p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
+    if args.config:
+        import shlex
+
+        from toolgen.config import load_config
+        data = load_config(args.config).data
+        args = p.parse_args(shlex.split(data.prepare_args) + (["--toolbench", data.toolbench] if data.toolbench else [])
+                            + list(argv if argv is not None else sys.argv[1:]))
     toolbench = args.toolbench
     if not (toolbench or args.tools_dir or args.api_catalog or args.queries):
         toolbench = SAMPLE_DIR

@@ -28,7 +28,7 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from datasets import load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from toolgen import models
 from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
@@ -66,18 +66,31 @@ def check_parent(parent_dir, stage):
                          f"(no stage.json): run stage '{STAGES[stage][2]}' first")
 
 
+def torch_rng_state():
+    return {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
+def set_torch_rng_state(state):
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
 def latest_checkpoint(ckpt_root):
     done = [d for d in os.listdir(ckpt_root) if d.startswith("step-")] if os.path.isdir(ckpt_root) else []
     return os.path.join(ckpt_root, max(done, key=lambda d: int(d.split("-")[1]))) if done else None
 
 
-def save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done):
+def save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done, history):
     """save_state into a temporary folder, renamed when complete: an interrupted save never replaces a good one."""
     tmp, final = os.path.join(ckpt_root, f"tmp-step-{step}"), os.path.join(ckpt_root, f"step-{step}")
     accelerator.save_state(tmp)
+    # Our own copy of this process's torch RNG, restored once the resumed run's data iterator has started (which
+    # draws a seed from it): accelerate's copy is restored before that draw, so dropout would shift by one number.
+    torch.save(torch_rng_state(), os.path.join(tmp, f"torch_rng_{accelerator.process_index}.pt"))
     if accelerator.is_main_process:
         with open(os.path.join(tmp, "progress.json"), "w") as f:
-            json.dump({"step": step, "epoch": epoch, "batches_done": batches_done}, f)
+            json.dump({"step": step, "epoch": epoch, "batches_done": batches_done, "history": history}, f)
         os.replace(tmp, final)
     accelerator.wait_for_everyone()
 
@@ -130,7 +143,12 @@ def main(argv=None):
                         collate_fn=LeftPadCollator(tokenizer.pad_token_id))
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=sc.learning_rate, weight_decay=cfg.train.weight_decay)
+    if cfg.train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=sc.learning_rate, weight_decay=cfg.train.weight_decay)
+    elif cfg.train.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=sc.learning_rate, weight_decay=cfg.train.weight_decay)
+    else:
+        raise StageError(f"train.optimizer: {cfg.train.optimizer!r} (use adamw or sgd)")
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     ga = sc.gradient_accumulation_steps
     updates_per_epoch = len(loader) // ga   # a tail shorter than `ga` micro-batches is dropped, like drop_last
@@ -139,22 +157,26 @@ def main(argv=None):
                          f"{sc.per_device_batch_size} x {accelerator.num_processes}")
     total = sc.max_steps if sc.max_steps > 0 else math.ceil(sc.epochs * updates_per_epoch)
     # Stepped once per update by us (not prepared: accelerate would step it once per process).
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * total), total)
+    warmup = int(cfg.train.warmup_ratio * total)
+    scheduler = (get_cosine_schedule_with_warmup(optimizer, warmup, total) if cfg.train.lr_scheduler == "cosine"
+                 else get_constant_schedule_with_warmup(optimizer, warmup))
     accelerator.register_for_checkpointing(scheduler)
 
-    step, start_epoch, skip = 0, 0, 0
+    step, start_epoch, skip, history, rng = 0, 0, 0, [], None
     ckpt_root = os.path.join(out_dir + ".checkpoints")
     if args.resume and (ckpt := latest_checkpoint(ckpt_root)):
         accelerator.load_state(ckpt)
         with open(os.path.join(ckpt, "progress.json")) as f:
             progress = json.load(f)
         step, start_epoch, skip = progress["step"], progress["epoch"], progress["batches_done"]
+        history = progress["history"]
+        rng = torch.load(os.path.join(ckpt, f"torch_rng_{accelerator.process_index}.pt"), weights_only=True)
         accelerator.print(f"resumed from {ckpt} at step {step}")
 
     run_name = f"{os.path.basename(os.path.abspath(args.output_dir))}/{STAGES[args.stage][1]}"
     accelerator.init_trackers(run_name, config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=args.stage)
-    history, t0, tokens_seen, grad_norm = [], time.time(), 0, None
+    t0, tokens_seen, grad_norm = time.time(), 0, None
     model.train()
     epoch = start_epoch
     while step < total:
@@ -166,6 +188,9 @@ def main(argv=None):
             group = [b for _, b in zip(range(ga), batches)]
             if len(group) < ga:
                 break
+            if rng is not None:   # after the iterator's first fetch, which draws a seed from the torch RNG
+                set_torch_rng_state(rng)
+                rng = None
             batches_done += ga
             # Normalise by the target tokens of the whole update, on all processes: the result does not depend on
             # how the update is split into micro-batches or processes (accelerate's autoregressive GA example).
@@ -197,12 +222,13 @@ def main(argv=None):
                         "tokens_per_s_per_device": tokens_seen / max(elapsed, 1e-9)}
                 accelerator.log({f"{args.stage}/{k}": v for k, v in logs.items()}, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < total:
-                save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done)
+            if cfg.train.save_steps and (step % cfg.train.save_steps == 0 or step == total):
+                save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done, history)
         epoch += 1
     bar.close()
     accelerator.end_training()
     save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, time.time() - t0)
+    return accelerator.unwrap_model(model), history
 
 
 def _flat(d, prefix=""):
@@ -243,8 +269,12 @@ def save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, d
     accelerator.wait_for_everyone()
 
 
-if __name__ == "__main__":
+def cli():
     try:
         main()
     except StageError as e:
         sys.exit(f"toolgen-train: error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

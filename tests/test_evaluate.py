@@ -1,0 +1,100 @@
+"""Metrics against hand-computed values, constrained decoding, the baselines, and the evaluation command."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from toolgen import baselines, decoding, metrics, models
+from toolgen.evaluate import arguments_correct, main as evaluate_main
+
+L2, L3, L6 = math.log2(2), math.log2(3), math.log2(6)
+
+
+def test_ndcg_mrr_recall_by_hand():
+    ranked, relevant = ["a", "b", "c", "d", "e"], {"b", "e", "z"}    # z: relevant but never retrievable
+    ideal3 = 1 + 1 / L3 + 1 / math.log2(4)
+    assert metrics.ndcg(ranked, relevant, 1) == 0.0
+    assert metrics.ndcg(ranked, relevant, 3) == pytest.approx((1 / L3) / ideal3)            # 0.2961
+    assert metrics.ndcg(ranked, relevant, 5) == pytest.approx((1 / L3 + 1 / L6) / ideal3)   # 0.4776
+    assert metrics.ndcg_retrieved_only(ranked, relevant, 3) == pytest.approx(1 / L3)       # inflated: 0.6309
+    assert metrics.ndcg_retrieved_only(ranked, relevant, 5) == pytest.approx((1 / L3 + 1 / L6) / (1 + 1 / L3))
+    assert metrics.reciprocal_rank(ranked, relevant) == 0.5
+    assert metrics.recall(ranked, relevant, 5) == pytest.approx(2 / 3)
+    assert metrics.ndcg(["b"], {"b"}, 5) == 1.0 and metrics.reciprocal_rank(["x"], {"b"}) == 0.0
+    m = metrics.retrieval_metrics([ranked, ["b", "a"]], [relevant, {"b"}])
+    assert m["mrr"] == pytest.approx(0.75) and m["ndcg@1"] == pytest.approx(0.5) and m["queries"] == 2
+
+
+def test_ties_and_classification_by_hand():
+    assert metrics.rank_by_score(["x", "y", "z"], [1.0, 2.0, 2.0]) == ["y", "z", "x"]
+    assert decoding.rank_tools(torch.tensor([[0.0, 5.0, 5.0, 1.0]]), [3, 2, 1]) == [[2, 1, 3]]
+    assert metrics.accuracy(["a", "b"], ["a", "c"]) == 0.5
+    assert metrics.macro_f1(["a", "a", "b", "c"], ["a", "b", "b", "c"]) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+
+
+def test_argument_check():
+    doc = {"required": ["city"]}
+    assert arguments_correct('{"city": " lisbon"}', '{"city": "Lisbon"}', doc)
+    assert not arguments_correct('{"town": "Lisbon"}', '{"city": "Lisbon"}', doc)
+    assert not arguments_correct('{"city": "Porto"}', '{"city": "Lisbon"}', doc)
+    assert not arguments_correct("city = Lisbon", '{"city": "Lisbon"}', doc)
+
+
+@pytest.fixture(scope="module")
+def untrained(sample_data):
+    from toolgen.config import ModelConfig
+    tools = json.load(open(os.path.join(sample_data, "tool_tokens.json")))
+    tokenizer, model, ids = models.load_base(ModelConfig(name="tiny", dtype="float32"), tools["tokens"])
+    return tokenizer, model.eval(), ids, tools
+
+
+def test_constrained_decoding_only_emits_real_tools_on_a_random_model(untrained, sample_data):
+    tokenizer, model, ids, _ = untrained
+    queries = [[{"role": "user", "content": r["messages"][0]["content"]}]
+               for r in json.load(open(os.path.join(sample_data, "retrieval_test.json")))]
+    logprobs = decoding.next_token_logprobs(model, tokenizer, queries, batch_size=7)
+    assert logprobs.shape == (len(queries), len(tokenizer))          # padding rows are cut
+    ranked = decoding.rank_tools(logprobs, ids, 5)
+    assert all(i in set(ids) for row in ranked for i in row)
+    unconstrained = decoding.unconstrained_argmax(logprobs)
+    assert any(i not in set(ids) for i in unconstrained)              # the mask is what keeps them real
+
+
+def test_ranking_equals_constrained_beam_search(untrained):
+    tokenizer, model, ids, _ = untrained
+    messages = [{"role": "user", "content": "What is the weather like right now in Lisbon?"}]
+    ranked = decoding.rank_tools(decoding.next_token_logprobs(model, tokenizer, [messages]), ids, 4)[0]
+    assert decoding.beam_search_tools(model, tokenizer, messages, ids, 4) == ranked
+
+
+def test_bm25_and_dense_find_the_obvious_document():
+    docs = {"weather": "current weather temperature wind forecast for a city",
+            "stocks": "stock quote price of a ticker symbol on the exchange",
+            "recipes": "recipes that use ingredients for cooking dinner"}
+    queries = ["what's the temperature and wind in Oslo", "price of the AAPL ticker", "cooking with eggs ingredients"]
+    assert [r[0] for r in baselines.bm25_rank(docs, queries, 3)] == ["weather", "stocks", "recipes"]
+    assert [r[0] for r in baselines.dense_rank(docs, queries, 3)] == ["weather", "stocks", "recipes"]
+
+
+def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
+    out = tmp_path / "eval"
+    d = trained["output_dir"]
+    evaluate_main(["--model", os.path.join(d, "retrieval_training"), "--model", os.path.join(d, "agent_tuning"),
+                   "--data", trained["data_dir"], "--out", str(out), "--runs", os.path.join(d, "runs")])
+    report = json.load(open(out / "metrics.json"))
+    systems = report["systems"]
+    assert set(systems) == {"bm25", "minilm", "base", "toolgen/retrieval_training", "toolgen/agent_tuning"}
+    for key in ("retrieval/ndcg@1", "retrieval/ndcg@3", "retrieval/ndcg@5", "retrieval/mrr", "retrieval/recall@5",
+                "retrieval/queries_per_s"):
+        assert all(0 <= systems[s][key] for s in systems) and all(systems[s][key] <= 1 for s in systems if "per_s" not in key)
+    agent = systems["toolgen/agent_tuning"]
+    for key in ("agent/tool_selection_accuracy", "agent/argument_accuracy", "agent/finish_accuracy",
+                "agent/completion_rate", "memorization/accuracy", "memorization/f1"):
+        assert 0 <= agent[key] <= 1
+    assert agent["invalid_tool_rate"] == 0.0 and agent["agent/action_steps"] > 0
+    md = open(out / "metrics.md").read()
+    assert "toolgen/agent_tuning" in md and "bm25" in md and "not measured" in md.lower()
+    assert os.path.getsize(out / "ndcg_at_k.png") > 0 and os.path.getsize(out / "training_loss.png") > 0

@@ -1,0 +1,158 @@
+"""The training loop on the tiny model: masks, tool rows, what trains, reload, chaining, accumulation, logs, resume."""
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY, run_stage
+from toolgen import models
+from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
+from toolgen.config import load_config
+from toolgen.tokens import token_words
+from toolgen.train import StageError
+
+
+def tiny_with_tokens(data_dir, tied=True):
+    with open(os.path.join(data_dir, "tool_tokens.json")) as f:
+        tokens = json.load(f)["tokens"]
+    cfg = load_config(TINY, [f"model.tie_word_embeddings={str(tied).lower()}"]).model
+    return tokens, *models.load_base(cfg, tokens)
+
+
+def test_collator_masks_exactly_the_target_tokens(sample_data):
+    tokens, tokenizer, _, _ = tiny_with_tokens(sample_data)
+    with open(os.path.join(sample_data, "agent_tuning.json")) as f:
+        example = json.load(f)[0]
+    enc = tokenize_messages(tokenizer, example["messages"])
+    # Expected, token by token: each loss message's content, then the end-of-turn marker, carries a label; nothing else.
+    expected = []
+    for m in example["messages"]:
+        header = tokenizer(f"<|{m['role']}|>\n", add_special_tokens=False)["input_ids"]
+        body = tokenizer(m["content"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] + \
+            tokenizer("\n", add_special_tokens=False)["input_ids"]
+        expected += [(i, IGNORE) for i in header] + [(i, i if m["loss"] else IGNORE) for i in body]
+    assert list(zip(enc["input_ids"], enc["labels"])) == expected
+    tool_positions = [i for i, t in enumerate(enc["input_ids"]) if tokenizer.convert_ids_to_tokens(t) in tokens]
+    actions = [m for m in example["messages"] if m["role"] == "assistant" and m["content"] in tokens]
+    labeled = [i for i in tool_positions if enc["labels"][i] == enc["input_ids"][i]]
+    assert actions and len(labeled) == len(actions)   # (the system prompt's mention of <<Finish>> carries no loss)
+
+
+def test_left_pad_collator_and_positions():
+    batch = LeftPadCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]},
+                                             {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert batch["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, IGNORE, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_truncation_keeps_the_target(sample_data):
+    _, tokenizer, _, _ = tiny_with_tokens(sample_data)
+    messages = [{"role": "user", "content": "word " * 300, "loss": False}, {"role": "assistant", "content": "<<Finish>>", "loss": True}]
+    enc = tokenize_messages(tokenizer, messages, max_length=32)
+    assert len(enc["input_ids"]) == 32 and any(l != IGNORE for l in enc["labels"])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_tool_rows_start_at_the_mean_of_their_words(sample_data, tied):
+    tokens, tokenizer, model, tool_ids = tiny_with_tokens(sample_data, tied)
+    assert models.is_tied(model) == tied
+    base = models.load_tokenizer(models.tiny_folder(tied))
+    tables = [model.get_input_embeddings().weight] + ([] if tied else [model.get_output_embeddings().weight])
+    assert model.get_input_embeddings().weight.shape[0] % 64 == 0 and len(tokenizer) == len(base) + len(tokens)
+    for table in tables:
+        for token, i in list(zip(tokens, tool_ids))[:10]:
+            words = base(token_words(token), add_special_tokens=False)["input_ids"]
+            torch.testing.assert_close(table[i], table[words].mean(0))
+        assert torch.all(table[len(tokenizer):] == 0)   # padding rows
+
+
+def test_stages_chain_loss_falls_and_only_adapter_and_tool_rows_train(trained):
+    for stage, history in trained["histories"].items():
+        assert history[-1] < history[0], (stage, history)
+    out = trained["output_dir"]
+    for folder in ("tool_memorization", "retrieval_training", "agent_tuning"):
+        stage = json.load(open(os.path.join(out, folder, "stage.json")))
+        assert stage["steps"] > 0 and os.path.exists(os.path.join(out, folder, "tokenizer", "tokenizer_config.json"))
+        weights = load_file(os.path.join(out, folder, "adapter", "adapter_model.safetensors"))
+        assert weights and all("lora_" in k or "trainable_tokens" in k for k in weights), list(weights)
+    assert json.load(open(os.path.join(out, "retrieval_training", "stage.json")))["parent_stage"] == "memorization"
+    # Only tool rows differ from the base: the adapter's rows are exactly the tool ids, all moved from their init.
+    tokens, _, base, tool_ids = tiny_with_tokens(trained["data_dir"])
+    delta = [v for k, v in load_file(os.path.join(out, "agent_tuning", "adapter", "adapter_model.safetensors")).items()
+             if "trainable_tokens" in k][0]
+    assert delta.shape[0] == len(tool_ids)
+    moved = (delta - base.get_input_embeddings().weight[tool_ids]).abs().amax(-1)
+    assert bool((moved > 0).all())
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_saved_stage_reloads_to_identical_logits(tmp_path, sample_data, tied):
+    model, _ = run_stage("memorization", tmp_path, sample_data, "stages.memorization.max_steps=3",
+                         f"model.tie_word_embeddings={str(tied).lower()}")
+    tokenizer, reloaded, _ = models.load_stage(os.path.join(tmp_path, "tool_memorization"))
+    batch = LeftPadCollator(tokenizer.pad_token_id)([tokenize_messages(tokenizer, [
+        {"role": "user", "content": "What is the weather like right now in Lisbon?"},
+        {"role": "assistant", "content": "<<SkyCast&&current weather>>", "loss": True}])])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    model.eval(), reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reloaded(**inputs).logits, rtol=0, atol=0)
+
+
+def test_stage_refuses_to_start_without_its_parent(tmp_path, sample_data):
+    with pytest.raises(StageError, match="run stage 'memorization' first"):
+        run_stage("retrieval", tmp_path, sample_data)
+
+
+def test_loss_does_not_depend_on_the_accumulation_split(tmp_path, sample_data):
+    """One update over the same 8 examples, as 1 x 8 or 4 x 2: plain SGD makes the step show the gradient itself."""
+    common = ["train.optimizer=sgd", "train.max_grad_norm=1000", "stages.memorization.max_steps=1",
+              "stages.memorization.learning_rate=1.0"]
+    _, h1 = run_stage("memorization", tmp_path / "a", sample_data, *common,
+                      "stages.memorization.per_device_batch_size=8", "stages.memorization.gradient_accumulation_steps=1")
+    _, h4 = run_stage("memorization", tmp_path / "b", sample_data, *common,
+                      "stages.memorization.per_device_batch_size=2", "stages.memorization.gradient_accumulation_steps=4")
+    assert h1[0] == pytest.approx(h4[0], rel=1e-5)
+    a = load_file(os.path.join(tmp_path, "a", "tool_memorization", "adapter", "adapter_model.safetensors"))
+    b = load_file(os.path.join(tmp_path, "b", "tool_memorization", "adapter", "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    assert any(float(v.abs().max()) > 0 for k, v in a.items() if "lora_B" in k)   # the step really moved LoRA
+
+
+def test_tensorboard_holds_the_logged_scalars(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    for folder, stage in (("tool_memorization", "memorization"), ("agent_tuning", "agent")):
+        events = glob.glob(os.path.join(trained["output_dir"], "runs", "*", folder, "events.out.tfevents.*"))
+        assert len(events) == 1
+        acc = EventAccumulator(events[0])
+        acc.Reload()
+        tags = set(acc.Tags()["scalars"])
+        assert {f"{stage}/{k}" for k in ("loss", "lr", "grad_norm", "tokens_per_s_per_device")} <= tags
+        logged = [e.value for e in acc.Scalars(f"{stage}/loss")]
+        assert logged == pytest.approx(trained["histories"][stage][:len(logged)], rel=1e-6)
+
+
+def test_resume_continues_exactly(tmp_path, sample_data):
+    common = ["train.lr_scheduler=constant", "stages.memorization.per_device_batch_size=4", "train.save_steps=3",
+              "lora.dropout=0.1"]   # dropout: the resumed run must also restore the RNG
+    _, full = run_stage("memorization", tmp_path / "full", sample_data, *common, "stages.memorization.max_steps=24")
+    run_stage("memorization", tmp_path / "cut", sample_data, *common, "stages.memorization.max_steps=21")
+    _, resumed = run_stage("memorization", tmp_path / "cut", sample_data, *common, "stages.memorization.max_steps=24",
+                           resume=True)
+    assert resumed == pytest.approx(full, rel=1e-5)   # 24 steps cross an epoch boundary (18 batches per epoch)
+
+
+def test_nan_loss_stops_the_run_and_names_the_step(tmp_path, sample_data):
+    with pytest.raises(StageError, match=r"loss is (nan|inf) at step 2"):
+        run_stage("memorization", tmp_path, sample_data, "train.optimizer=sgd", "stages.memorization.learning_rate=1e30",
+                  "train.save_steps=1", "stages.memorization.max_steps=5")
+    assert os.path.isdir(os.path.join(tmp_path, "tool_memorization.checkpoints", "step-1"))
+    assert not os.path.exists(os.path.join(tmp_path, "tool_memorization"))

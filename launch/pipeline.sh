@@ -26,9 +26,8 @@ if [ -z "$ACC_CONFIG" ]; then   # one GPU if there is one, else the CPU
   if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then ACC_CONFIG=launch/accelerate/1gpu.yaml
   else ACC_CONFIG=launch/accelerate/cpu.yaml; fi
 fi
-DATA=$($PY -c 'import sys; from toolgen.config import load_config; print(load_config(sys.argv[1]).data.dir)' "$CONFIG")
-if [ -z "$DATA" ]; then
-  DATA=$OUT/data
+DATA=$($PY -m toolgen.config "$CONFIG" "$OUT")
+if [ "$DATA" = "$OUT/data" ]; then   # the config names no prepared data: prepare it from data.toolbench (or the sample)
   echo "== prepare -> $DATA"
   $PY -m toolgen.prepare --config "$CONFIG" --out "$DATA"
 fi
@@ -39,8 +38,6 @@ for stage in ${STAGES//,/ }; do
 done
 if [ "$EVAL" = 1 ]; then
   echo "== evaluate -> $OUT/eval"
-  models=()
-  for d in retrieval_training agent_tuning; do [ -f "$OUT/$d/stage.json" ] && models+=(--model "$OUT/$d"); done
-  $PY -m toolgen.evaluate ${models[@]+"${models[@]}"} --data "$DATA" --out "$OUT/eval" --runs "$OUT/runs"
+  $PY -m toolgen.evaluate --output-dir "$OUT" --data "$DATA"
 fi
 echo "== done: $OUT"

@@ -115,3 +115,14 @@ def load_config(path=None, overrides=()):
     cfg = _build(Config, raw, path or "config")
     cfg.stages = {s: _build(StageConfig, stages.get(s, {}), f"{path}: stages.{s}") for s in STAGES}
     return cfg
+
+
+def data_dir(cfg, output_dir):
+    """Where the stage files are: data.dir when the config names one, else <output_dir>/data."""
+    import os
+    return cfg.data.dir or os.path.join(output_dir, "data")
+
+
+if __name__ == "__main__":   # for the shell scripts: python -m toolgen.config CONFIG OUTPUT_DIR -> the data folder
+    import sys
+    print(data_dir(load_config(sys.argv[1]), sys.argv[2]))

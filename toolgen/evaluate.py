@@ -161,13 +161,23 @@ def baseline_systems(tools, sets):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=[], help="a stage folder; repeatable")
-    p.add_argument("--data", required=True, help="the prepared data folder (tool_tokens.json, *_test.json)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--output-dir", help="a pipeline's output folder: its finished retrieval/agent stages are evaluated, "
+                                        "into <output-dir>/eval, with <output-dir>/data unless --data is given")
+    p.add_argument("--data", help="the prepared data folder (tool_tokens.json, *_test.json)")
+    p.add_argument("--out")
     p.add_argument("--queries", action="append", default=[], help="extra ToolBench query file; repeatable")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-base", action="store_true", help="skip the untrained base model (the floor)")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
     args = p.parse_args(argv)
+    if args.output_dir:
+        args.model += [os.path.join(args.output_dir, d) for d in ("retrieval_training", "agent_tuning")
+                       if os.path.exists(os.path.join(args.output_dir, d, "stage.json"))]
+        args.data = args.data or os.path.join(args.output_dir, "data")
+        args.out = args.out or os.path.join(args.output_dir, "eval")
+        args.runs = args.runs or os.path.join(args.output_dir, "runs")
+    if not (args.data and args.out):
+        p.error("give --data and --out, or --output-dir")
     tools = load_json(os.path.join(args.data, "tool_tokens.json"))["tools"]
     sets = query_sets(args.data, args.queries, tools)
     memorization = load_json(os.path.join(args.data, "tool_memorization.json"))

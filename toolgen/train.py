@@ -33,6 +33,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from toolgen import models
 from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
 from toolgen.config import STAGES, load_config
+from toolgen.config import data_dir as config_data_dir
 
 
 class StageError(RuntimeError):
@@ -106,7 +107,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     sc = cfg.stages[args.stage]
-    data_dir = args.data_dir or cfg.data.dir or os.path.join(args.output_dir, "data")
+    data_dir = args.data_dir or config_data_dir(cfg, args.output_dir)
     file_name, out_dir, parent_dir = stage_paths(args.output_dir, args.stage)
     check_parent(parent_dir, args.stage)
 

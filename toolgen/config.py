@@ -14,7 +14,8 @@ STAGES = {  # stage -> (stage file, output folder, parent stage)
 
 @dataclass
 class ModelConfig:
-    name: str = "gguf:smollm2"        # hub id, local folder, "gguf:smollm2" (embedded default) or "tiny" (tests)
+    name: str = "gguf:smollm2"        # hub id, local folder, "gguf:smollm2" (embedded default), "tiny" (tests),
+    #                                   "random:llama-3.2-1b" (the reference shape with random weights, for speed runs)
     dtype: str = "auto"               # auto (bf16 where supported, else fp32) | bfloat16 | float32
     attn_implementation: str = "sdpa"  # flash_attention_2 only when installed and asked for
     quantization: str = "none"        # none | 4bit (bitsandbytes NF4, QLoRA)

@@ -29,9 +29,11 @@ def load_json(path):
 
 
 def query_sets(data_dir, extra_files, tools):
-    """{name: [(query text, set of relevant tokens, n missing)]}: retrieval_test.json, then each --queries file."""
+    """{name: [(query text, set of relevant tokens, n missing, split)]}: retrieval_test.json, then each --queries file.
+    The split of a retrieval_test query is its source file (its id is "<file stem>_<query_id>")."""
     sets = {"retrieval_test": [(r["messages"][-1]["content"], set(r["relevant"]) | set(r["missing_relevant"]),
-                                len(r["missing_relevant"])) for r in load_json(os.path.join(data_dir, "retrieval_test.json"))]}
+                                len(r["missing_relevant"]), r["query_id"].rsplit("_", 1)[0])
+                               for r in load_json(os.path.join(data_dir, "retrieval_test.json"))]}
     by_tool_api = {(v["tool"], v["api"]): t for t, v in tools.items()}
     for path in extra_files:
         rows = []
@@ -39,26 +41,32 @@ def query_sets(data_dir, extra_files, tools):
             labels = [tuple(x) for x in r.get("relevant APIs", [])]
             # a relevant API outside the catalog stays relevant (a placeholder no system can return): it counts as a miss
             relevant = {by_tool_api.get(l, f"<missing:{l[0]}&&{l[1]}>") for l in labels}
-            rows.append((r["query"], relevant, sum(l not in by_tool_api for l in labels)))
+            rows.append((r["query"], relevant, sum(l not in by_tool_api for l in labels), None))
         sets[os.path.splitext(os.path.basename(path))[0]] = rows
     return sets
 
 
 def score_rankings(rankings, rows):
-    out = metrics.retrieval_metrics(rankings, [rel for _, rel, _ in rows])
-    out["relevant_missing_from_catalog"] = sum(m for _, _, m in rows)
+    """Metrics over all rows, and per split where the rows have one (keys '<split>/<metric>')."""
+    out = metrics.retrieval_metrics(rankings, [rel for _, rel, _, _ in rows])
+    out["relevant_missing_from_catalog"] = sum(m for _, _, m, _ in rows)
+    for split in sorted({r[3] for r in rows if r[3]}):
+        idx = [i for i, r in enumerate(rows) if r[3] == split]
+        for key, value in metrics.retrieval_metrics([rankings[i] for i in idx], [rows[i][1] for i in idx]).items():
+            out[f"{split}/{key}"] = value
     return out
 
 
-def model_system(model, tokenizer, tools, sets, memorization, agent_test, do_agent):
-    """Every metric of one model: retrieval on each query set, memorization, and (optionally) the agent steps."""
-    tool_list = [t for t in tools]
+def model_system(model, tokenizer, candidates, sets, memorization, agent_test, do_agent):
+    """Every metric of one model: retrieval on each query set, memorization, and (optionally) the agent steps.
+    candidates: the tool tokens a prediction may be (the catalog, plus distractors where prepared with them)."""
+    tool_list = list(candidates)
     tool_ids = tokenizer.convert_tokens_to_ids(tool_list)
     id_to_tool = dict(zip(tool_ids, tool_list))
     result, rankings_by_set, invalid = {}, {}, []
     for name, rows in sets.items():
         t0 = time.time()
-        logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": q}] for q, _, _ in rows])
+        logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": r[0]}] for r in rows])
         seconds = time.time() - t0
         ranked = [[id_to_tool[i] for i in r] for r in decoding.rank_tools(logprobs, tool_ids, TOP)]
         rankings_by_set[name] = ranked
@@ -146,7 +154,7 @@ def baseline_systems(tools, sets):
         out[name], rankings[name] = {}, {}
         for set_name, rows in sets.items():
             t0 = time.time()
-            ranked = rank(documents, [q for q, _, _ in rows], TOP)
+            ranked = rank(documents, [r[0] for r in rows], TOP)
             prefix = "retrieval" if set_name == "retrieval_test" else f"queries/{set_name}"
             for key, value in score_rankings(ranked, rows).items():
                 out[name][f"{prefix}/{key}"] = value
@@ -178,7 +186,8 @@ def main(argv=None):
         args.runs = args.runs or os.path.join(args.output_dir, "runs")
     if not (args.data and args.out):
         p.error("give --data and --out, or --output-dir")
-    tools = load_json(os.path.join(args.data, "tool_tokens.json"))["tools"]
+    tool_tokens = load_json(os.path.join(args.data, "tool_tokens.json"))
+    tools, candidates = tool_tokens["tools"], [t for t in tool_tokens["tokens"] if t != FINISH]
     sets = query_sets(args.data, args.queries, tools)
     memorization = load_json(os.path.join(args.data, "tool_memorization.json"))
     agent_test = load_json(os.path.join(args.data, "agent_test.json"))
@@ -188,13 +197,16 @@ def main(argv=None):
         systems, rankings = baseline_systems(tools, sets)
     for i, stage_dir in enumerate(args.model):
         tokenizer, model, _ = models.load_stage(stage_dir)
+        if set(candidates) - set(tokenizer.get_vocab()):
+            raise SystemExit(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
         model.to(device).eval()
         if i == 0 and not args.no_base:
             with model.disable_adapter():   # the same base with the same initial tool rows, no training
-                systems["base"], rankings["base"] = model_system(model, tokenizer, tools, sets, memorization, [], False)
+                systems["base"], rankings["base"] = model_system(model, tokenizer, candidates, sets, memorization, [], False)
         name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
         is_agent = load_json(os.path.join(stage_dir, "stage.json"))["stage"] == "agent"
-        systems[name], rankings[name] = model_system(model, tokenizer, tools, sets, memorization, agent_test, is_agent)
+        systems[name], rankings[name] = model_system(model, tokenizer, candidates, sets, memorization, agent_test,
+                                                     is_agent)
         del model
     runs = args.runs or (os.path.join(os.path.dirname(os.path.normpath(args.model[0])), "runs") if args.model else None)
     write_report(args.out, systems, rankings, sets, runs)

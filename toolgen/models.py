@@ -80,7 +80,32 @@ def tiny_folder(tie_word_embeddings=True):
     return _atomic_save(save, folder)
 
 
+def random_llama_1b_folder():
+    """The Llama-3.2-1B architecture with random weights (vocabulary 128,256, tied head) and the tiny model's
+    tokenizer (built in code, nothing to download): the real shapes for speed and scale-out runs where the real
+    weights cannot be downloaded."""
+    folder = os.path.join(CACHE, "random-llama-3.2-1b")
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tokenizer = load_tokenizer(tiny_folder())
+    config = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                         rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+
+    def save(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return _atomic_save(save, folder)
+
+
 def resolve_model(name, tie_word_embeddings=True):
+    if name == "random:llama-3.2-1b":
+        return random_llama_1b_folder()
     if name == "gguf:smollm2":
         return smollm2_folder()
     if name == "tiny":

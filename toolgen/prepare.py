@@ -63,7 +63,7 @@ class Report:
 
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
-            seed=0, strict=False):
+            seed=0, strict=False, extra_tokens=None):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
     layout = detect_layout(toolbench) if toolbench else {"tools_dir": None, "queries": [], "trajectories": []}
     tools_dir = tools_dir or layout["tools_dir"]
@@ -143,7 +143,17 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
 
     if not memorization:
         raise DataError(f"{catalog_source}: the catalog is empty")
-    tool_tokens = {"tokens": [names[k] for k in sorted(catalog.apis)] + [FINISH],
+    # Distractors (e.g. ToolGen's 46,984 token names): in the vocabulary and among the candidates, never a target.
+    distractors = []
+    if extra_tokens:
+        with open(extra_tokens, encoding="utf-8") as f:
+            known = set(names.values()) | {FINISH}
+            distractors = sorted({t.strip() for t in f if t.strip()} - known)
+        bad = [t for t in distractors if not (t.startswith("<<") and t.endswith(">>"))]
+        if bad:
+            raise DataError(f"{extra_tokens}: not a tool token: {bad[0]!r}")
+    tool_tokens = {"tokens": [names[k] for k in sorted(catalog.apis)] + distractors + [FINISH],
+                   "distractors": len(distractors),
                    "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
                                         "documentation": stages.api_documentation(catalog.apis[k])} for k in sorted(catalog.apis)},
                    "collisions": collisions}
@@ -184,6 +194,7 @@ def main(argv=None):
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="turn every skip into an error")
+    p.add_argument("--extra-tokens", help="a file of tool-token names (one a line) added as distractors")
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
     if args.config:
@@ -198,7 +209,7 @@ def main(argv=None):
         toolbench = SAMPLE_DIR
     try:
         outputs = prepare(toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories,
-                          args.test_fraction, args.seed, args.strict)
+                          args.test_fraction, args.seed, args.strict, args.extra_tokens)
     except (DataError, FileNotFoundError) as e:
         sys.exit(f"toolgen-prepare: error: {e}")
     write_atomically(outputs, args.out)

@@ -103,12 +103,15 @@ def main(argv=None):
     p.add_argument("--output-dir", default="finetuned_toolgen_model")
     p.add_argument("--data-dir", help="stage files (default: config data.dir, else <output-dir>/data)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="start from a fresh adapter instead of the previous stage's (ablations, e.g. no memorization)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     sc = cfg.stages[args.stage]
     data_dir = args.data_dir or config_data_dir(cfg, args.output_dir)
     file_name, out_dir, parent_dir = stage_paths(args.output_dir, args.stage)
+    parent_dir = None if args.from_scratch else parent_dir
     check_parent(parent_dir, args.stage)
 
     # No CUDA: gloo, or several CPU processes would not form a process group and the data would not be sharded.
@@ -231,7 +234,11 @@ def main(argv=None):
                 save_checkpoint(accelerator, ckpt_root, step, epoch, batches_done, history)
         epoch += 1
     bar.close()
-    save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, time.time() - t0)
+    seconds = time.time() - t0
+    speed = {"tokens_per_s": accelerator.gather(torch.tensor([tokens_seen], device=accelerator.device)).sum().item()
+             / max(seconds, 1e-9),   # all processes, non-pad tokens (since this run started or resumed)
+             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, seconds, speed)
     accelerator.end_training()   # last: it also ends the process group
     return accelerator.unwrap_model(model), history
 
@@ -243,7 +250,7 @@ def _flat(d, prefix=""):
     return out
 
 
-def save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, steps, history, seconds):
+def save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, steps, history, seconds, speed):
     """Adapter + tokenizer + config + metrics + stage.json, written to <out_dir>.tmp and renamed: stage.json last."""
     state = accelerator.get_state_dict(model)   # every rank calls it: under ZeRO-3 it gathers the shards
     if accelerator.is_main_process:
@@ -259,18 +266,18 @@ def save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, d
         with open(data_file, "rb") as f:
             data_hash = hashlib.sha256(f.read()).hexdigest()
         metrics = {"loss_first": history[0], "loss_last": history[-1], "loss_history": history, "steps": steps,
-                   "seconds": seconds}
+                   "seconds": seconds, **speed}
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)
         info = {"stage": args.stage, "base_model": cfg.model.name, "model": cfg.to_dict()["model"],
-                "parent_stage": STAGES[args.stage][2], "data_file": data_file, "data_sha256": data_hash,
+                "parent_stage": None if args.from_scratch else STAGES[args.stage][2], "data_file": data_file, "data_sha256": data_hash,
                 "steps": steps, "seconds": round(seconds, 1), "processes": accelerator.num_processes}
         with open(os.path.join(tmp, "stage.json"), "w") as f:
             json.dump(info, f, indent=1)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
-        print(f"[{args.stage}] {steps} steps in {seconds:.0f}s: loss {history[0]:.4f} -> {history[-1]:.4f}; "
-              f"saved {out_dir}", flush=True)
+        print(f"[{args.stage}] {steps} steps in {seconds:.0f}s ({speed['tokens_per_s']:.0f} tokens/s): "
+              f"loss {history[0]:.4f} -> {history[-1]:.4f}; saved {out_dir}", flush=True)
     accelerator.wait_for_everyone()
 
 

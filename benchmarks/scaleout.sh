@@ -12,7 +12,9 @@ python3 -m toolgen.prepare --out "$RUN/data" >/dev/null
 run() {   # run NAME ACCELERATE_CONFIG PROCESSES [--set ...]
   local name=$1 acc=$2 n=$3; shift 3
   echo "== $name ($acc, $n process(es))"
-  python3 -m accelerate.commands.launch --config_file "$acc" --num_processes "$n" toolgen/train.py --config "$CONFIG" \
+  local mp=()
+  if [[ "$acc" == *deepspeed* ]]; then mp=(--mixed_precision bf16); fi   # the DS JSON's bf16 "auto" follows this flag
+  python3 -m accelerate.commands.launch --config_file "$acc" --num_processes "$n" ${mp[@]+"${mp[@]}"} toolgen/train.py --config "$CONFIG" \
     --stage memorization --data-dir "$RUN/data" --output-dir "$RUN/$name" "$@" 2>&1 | grep -E "^\[memorization\]|Error|error" || true
 }
 if [ "${SKIP_1GPU:-0}" != 1 ]; then

@@ -68,11 +68,12 @@ def tiny_folder(tie_word_embeddings=True):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>")
     tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                          tie_word_embeddings=tie_word_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):   # seeded, without touching the caller's RNG (a first run = later runs)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
 
     def save(tmp):
         model.save_pretrained(tmp)
@@ -93,8 +94,8 @@ def random_llama_1b_folder():
                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
                          rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+    with torch.random.fork_rng(), torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(torch.bfloat16)
 
     def save(tmp):

@@ -63,7 +63,7 @@ class Report:
 
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
-            seed=0, strict=False, extra_tokens=None):
+            seed=0, strict=False, extra_tokens=None, synthetic_queries=False):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
     layout = detect_layout(toolbench) if toolbench else {"tools_dir": None, "queries": [], "trajectories": []}
     tools_dir = tools_dir or layout["tools_dir"]
@@ -102,6 +102,14 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
                 retrieval_test.append(stages.retrieval_test_record(q, names))
             elif q.relevant:
                 retrieval_train += [stages.retrieval_example(q.text, names[k]) for k in q.relevant]
+
+    # Optional: one query per catalog API written from its documentation (never from a test query), so that retrieval
+    # training also covers the tools no training query names.
+    if synthetic_queries:
+        for k in sorted(catalog.apis):
+            example = stages.retrieval_example(stages.synthetic_query(catalog.apis[k]), names[k])
+            retrieval_train.append({**example, "synthetic": True})
+        report.read["synthetic_queries"] = len(catalog.apis)
 
     # Stage 3: trajectories; one per query text (the longest), unknown functions and unfinished ones skipped.
     by_query = {}
@@ -195,6 +203,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="turn every skip into an error")
     p.add_argument("--extra-tokens", help="a file of tool-token names (one a line) added as distractors")
+    p.add_argument("--synthetic-queries", action="store_true",
+                   help="add one retrieval example per API, its query written from the API's documentation")
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
     if args.config:
@@ -209,7 +219,7 @@ def main(argv=None):
         toolbench = SAMPLE_DIR
     try:
         outputs = prepare(toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories,
-                          args.test_fraction, args.seed, args.strict, args.extra_tokens)
+                          args.test_fraction, args.seed, args.strict, args.extra_tokens, args.synthetic_queries)
     except (DataError, FileNotFoundError) as e:
         sys.exit(f"toolgen-prepare: error: {e}")
     write_atomically(outputs, args.out)

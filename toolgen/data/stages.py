@@ -46,6 +46,12 @@ def retrieval_example(query_text, token):
     return {"messages": [msg("user", query_text), msg("assistant", token, True)], "target": token}
 
 
+def synthetic_query(api):
+    """A request written from an API's documentation: 'I want to use <tool> to <api>: <description>'."""
+    description = (api.api_description or api.tool_description or "").strip()
+    return f"I want to use {api.tool} to {api.api}" + (f": {description}" if description else ".")
+
+
 def retrieval_test_record(query, names):
     return {"query_id": query.uid, "messages": [msg("user", query.text)],
             "relevant": [names[k] for k in query.relevant], "missing_relevant": query.missing}

@@ -156,3 +156,36 @@ def test_nan_loss_stops_the_run_and_names_the_step(tmp_path, sample_data):
                   "train.save_steps=1", "stages.memorization.max_steps=5")
     assert os.path.isdir(os.path.join(tmp_path, "tool_memorization.checkpoints", "step-1"))
     assert not os.path.exists(os.path.join(tmp_path, "tool_memorization"))
+
+
+def test_target_loss_equals_the_plain_full_logits_loss(sample_data):
+    """The fast path (left padding + position ids + LM head at target positions only) gives the same loss and the same
+    gradients as the plain one (right padding, full logits, cross-entropy over every position)."""
+    from toolgen.train import target_loss
+    _, tokenizer, base, tool_ids = tiny_with_tokens(sample_data)
+    model = models.lora_model(base, load_config(TINY).lora, tool_ids)
+    vocab = len(tokenizer)
+    with open(os.path.join(sample_data, "agent_tuning.json")) as f:
+        agent = json.load(f)[:2]
+    with open(os.path.join(sample_data, "retrieval_training.json")) as f:
+        retrieval = json.load(f)[:3]
+    examples = [tokenize_messages(tokenizer, ex["messages"], 256) for ex in agent + retrieval]
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    for p in params:   # LoRA B starts at zero: move it so that every parameter gets a gradient
+        p.data.add_(0.01 * torch.randn_like(p))
+    fast = target_loss(model, LeftPadCollator(tokenizer.pad_token_id)(examples), vocab)
+    fast_grads = torch.autograd.grad(fast, params)
+    longest = max(len(e["input_ids"]) for e in examples)
+    ids = torch.tensor([e["input_ids"] + [tokenizer.pad_token_id] * (longest - len(e["input_ids"])) for e in examples])
+    labels = torch.tensor([e["labels"] + [IGNORE] * (longest - len(e["labels"])) for e in examples])
+    mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (longest - len(e["input_ids"])) for e in examples])
+    logits = model(input_ids=ids, attention_mask=mask).logits[..., :vocab]
+    plain = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                                              ignore_index=IGNORE, reduction="sum")
+    plain_grads = torch.autograd.grad(plain, params)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-4)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # and the padding rows of the vocabulary are never predicted: the loss and the decoding cut them off
+    assert model.get_input_embeddings().weight.shape[0] > vocab

@@ -140,9 +140,11 @@ def test_tensorboard_holds_the_logged_scalars(trained):
         assert logged == pytest.approx(trained["histories"][stage][:len(logged)], rel=1e-6)
 
 
-def test_resume_continues_exactly(tmp_path, sample_data):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_resume_continues_exactly(tmp_path, sample_data, grouped):
     common = ["train.lr_scheduler=constant", "stages.memorization.per_device_batch_size=4", "train.save_steps=3",
-              "lora.dropout=0.1"]   # dropout: the resumed run must also restore the RNG
+              "lora.dropout=0.1",   # dropout: the resumed run must also restore the RNG
+              f"train.group_by_length={str(grouped).lower()}"]
     _, full = run_stage("memorization", tmp_path / "full", sample_data, *common, "stages.memorization.max_steps=24")
     run_stage("memorization", tmp_path / "cut", sample_data, *common, "stages.memorization.max_steps=21")
     _, resumed = run_stage("memorization", tmp_path / "cut", sample_data, *common, "stages.memorization.max_steps=24",
@@ -189,3 +191,21 @@ def test_target_loss_equals_the_plain_full_logits_loss(sample_data):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     # and the padding rows of the vocabulary are never predicted: the loss and the decoding cut them off
     assert model.get_input_embeddings().weight.shape[0] > vocab
+
+
+def test_length_grouped_batches_pad_less_and_change_every_epoch():
+    import random
+    from toolgen.collate import LengthGroupedSampler
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 300) for _ in range(512)]
+    sampler = LengthGroupedSampler(lengths, window=64, seed=3)
+
+    def padded(order):   # tokens a batch of 8 occupies after padding to its longest
+        return sum(8 * max(lengths[i] for i in order[s:s + 8]) for s in range(0, len(order), 8))
+    grouped = list(sampler)
+    assert sorted(grouped) == list(range(512))
+    assert padded(grouped) < 0.8 * padded(list(range(512)))
+    sampler.set_epoch(1)
+    assert list(sampler) != grouped and sorted(sampler) == list(range(512))
+    sampler.set_epoch(0)
+    assert list(sampler) == grouped

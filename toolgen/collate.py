@@ -81,3 +81,25 @@ class LeftPadCollator:
             batch["attention_mask"][row, longest - n:] = 1
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         return batch
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """A shuffled order, sorted by length (longest first) within windows of `window` examples, so that a batch holds
+    examples of similar length (less padding) while the order still changes every epoch. It depends only on
+    (seed, epoch): every process and a resumed run see the same order (the loop calls set_epoch each epoch)."""
+
+    def __init__(self, lengths, window, seed):
+        self.lengths, self.window, self.seed, self.epoch = list(lengths), max(1, window), seed, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        grouped = []
+        for start in range(0, len(order), self.window):
+            grouped += sorted(order[start:start + self.window], key=lambda i: -self.lengths[i])
+        return iter(grouped)

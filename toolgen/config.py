@@ -59,6 +59,7 @@ class TrainConfig:
     logging_steps: int = 5
     save_steps: int = 0               # checkpoint every N steps and at the end; 0: no checkpoints
     num_workers: int = 0
+    group_by_length: bool = False     # batches of similar lengths (less padding); the order is still shuffled
 
 
 @dataclass

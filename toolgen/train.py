@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from toolgen import models
-from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
+from toolgen.collate import IGNORE, LeftPadCollator, LengthGroupedSampler, tokenize_messages
 from toolgen.config import STAGES, load_config
 from toolgen.config import data_dir as config_data_dir
 
@@ -147,8 +147,10 @@ def main(argv=None):
     with accelerator.main_process_first():
         dataset = dataset.map(lambda ex: tokenize_messages(tokenizer, ex["messages"], sc.max_length),
                               remove_columns=dataset.column_names, desc=f"tokenizing {file_name}")
-    loader = DataLoader(dataset, batch_size=sc.per_device_batch_size, shuffle=True, num_workers=cfg.train.num_workers,
-                        collate_fn=LeftPadCollator(tokenizer.pad_token_id))
+    sampler = LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * sc.per_device_batch_size,
+                                   cfg.train.seed) if cfg.train.group_by_length else None
+    loader = DataLoader(dataset, batch_size=sc.per_device_batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.train.num_workers, collate_fn=LeftPadCollator(tokenizer.pad_token_id))
 
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.train.optimizer == "adamw":

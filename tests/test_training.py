@@ -108,6 +108,8 @@ def test_saved_stage_reloads_to_identical_logits(tmp_path, sample_data, tied):
 def test_stage_refuses_to_start_without_its_parent(tmp_path, sample_data):
     with pytest.raises(StageError, match="run stage 'memorization' first"):
         run_stage("retrieval", tmp_path, sample_data)
+    with pytest.raises(StageError, match="tool_tokens.json is missing: prepare the data first"):
+        run_stage("memorization", tmp_path, tmp_path / "no-data")
 
 
 def test_loss_does_not_depend_on_the_accumulation_split(tmp_path, sample_data):

@@ -113,6 +113,10 @@ def main(argv=None):
     file_name, out_dir, parent_dir = stage_paths(args.output_dir, args.stage)
     parent_dir = None if args.from_scratch else parent_dir
     check_parent(parent_dir, args.stage)
+    for needed in ("tool_tokens.json", file_name):
+        if not os.path.exists(os.path.join(data_dir, needed)):
+            raise StageError(f"{os.path.join(data_dir, needed)} is missing: prepare the data first "
+                             f"(toolgen-prepare --out {data_dir}) or pass --data-dir")
 
     # No CUDA: gloo, or several CPU processes would not form a process group and the data would not be sharded.
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -63,12 +63,14 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
     tool_list = list(candidates)
     tool_ids = tokenizer.convert_tokens_to_ids(tool_list)
     id_to_tool = dict(zip(tool_ids, tool_list))
-    result, rankings_by_set, invalid = {}, {}, []
+    result, rankings_by_set, invalid, constrained = {}, {}, [], []
     for name, rows in sets.items():
         t0 = time.time()
         logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": r[0]}] for r in rows])
         seconds = time.time() - t0
-        ranked = [[id_to_tool[i] for i in r] for r in decoding.rank_tools(logprobs, tool_ids, TOP)]
+        ranked_ids = decoding.rank_tools(logprobs, tool_ids, TOP)
+        constrained += [r[0] for r in ranked_ids]
+        ranked = [[id_to_tool.get(i, i) for i in r] for r in ranked_ids]
         rankings_by_set[name] = ranked
         prefix = "retrieval" if name == "retrieval_test" else f"queries/{name}"
         for key, value in score_rankings(ranked, rows).items():
@@ -77,7 +79,9 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
         invalid += [i not in id_to_tool for i in decoding.unconstrained_argmax(logprobs)]
     if memorization:
         logprobs = decoding.next_token_logprobs(model, tokenizer, [ex["messages"][:-1] for ex in memorization])
-        predicted = [id_to_tool[r[0]] for r in decoding.rank_tools(logprobs, tool_ids, 1)]
+        top = [r[0] for r in decoding.rank_tools(logprobs, tool_ids, 1)]
+        constrained += top
+        predicted = [id_to_tool.get(i, i) for i in top]
         gold = [ex["messages"][-1]["content"] for ex in memorization]
         result["memorization/accuracy"] = metrics.accuracy(predicted, gold)
         result["memorization/f1"] = metrics.macro_f1(predicted, gold)
@@ -86,7 +90,8 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
         agent, agent_invalid = agent_metrics(model, tokenizer, tool_list + [FINISH], agent_test)
         result.update(agent)
         invalid += agent_invalid
-    result["invalid_tool_rate"] = 0.0   # constrained decoding can only return tool tokens (checked in the tests)
+    # measured, not assumed: the constrained predictions that are not a real tool (0 when the mask works)
+    result["invalid_tool_rate"] = sum(i not in id_to_tool for i in constrained) / len(constrained) if constrained else 0.0
     result["invalid_tool_rate_unconstrained"] = sum(invalid) / len(invalid) if invalid else 0.0
     return result, rankings_by_set
 
@@ -118,13 +123,14 @@ def agent_metrics(model, tokenizer, action_tokens, trajectories):
     """Step by step with the true history: tool choice at each action, arguments after each tool, Finish at the end."""
     action_ids = tokenizer.convert_tokens_to_ids(action_tokens)
     id_to_token = dict(zip(action_ids, action_tokens))
+    actions = set(action_tokens)
     tool_right, arg_right, finish_right, complete, invalid = [], [], [], [], []
     for ex in trajectories:
         msgs, all_right, finish_steps = ex["messages"], True, []
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            if m["content"] in id_to_token.values():       # an action step
+            if m["content"] in actions:                     # an action step
                 logprobs = decoding.next_token_logprobs(model, tokenizer, [msgs[:i]])
                 predicted = id_to_token[decoding.rank_tools(logprobs, action_ids, 1)[0][0]]
                 invalid.append(decoding.unconstrained_argmax(logprobs)[0] not in id_to_token)
@@ -132,8 +138,8 @@ def agent_metrics(model, tokenizer, action_tokens, trajectories):
                 if m["content"] != FINISH:
                     tool_right.append(predicted == m["content"])
                     all_right &= tool_right[-1]
-            elif i >= 2 and msgs[i - 2]["content"] not in (FINISH,) and msgs[i - 2]["content"] in id_to_token.values() \
-                    and m.get("loss"):                      # the arguments of a tool call (truncated ones carry no loss)
+            elif i >= 2 and msgs[i - 2]["content"] in actions - {FINISH} and m.get("loss"):
+                # the arguments of a tool call (truncated ones carry no loss)
                 doc = _parse_json(msgs[i - 1]["content"][len(ASK_INPUT):])
                 arg_right.append(arguments_correct(decoding.generate_text(model, tokenizer, msgs[:i]), m["content"], doc))
                 all_right &= arg_right[-1]

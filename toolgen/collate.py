@@ -83,6 +83,36 @@ class LeftPadCollator:
         return batch
 
 
+class PackedCollator:
+    """Concatenates the examples of a batch into one row: no padding at all. position_ids restart at 0 for each
+    example, and there is no attention_mask: from the restarts transformers builds a mask in which no example attends
+    to another (a document mask for sdpa/eager/flex_attention, varlen kernels for flash_attention_2). The row's length
+    is rounded up to a multiple of `pad_to_multiple_of` (a padding tail that is its own example, without labels) so
+    that compiled kernels see few distinct shapes."""
+
+    def __init__(self, pad_token_id, pad_to_multiple_of=None):
+        self.pad_token_id, self.multiple = pad_token_id, pad_to_multiple_of
+
+    def __call__(self, examples):
+        ids, labels, positions = [], [], []
+        for e in examples:
+            n = len(e["input_ids"])
+            ids += e["input_ids"]
+            labels += [IGNORE] + list(e["labels"][1:])   # the first token is never predicted from the one before it
+            positions += range(n)
+        real = len(ids)
+        if self.multiple and real % self.multiple:
+            tail = self.multiple - real % self.multiple
+            ids, labels, positions = ids + [self.pad_token_id] * tail, labels + [IGNORE] * tail, positions + list(range(tail))
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([positions]), "num_tokens": torch.tensor(real)}
+
+
+def num_tokens(batch):
+    """Real (non-padding) tokens of a batch of either collator."""
+    return batch["num_tokens"] if "num_tokens" in batch else batch["attention_mask"].sum()
+
+
 class LengthGroupedSampler(torch.utils.data.Sampler):
     """A shuffled order, sorted by length (longest first) within windows of `window` examples, so that a batch holds
     examples of similar length (less padding) while the order still changes every epoch. It depends only on

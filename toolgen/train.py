@@ -24,14 +24,14 @@ if __package__ in (None, ""):   # `accelerate launch toolgen/train.py` runs this
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import GradientAccumulationPlugin, TorchDynamoPlugin, set_seed
 from datasets import load_dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
 from toolgen import models
-from toolgen.collate import IGNORE, LeftPadCollator, LengthGroupedSampler, tokenize_messages
+from toolgen.collate import IGNORE, LeftPadCollator, LengthGroupedSampler, PackedCollator, num_tokens, tokenize_messages
 from toolgen.config import STAGES, load_config
 from toolgen.config import data_dir as config_data_dir
 
@@ -49,7 +49,7 @@ def target_loss(model, batch, vocab_size):
     """
     labels = batch["labels"][:, 1:]
     positions = (labels != IGNORE).any(0).nonzero().squeeze(-1)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                 position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False)
     logits = out.logits[..., :vocab_size].float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels[:, positions].reshape(-1),
@@ -129,6 +129,9 @@ def main(argv=None):
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=sc.gradient_accumulation_steps,
                                                                 sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # compile: each decoder layer once (one graph reused 16x), shapes dynamic since every batch has its own length
+        dynamo_plugin=TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True)
+        if cfg.train.compile else None,
         log_with="tensorboard", project_dir=os.path.join(args.output_dir, "runs"), kwargs_handlers=handlers)
     set_seed(cfg.train.seed)
 
@@ -143,6 +146,9 @@ def main(argv=None):
             model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
         else:
             model = models.lora_model(model, cfg.lora, tool_ids)
+    if cfg.train.sparse_tool_rows:
+        from toolgen.tool_rows import sparse_tool_rows
+        sparse_tool_rows(model)
     vocab_size = len(tokenizer)
 
     # Data: the stage file, tokenized with loss masks (cached by datasets), left-padded batches.
@@ -154,7 +160,9 @@ def main(argv=None):
     sampler = LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * sc.per_device_batch_size,
                                    cfg.train.seed) if cfg.train.group_by_length else None
     loader = DataLoader(dataset, batch_size=sc.per_device_batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=cfg.train.num_workers, collate_fn=LeftPadCollator(tokenizer.pad_token_id))
+                        num_workers=cfg.train.num_workers,
+                        collate_fn=(PackedCollator(tokenizer.pad_token_id, cfg.train.pack_to_multiple_of)
+                                    if cfg.train.packing else LeftPadCollator(tokenizer.pad_token_id)))
 
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.train.optimizer == "adamw":
@@ -221,7 +229,7 @@ def main(argv=None):
                         grad_norm = accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad()
-                tokens_seen += batch["attention_mask"].sum()
+                tokens_seen += num_tokens(batch)
             scheduler.step()
             step += 1
             loss = (accelerator.gather(step_loss).sum() / n_targets).item()
@@ -247,7 +255,7 @@ def main(argv=None):
              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
     save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, data_file, step, history, seconds, speed)
     accelerator.end_training()   # last: it also ends the process group
-    return accelerator.unwrap_model(model), history
+    return accelerator.unwrap_model(model, keep_torch_compile=False), history
 
 
 def _flat(d, prefix=""):
@@ -261,9 +269,10 @@ def save_stage(accelerator, model, tokenizer, tool_tokens, cfg, args, out_dir, d
     """Adapter + tokenizer + config + metrics + stage.json, written to <out_dir>.tmp and renamed: stage.json last."""
     state = accelerator.get_state_dict(model)   # every rank calls it: under ZeRO-3 it gathers the shards
     if accelerator.is_main_process:
+        state = {k.replace("._orig_mod", ""): v for k, v in state.items()}   # names as without train.compile
         tmp = out_dir + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, "adapter"), state_dict=state,
+        accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(os.path.join(tmp, "adapter"), state_dict=state,
                                                         save_embedding_layers=False)
         tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         with open(os.path.join(tmp, "tool_tokens.json"), "w") as f:

@@ -1,0 +1,104 @@
+"""The speed paths of the loop give the plain path's numbers: row-sparse tool rows, packed batches, torch.compile."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY, run_stage
+from toolgen import models
+from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, tokenize_messages
+from toolgen.config import load_config
+from toolgen.tool_rows import sparse_tool_rows
+from toolgen.train import target_loss
+
+
+def lora_tiny(data_dir, *overrides):
+    with open(os.path.join(data_dir, "tool_tokens.json")) as f:
+        tokens = json.load(f)["tokens"]
+    cfg = load_config(TINY, list(overrides))
+    tokenizer, base, tool_ids = models.load_base(cfg.model, tokens)
+    model = models.lora_model(base, cfg.lora, tool_ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.manual_seed(0)
+    for p in params:   # LoRA B and the tool deltas start at rest: move them so every parameter gets a gradient
+        p.data.add_(0.01 * torch.randn_like(p))
+    return tokenizer, model, tool_ids, params
+
+
+def stage_examples(tokenizer, data_dir):
+    with open(os.path.join(data_dir, "agent_tuning.json")) as f:
+        agent = json.load(f)[:2]
+    with open(os.path.join(data_dir, "retrieval_training.json")) as f:
+        retrieval = json.load(f)[:4]
+    return [tokenize_messages(tokenizer, ex["messages"], 256) for ex in agent + retrieval]
+
+
+def loss_and_grads(model, batch, vocab, params):
+    loss = target_loss(model, batch, vocab)
+    return loss, torch.autograd.grad(loss, params)
+
+
+def assert_same(a, b):
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-4)
+    for x, y in zip(a[1], b[1]):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sparse_tool_rows_give_peft_loss_and_gradients(sample_data, tied):
+    tokenizer, model, tool_ids, params = lora_tiny(sample_data, f"model.tie_word_embeddings={str(tied).lower()}",
+                                                   "lora.dropout=0")
+    batch = LeftPadCollator(tokenizer.pad_token_id)(stage_examples(tokenizer, sample_data))
+    batch["input_ids"][0, -3] = tool_ids[5]   # a tool token in the input too: the embedding rows must train as well
+    plain = loss_and_grads(model, batch, len(tokenizer), params)
+    assert sparse_tool_rows(model) == 2       # the embedding and the LM head (tied: sharing one delta)
+    sparse = loss_and_grads(model, batch, len(tokenizer), params)
+    assert_same(sparse, plain)
+    delta_grads = [g for p, g in zip(params, sparse[1]) if p.shape[0] == len(tool_ids)]
+    assert delta_grads and all(g.abs().sum() > 0 for g in delta_grads)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_batch_gives_the_padded_batch_loss_and_gradients(sample_data, attn):
+    tokenizer, model, _, params = lora_tiny(sample_data, f"model.attn_implementation={attn}", "lora.dropout=0")
+    examples = stage_examples(tokenizer, sample_data)
+    padded = LeftPadCollator(tokenizer.pad_token_id)(examples)
+    packed = PackedCollator(tokenizer.pad_token_id, pad_to_multiple_of=64)(examples)
+    assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] % 64 == 0
+    assert int(packed["num_tokens"]) == int(padded["attention_mask"].sum())
+    assert int((packed["labels"] != IGNORE).sum()) == int((padded["labels"] != IGNORE).sum())
+    assert_same(loss_and_grads(model, packed, len(tokenizer), params),
+                loss_and_grads(model, padded, len(tokenizer), params))
+
+
+def test_packed_collator_keeps_examples_apart():
+    examples = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    b = PackedCollator(pad_token_id=0, pad_to_multiple_of=4)(examples)
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    # the first token of an example is never a target (it would be predicted from the previous example)
+    assert b["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9, IGNORE, IGNORE, IGNORE]]
+    assert int(b["num_tokens"]) == 5
+
+
+def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_data):
+    """Whole stage runs: the plain path (peft's dense tool rows, padded batches), packing, and torch.compile give the
+    same loss curve and save the same adapter (with the same tensor names)."""
+    steps = ["stages.memorization.max_steps=12", "lora.dropout=0"]
+    runs = {"plain": ["train.sparse_tool_rows=false"], "packed": ["train.packing=true"],
+            "compiled": ["train.packing=true", "train.compile=true"]}
+    out = {}
+    for name, overrides in runs.items():
+        _, out[name] = run_stage("memorization", tmp_path / name, sample_data, *steps, *overrides)
+    assert out["plain"][-1] < out["plain"][0]
+    for name in ("packed", "compiled"):
+        assert out[name] == pytest.approx(out["plain"], rel=1e-4, abs=1e-4)
+    adapters = {n: load_file(str(tmp_path / n / "tool_memorization" / "adapter" / "adapter_model.safetensors"))
+                for n in runs}
+    for name in ("packed", "compiled"):
+        assert sorted(adapters[name]) == sorted(adapters["plain"])
+        for k, v in adapters["plain"].items():
+            torch.testing.assert_close(adapters[name][k], v, rtol=1e-3, atol=1e-5)

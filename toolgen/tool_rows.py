@@ -1,0 +1,59 @@
+"""Tool-token rows that cost only what they train.
+
+peft's `trainable_token_indices` layer builds, on every forward, a merged copy of the whole table
+(`W = weight.index_copy(0, tool_ids, delta)`, [vocab x hidden]) and runs `F.embedding` / `F.linear` with it. Autograd then
+computes the gradient of that whole merged table — a dense [vocab x hidden] tensor for the embedding and another for a
+tied LM head — only to keep its tool rows. With Llama-3.2-1B + 46,985 tool tokens each such tensor is 175,296 x 2,048.
+
+`sparse_tool_rows(model)` gives each of those layers a forward with the same result in which the frozen table is used
+as it is (no copy, no gradient) and the tool rows come from the trainable delta alone:
+  embedding: rows of the frozen table, replaced where the id is a tool id by the delta row (`torch.where`);
+  LM head:   logits of the frozen table, with the tool columns replaced by `x @ delta.T` (`index_copy`).
+The gradient then reaches only the delta ([tools x hidden]). Saving, loading and merging are peft's, unchanged: the
+layer's parameters and state dict are the same. `tests/test_training.py` checks equal losses and gradients.
+"""
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+def _slots(layer, name, device):
+    """(tool ids, id -> row of the delta or -1), built once per adapter and device."""
+    cache = layer.__dict__.setdefault("_toolgen_slots", {})
+    if (name, device) not in cache:
+        index = torch.tensor(layer.token_indices[name], device=device)
+        slot = torch.full((layer.base_layer.weight.shape[0],), -1, dtype=torch.long, device=device)
+        slot[index] = torch.arange(len(index), device=device)
+        cache[(name, device)] = index, slot
+    return cache[(name, device)]
+
+
+def _forward(self, x, *args, **kwargs):
+    active = self.active_adapters
+    if self.disable_adapters or self.merged or len(active) != 1:
+        return type(self).forward(self, x, *args, **kwargs)   # the cases peft handles its own way
+    name = active[0]
+    base = self.base_layer
+    weight = base.weight
+    index, slot = _slots(self, name, weight.device)
+    delta = self.trainable_tokens_delta[name].to(weight.dtype)
+    if isinstance(base, torch.nn.Embedding):
+        out = F.embedding(x, weight, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
+        tool_slot = slot[x]
+        out = torch.where((tool_slot >= 0).unsqueeze(-1), F.embedding(tool_slot.clamp(min=0), delta), out)
+        scale = self._get_embed_scale()
+        return out * scale.to(out.dtype) if scale is not None else out
+    if isinstance(base, torch.nn.Linear):   # an LM head (tied to the embedding, or its own trainable rows)
+        return F.linear(x, weight).index_copy(-1, index, F.linear(x, delta))
+    return type(self).forward(self, x, *args, **kwargs)
+
+
+def sparse_tool_rows(model):
+    """Give every trainable-token layer of a peft model the row-sparse forward; returns how many were changed."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    layers = [m for m in model.modules() if isinstance(m, TrainableTokensLayer)]
+    for layer in layers:
+        layer.forward = types.MethodType(_forward, layer)
+    return len(layers)

@@ -27,6 +27,7 @@ embedding counted once); attention FLOPs are not counted.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -280,11 +281,13 @@ def main():
                 print(stage, system, "FAILED:", repr(e), flush=True)
                 row[system] = {"error": repr(e)[:300]}
                 del model
+                gc.collect()
                 continue
             r["mfu"] = 6 * n_params * r["tokens_per_s"] / peak_flops if peak_flops else None
             row[system] = r
             print(stage, system, json.dumps(r), flush=True)
             del model
+            gc.collect()   # peft models hold reference cycles: without this the last variant's model stays allocated
             if device == "cuda":
                 torch.cuda.empty_cache()
         results["variants"][stage] = row

@@ -203,3 +203,20 @@ def test_real_catalog_function_names_match_the_derived_file():
     with open(os.path.join(SHARED, "derived", "api_docs_from_test_queries.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert all(function_name(r["tool_name"], r["api_name"]) == r["toolbench_function_name"] for r in rows)
+
+
+@pytest.mark.parametrize("views", [1, 2])
+def test_synthetic_queries_cover_every_api_and_stay_out_of_the_test_split(views):
+    plain, synth = prepare(SAMPLE_DIR), prepare(SAMPLE_DIR, synthetic_queries=views)
+    added = [ex for ex in synth["retrieval_training.json"] if ex.get("synthetic")]
+    apis = [ex["target"] for ex in plain["tool_memorization.json"]]
+    assert sorted(ex["target"] for ex in added) == sorted(apis * views)   # `views` queries per catalog API
+    assert [ex for ex in synth["retrieval_training.json"] if not ex.get("synthetic")] == plain["retrieval_training.json"]
+    assert synth["retrieval_test.json"] == plain["retrieval_test.json"]   # the test split does not move
+    test_texts = {r["messages"][0]["content"] for r in plain["retrieval_test.json"]}
+    assert not test_texts & {ex["messages"][0]["content"] for ex in added}
+    if views == 2:   # the second view never names the tool
+        tools = {t: v["tool"] for t, v in synth["tool_tokens.json"]["tools"].items()}
+        second = [ex for ex in added if ex["messages"][0]["content"].startswith("Can you help me with this:")]
+        assert len(second) == len(apis)
+        assert all(tools[ex["target"]] not in ex["messages"][0]["content"] for ex in second)

@@ -2,6 +2,7 @@
 adding the tool tokens, and wrapping it with LoRA / QLoRA through peft."""
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -194,6 +195,9 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     with open(os.path.join(stage_dir, "stage.json"), encoding="utf-8") as f:
         info = json.load(f)
     model_cfg = model_cfg or _build(ModelConfig, info["model"], f"{stage_dir}/stage.json")
+    if not trainable and model_cfg.attn_implementation == "flex_attention":
+        # flex attention pays for packed training rows; inference (left-padded batches, generation) runs on SDPA
+        model_cfg = dataclasses.replace(model_cfg, attn_implementation="sdpa")
     with open(os.path.join(stage_dir, "tool_tokens.json"), encoding="utf-8") as f:
         tokens = json.load(f)
     tokenizer, model, tool_ids = load_base(model_cfg, tokens, device_map)

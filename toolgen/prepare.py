@@ -63,7 +63,7 @@ class Report:
 
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
-            seed=0, strict=False, extra_tokens=None, synthetic_queries=False):
+            seed=0, strict=False, extra_tokens=None, synthetic_queries=0):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
     layout = detect_layout(toolbench) if toolbench else {"tools_dir": None, "queries": [], "trajectories": []}
     tools_dir = tools_dir or layout["tools_dir"]
@@ -103,13 +103,13 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
             elif q.relevant:
                 retrieval_train += [stages.retrieval_example(q.text, names[k]) for k in q.relevant]
 
-    # Optional: one query per catalog API written from its documentation (never from a test query), so that retrieval
-    # training also covers the tools no training query names.
+    # Optional: queries per catalog API written from its documentation (never from a test query), so that retrieval
+    # training also covers the tools no training query names (views: stages.synthetic_queries).
     if synthetic_queries:
         for k in sorted(catalog.apis):
-            example = stages.retrieval_example(stages.synthetic_query(catalog.apis[k]), names[k])
-            retrieval_train.append({**example, "synthetic": True})
-        report.read["synthetic_queries"] = len(catalog.apis)
+            for text in stages.synthetic_queries(catalog.apis[k], synthetic_queries):
+                retrieval_train.append({**stages.retrieval_example(text, names[k]), "synthetic": True})
+        report.read["synthetic_queries"] = len(catalog.apis) * synthetic_queries
 
     # Stage 3: trajectories; one per query text (the longest), unknown functions and unfinished ones skipped.
     by_query = {}
@@ -203,8 +203,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="turn every skip into an error")
     p.add_argument("--extra-tokens", help="a file of tool-token names (one a line) added as distractors")
-    p.add_argument("--synthetic-queries", action="store_true",
-                   help="add one retrieval example per API, its query written from the API's documentation")
+    p.add_argument("--synthetic-queries", nargs="?", type=int, const=1, default=0, choices=[0, 1, 2], metavar="VIEWS",
+                   help="add retrieval examples per API, their queries written from the API's documentation: 1 (the "
+                        "default when given) names the tool; 2 adds a request without the tool's name")
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
     if args.config:

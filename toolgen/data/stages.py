@@ -46,10 +46,18 @@ def retrieval_example(query_text, token):
     return {"messages": [msg("user", query_text), msg("assistant", token, True)], "target": token}
 
 
-def synthetic_query(api):
-    """A request written from an API's documentation: 'I want to use <tool> to <api>: <description>'."""
+def synthetic_queries(api, views=1):
+    """Requests written from an API's documentation. View 1 names the tool: 'I want to use <tool> to <api>:
+    <description>'. View 2 asks as a user would, without the tool's or the API's name: the description (or the
+    category and the API's words when there is none) and what the user can give (the required parameters)."""
     description = (api.api_description or api.tool_description or "").strip()
-    return f"I want to use {api.tool} to {api.api}" + (f": {description}" if description else ".")
+    out = [f"I want to use {api.tool} to {api.api}" + (f": {description}" if description else ".")]
+    if views >= 2:
+        need = description.rstrip(".") if description else f"{api.api} ({api.category})"
+        given = [p.get("description") or p.get("name") for p in api.params("required")]
+        given = [g.strip().rstrip(".") for g in given if g and g.strip()]
+        out.append(f"Can you help me with this: {need}?" + (f" I can give you: {'; '.join(given[:3])}." if given else ""))
+    return out
 
 
 def retrieval_test_record(query, names):

@@ -70,6 +70,14 @@ def test_two_processes_match_one_on_the_same_global_batch(tmp_path, sample_data,
                                    logits_of(os.path.join(single[0], "tool_memorization")), rtol=1e-3, atol=1e-3)
 
 
+def test_packed_batches_on_two_processes_match_one_padded_process(tmp_path, sample_data, single):
+    """Packing under data parallel: each process packs its own micro-batch into one row; the loss, normalised over the
+    target tokens of both processes, is the single padded process's."""
+    history = launch(tmp_path, sample_data, "launch/accelerate/cpu_ddp.yaml", *STEPS,
+                     "stages.memorization.per_device_batch_size=4", "train.packing=true")
+    assert history == pytest.approx(single[1], rel=1e-3)
+
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, sample_data):
     common = ["train.lr_scheduler=constant", "train.save_steps=3", "lora.dropout=0.1",
               "stages.memorization.per_device_batch_size=4"]

@@ -120,3 +120,14 @@ def test_throughput_script_writes_the_issue_keys(tmp_path):
             "ours_mfu"} <= set(row)
     assert row["ours_variant"] == "+packing-sdpa" and row["ours_tokens_per_s"] > 0 and row["baseline_tokens_per_s"] > 0
     assert set(result["variants"]["retrieval"]) == {"baseline", "head-at-targets", "+packing-sdpa"}
+
+
+def test_stage_gradient_checkpointing_recomputes_without_changing_the_numbers(tmp_path, sample_data):
+    """stages.<stage>.gradient_checkpointing turns checkpointing on for that stage only, with the same loss curve."""
+    steps = ["stages.memorization.max_steps=6", "lora.dropout=0"]
+    plain_model, plain = run_stage("memorization", tmp_path / "plain", sample_data, *steps)
+    ckpt_model, ckpt = run_stage("memorization", tmp_path / "ckpt", sample_data, *steps,
+                                 "stages.memorization.gradient_checkpointing=true")
+    assert ckpt_model.base_model.model.is_gradient_checkpointing
+    assert not plain_model.base_model.model.is_gradient_checkpointing
+    assert ckpt == pytest.approx(plain, rel=1e-5, abs=1e-6)

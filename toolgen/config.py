@@ -46,6 +46,7 @@ class StageConfig:
     per_device_batch_size: int = 8
     gradient_accumulation_steps: int = 1
     max_steps: int = -1               # > 0 stops early (smoke runs)
+    gradient_checkpointing: bool = False  # this stage only (e.g. the agent's long contexts); model.* turns it on for all
 
 
 @dataclass

@@ -10,7 +10,7 @@ Any config key can be overridden: `--set stages.agent.max_length=2048 --set lora
 """
 
 import argparse
-import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -140,7 +140,10 @@ def main(argv=None):
         tool_tokens = json.load(f)["tokens"]
     device_map = {"": accelerator.device} if cfg.model.quantization == "4bit" else None
     with models.unpartitioned(accelerator):
-        tokenizer, model, tool_ids = models.load_base(cfg.model, tool_tokens, device_map)
+        # activations recomputed in the backward pass only where the stage asks for it (memory for long contexts)
+        model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing
+                                        or sc.gradient_checkpointing)
+        tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map)
         if parent_dir:
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)

@@ -10,7 +10,7 @@ as it is (no copy, no gradient) and the tool rows come from the trainable delta 
   embedding: rows of the frozen table, replaced where the id is a tool id by the delta row (`torch.where`);
   LM head:   logits of the frozen table, with the tool columns replaced by `x @ delta.T` (`index_copy`).
 The gradient then reaches only the delta ([tools x hidden]). Saving, loading and merging are peft's, unchanged: the
-layer's parameters and state dict are the same. `tests/test_training.py` checks equal losses and gradients.
+layer's parameters and state dict are the same. `tests/test_fast_paths.py` checks equal losses and gradients.
 """
 
 import types

@@ -154,7 +154,7 @@ def main(argv=None):
         sparse_tool_rows(model)
     vocab_size = len(tokenizer)
 
-    # Data: the stage file, tokenized with loss masks (cached by datasets), left-padded batches.
+    # Data: the stage file, tokenized with loss masks (cached by datasets), left-padded (or packed) batches.
     data_file = os.path.join(data_dir, file_name)
     dataset = load_dataset("json", data_files=data_file, split="train")
     with accelerator.main_process_first():

@@ -98,3 +98,38 @@ def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
     md = open(out / "metrics.md").read()
     assert "toolgen/agent_tuning" in md and "bm25" in md and "not measured" in md.lower()
     assert os.path.getsize(out / "ndcg_at_k.png") > 0 and os.path.getsize(out / "training_loss.png") > 0
+
+
+def test_quality_report_picks_the_best_standard_run_and_its_agent_stage(tmp_path):
+    """benchmarks/quality_report.py: `toolgen` is the best stage by NDCG@5 outside the distractor setting, the agent
+    accuracy comes from the same run, and a missing run is left out rather than failing."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    def system(ndcg5, agent=None, memo=None):
+        m = {f"retrieval/{k}": ndcg5 for k in ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5")}
+        m.update({"memorization/accuracy": memo} if memo is not None else {})
+        return {**m, **({"agent/tool_selection_accuracy": agent} if agent is not None else {})}
+
+    files = {"base": {"bm25": system(0.6), "minilm": system(0.5)},
+             "main": {"base": system(0.0), "toolgen/tool_memorization": system(0.3, memo=0.99),
+                      "toolgen/retrieval_training": system(0.4), "toolgen/agent_tuning": system(0.35, agent=0.1)},
+             "synth": {"toolgen/retrieval_training": system(0.7), "toolgen/agent_tuning": system(0.6, agent=0.2)},
+             "distractors": {"toolgen/retrieval_training": system(0.9)}}
+    for name, systems in files.items():
+        with open(tmp_path / f"{name}.json", "w") as f:
+            json.dump({"systems": systems}, f)
+    cmd = [sys.executable, "benchmarks/quality_report.py", "--baselines", str(tmp_path / "base.json"),
+           "--out", str(tmp_path / "out")] + [a for n in ("main", "synth", "distractors", "missing")
+                                              for a in ("--run", f"{n}={tmp_path / n}.json")]
+    out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    assert "left out" in out
+    with open(tmp_path / "out" / "quality.json") as f:
+        result = json.load(f)
+    assert result["toolgen_system"] == "toolgen/synth/retrieval_training"       # 0.9 is the harder tool space
+    assert result["overall"]["toolgen"]["ndcg@5"] == 0.7
+    assert set(result["overall"]) == {"bm25", "minilm", "base", "toolgen"}
+    assert result["agent_tool_selection_accuracy"] == 0.2 and result["memorization_accuracy"] == 0.99
+    assert result["distractors"]["toolgen/distractors/retrieval_training"]["ndcg@5"] == 0.9

@@ -23,7 +23,6 @@ def main():
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     config = throughput.llama_1b_config(args.tiny)
     sparse, packing, attn, compile = throughput.VARIANTS[args.variant]
-    attn = "sdpa" if device == "cpu" else attn
     model, tool_ids, vocab, _ = throughput.build(config, padded=True, device=device, attn=attn, sparse=sparse,
                                                  compile=compile)
     batch_size = throughput.SHAPES[args.stage][0]

@@ -111,7 +111,7 @@ def build(config, padded, device, lora_r=16, attn="sdpa", sparse=False, compile=
     n_params = sum(p.numel() for p in model.parameters())
     peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear",
                              trainable_token_indices=tool_ids, task_type="CAUSAL_LM")
-    model.set_attn_implementation(attn)
+    model.set_attn_implementation("sdpa" if device == "cpu" else attn)   # flex attention has no backward on CPU
     model = get_peft_model(model, peft_config)
     if sparse:
         sparse_tool_rows(model)
@@ -267,7 +267,6 @@ def main():
         row = {}
         for system in ["baseline"] + args.variants:
             sparse, packing, attn, compile = VARIANTS.get(system, (False, False, "sdpa", False))
-            attn = "sdpa" if device == "cpu" else attn   # flex attention has no backward on CPU
             model, tool_ids, vocab, n_params = build(config, padded=system != "baseline", device=device, attn=attn,
                                                      sparse=sparse, compile=compile)
             data = examples(stage, args.steps * batch_size, config.vocab_size, tool_ids,  # base ids

@@ -57,6 +57,14 @@ def score_rankings(rankings, rows):
     return out
 
 
+def set_metrics(set_name, ranked, rows, seconds):
+    """The metrics of one query set under its key prefix: `retrieval/...` for the test split, `queries/<file>/...`."""
+    prefix = "retrieval" if set_name == "retrieval_test" else f"queries/{set_name}"
+    out = {f"{prefix}/{key}": value for key, value in score_rankings(ranked, rows).items()}
+    out[f"{prefix}/queries_per_s"] = len(rows) / max(seconds, 1e-9)
+    return out
+
+
 def model_system(model, tokenizer, candidates, sets, memorization, agent_test, do_agent):
     """Every metric of one model: retrieval on each query set, memorization, and (optionally) the agent steps.
     candidates: the tool tokens a prediction may be (the catalog, plus distractors where prepared with them)."""
@@ -72,10 +80,7 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
         constrained += [r[0] for r in ranked_ids]
         ranked = [[id_to_tool.get(i, i) for i in r] for r in ranked_ids]
         rankings_by_set[name] = ranked
-        prefix = "retrieval" if name == "retrieval_test" else f"queries/{name}"
-        for key, value in score_rankings(ranked, rows).items():
-            result[f"{prefix}/{key}"] = value
-        result[f"{prefix}/queries_per_s"] = len(rows) / max(seconds, 1e-9)
+        result.update(set_metrics(name, ranked, rows, seconds))
         invalid += [i not in id_to_tool for i in decoding.unconstrained_argmax(logprobs)]
     if memorization:
         logprobs = decoding.next_token_logprobs(model, tokenizer, [ex["messages"][:-1] for ex in memorization])
@@ -161,15 +166,9 @@ def baseline_systems(tools, sets):
         for set_name, rows in sets.items():
             t0 = time.time()
             ranked = rank(documents, [r[0] for r in rows], TOP)
-            prefix = "retrieval" if set_name == "retrieval_test" else f"queries/{set_name}"
-            for key, value in score_rankings(ranked, rows).items():
-                out[name][f"{prefix}/{key}"] = value
-            out[name][f"{prefix}/queries_per_s"] = len(rows) / max(time.time() - t0, 1e-9)
+            out[name].update(set_metrics(set_name, ranked, rows, time.time() - t0))
             rankings[name][set_name] = ranked
     return out, rankings
-
-
-
 
 
 def main(argv=None):

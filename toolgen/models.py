@@ -20,9 +20,11 @@ PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['conten
                        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
 
-def _atomic_save(save, folder):
+def _save_folder(model, tokenizer, folder):
+    """Model + tokenizer written to <folder>.tmp, then renamed: a cache folder is complete or absent."""
     tmp = folder + ".tmp"
-    save(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     os.replace(tmp, folder)
     return folder
 
@@ -39,11 +41,7 @@ def smollm2_folder():
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
     model.hf_quantizer.remove_quantization_config(model)   # a plain bf16 model from here on
-
-    def save(tmp):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return _atomic_save(save, folder)
+    return _save_folder(model, tokenizer, folder)
 
 
 def tiny_folder(tie_word_embeddings=True):
@@ -75,11 +73,7 @@ def tiny_folder(tie_word_embeddings=True):
     with torch.random.fork_rng(devices=[]):   # seeded, without touching the caller's RNG (a first run = later runs)
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
-
-    def save(tmp):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return _atomic_save(save, folder)
+    return _save_folder(model, tokenizer, folder)
 
 
 def random_llama_1b_folder():
@@ -98,11 +92,7 @@ def random_llama_1b_folder():
     with torch.random.fork_rng(), torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(torch.bfloat16)
-
-    def save(tmp):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    return _atomic_save(save, folder)
+    return _save_folder(model, tokenizer, folder)
 
 
 def resolve_model(name, tie_word_embeddings=True):
@@ -143,7 +133,6 @@ def load_base(model_cfg, tool_tokens, device_map=None):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32,
             bnb_4bit_quant_storage=dtype)   # a float storage dtype lets ZeRO-3 shard the 4-bit weights
-        kwargs["dtype"] = dtype
     elif model_cfg.quantization != "none":
         raise ValueError(f"model.quantization: {model_cfg.quantization!r} (use none or 4bit)")
     model = AutoModelForCausalLM.from_pretrained(path, device_map=device_map, **kwargs)

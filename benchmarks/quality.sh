@@ -27,7 +27,7 @@ stage() { $PY -m accelerate.commands.launch --num_processes 1 toolgen/train.py -
 train_run() {
   local run=$1 data=$2 s folder; shift 2
   for s in "$@"; do
-    folder=$($PY -c "from toolgen.config import STAGES; print(STAGES['$s'][1])")
+    folder=$($PY -m toolgen.config folder "$s")
     [ -f "$RUN/$run/$folder/stage.json" ] || stage --stage "$s" --output-dir "$RUN/$run" --data-dir "$RUN/$data"
   done
 }

@@ -28,7 +28,7 @@ if [ -z "$ACC_CONFIG" ]; then   # one GPU if there is one, else the CPU
   else ACC_CONFIG=launch/accelerate/cpu.yaml; fi
 fi
 if [ -z "$DATA" ]; then   # no --data-dir: the config's data.dir, else prepare DIR/data from data.toolbench (or the sample)
-  DATA=$($PY -m toolgen.config "$CONFIG" "$OUT")
+  DATA=$($PY -m toolgen.config data-dir "$CONFIG" "$OUT")
   if [ "$DATA" = "$OUT/data" ]; then
     echo "== prepare -> $DATA"
     $PY -m toolgen.prepare --config "$CONFIG" --out "$DATA"

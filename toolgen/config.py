@@ -1,23 +1,44 @@
-"""Configuration: one dataclass per concern, loaded from YAML, every key overridable as `section.key=value`."""
+"""Configuration: one dataclass per concern, loaded from YAML, every key overridable as `section.key=value`.
+
+Also THE stage table: the only place that names the stages, their files, folders and parents. The shell scripts ask
+it through `python -m toolgen.config ...` (see `_cli` at the bottom).
+"""
 
 import dataclasses
+import os
+import sys
+import types
+import typing
 from dataclasses import dataclass, field
 
 import yaml
 
-STAGES = {  # stage -> (stage file, output folder, parent stage)
-    "memorization": ("tool_memorization.json", "tool_memorization", None),
-    "retrieval": ("retrieval_training.json", "retrieval_training", "memorization"),
-    "agent": ("agent_tuning.json", "agent_tuning", "retrieval"),
-}
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    file: str            # the stage file in the prepared data folder
+    folder: str          # the output folder under --output-dir
+    parent: str | None   # the stage whose adapter this one continues
+
+
+STAGES = {s.name: s for s in (
+    Stage("memorization", "tool_memorization.json", "tool_memorization", None),
+    Stage("retrieval", "retrieval_training.json", "retrieval_training", "memorization"),
+    Stage("agent", "agent_tuning.json", "agent_tuning", "retrieval"),
+)}
+
+
+class ConfigError(ValueError):
+    """A bad config file or value: the message names the file and the key."""
 
 
 @dataclass
 class ModelConfig:
     name: str = "gguf:smollm2"        # hub id, local folder, "gguf:smollm2" (embedded default), "tiny" (tests),
     #                                   "random:llama-3.2-1b" (the reference shape with random weights, for speed runs)
-    dtype: str = "auto"               # auto (bf16 where supported, else fp32) | bfloat16 | float32
-    attn_implementation: str = "sdpa"  # flash_attention_2 only when installed and asked for
+    dtype: str = "auto"               # auto (bf16 where supported, else fp32) | bfloat16 | float32 | float16
+    attn_implementation: str = "sdpa"  # sdpa | eager | flex_attention | flash_attention_2 (when installed)
     quantization: str = "none"        # none | 4bit (bitsandbytes NF4, QLoRA)
     gradient_checkpointing: bool = False
     tie_word_embeddings: bool = True  # only for the tiny model built in code
@@ -56,7 +77,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
     optimizer: str = "adamw"          # adamw | sgd (plain SGD: its update shows the gradient's scale, used in tests)
-    lr_scheduler: str = "cosine"      # cosine (with warm-up) | constant
+    lr_scheduler: str = "cosine"      # cosine (with warm-up) | constant (with warm-up)
     logging_steps: int = 5
     save_steps: int = 0               # checkpoint every N steps and at the end; 0: no checkpoints
     num_workers: int = 0
@@ -80,20 +101,71 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _build(cls, values, where):
+# Keys whose value must be one of a few words; checked at load, so a typo never trains with a silent default.
+CHOICES = {
+    "model.dtype": ("auto", "bfloat16", "float32", "float16"),
+    "model.attn_implementation": ("sdpa", "eager", "flex_attention", "flash_attention_2"),
+    "model.quantization": ("none", "4bit"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.lr_scheduler": ("cosine", "constant"),
+}
+# Numbers that must be positive (> 0) or not negative (>= 0).
+POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
+            "logging_steps", "pack_to_multiple_of", "epochs"}
+NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed"}
+
+
+def _check(value, kind, key, where):
+    """value converted to the field's type, or ConfigError naming the key and the value."""
+    def bad(expected):
+        return ConfigError(f"{where}: {key}={value!r}: expected {expected}")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)   # YAML reads 1e-4 (no dot) as a string
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        value = float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif typing.get_origin(kind) in (typing.Union, types.UnionType):
+        if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+            raise bad("a string or a list of strings")
+    short = key.rsplit(".", 1)[-1]
+    if short in POSITIVE and not value > 0:
+        raise bad("a value > 0")
+    if short in NOT_NEGATIVE and not value >= 0:
+        raise bad("a value >= 0")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{where}: {key}={value!r}: allowed values are {', '.join(CHOICES[key])}")
+    return value
+
+
+def _build(cls, values, where, prefix=""):
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {values!r}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(names)
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(prefix + k for k in unknown)}; "
+                          f"known: {sorted(prefix + k for k in names)}")
     kwargs = {}
     for key, value in values.items():
         default = getattr(cls(), key)
         if dataclasses.is_dataclass(default):
-            value = _build(type(default), value, f"{where}.{key}")
-        elif isinstance(default, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-            value = float(value)
+            value = _build(type(default), value, where, f"{prefix}{key}.")
+        elif key != "stages":
+            value = _check(value, hints[key], prefix + key, where)
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -102,35 +174,81 @@ def _set(tree, dotted, value):
     *path, last = dotted.split(".")
     for part in path:
         tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
     tree[last] = value
 
 
 def load_config(path=None, overrides=()):
-    """YAML file + `a.b=c` overrides (values parsed as YAML) -> Config. Unknown keys are errors, not silently ignored."""
+    """YAML file + `a.b=c` overrides (values parsed as YAML) -> Config. Unknown keys, values of the wrong type and
+    unknown choices are ConfigErrors naming the key, raised here, before any work starts."""
     raw = {}
+    where = path or "config"
     if path:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, lora, data, train, stages)")
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r}: expected section.key=value")
+            raise ConfigError(f"override {item!r}: expected section.key=value")
         key, value = item.split("=", 1)
-        _set(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        _set(raw, key.strip(), parsed)
+        where = f"{path or 'config'} (with --set overrides)"
     stages = raw.pop("stages", {}) or {}
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{where}: stages: expected a mapping of stage names")
     unknown = set(stages) - set(STAGES)
     if unknown:
-        raise ValueError(f"{path}: unknown stage(s) {sorted(unknown)}; known: {list(STAGES)}")
-    cfg = _build(Config, raw, path or "config")
-    cfg.stages = {s: _build(StageConfig, stages.get(s, {}), f"{path}: stages.{s}") for s in STAGES}
+        raise ConfigError(f"{where}: unknown stage(s) {sorted(unknown)}; known: {list(STAGES)}")
+    cfg = _build(Config, raw, where)
+    cfg.stages = {s: _build(StageConfig, stages.get(s) or {}, where, f"stages.{s}.") for s in STAGES}
     return cfg
 
 
 def data_dir(cfg, output_dir):
     """Where the stage files are: data.dir when the config names one, else <output_dir>/data."""
-    import os
     return cfg.data.dir or os.path.join(output_dir, "data")
 
 
-if __name__ == "__main__":   # for the shell scripts: python -m toolgen.config CONFIG OUTPUT_DIR -> the data folder
-    import sys
-    print(data_dir(load_config(sys.argv[1]), sys.argv[2]))
+def _cli(argv):
+    """For the shell scripts, so that they never spell a stage themselves:
+        python -m toolgen.config stages                   -> memorization retrieval agent
+        python -m toolgen.config folder STAGE             -> its output folder
+        python -m toolgen.config parent STAGE             -> its parent stage (empty line when none)
+        python -m toolgen.config check CONFIG             -> nothing; exit 2 with the error when the config is bad
+        python -m toolgen.config data-dir CONFIG OUT_DIR  -> the stage files' folder
+    """
+    usage = _cli.__doc__
+    if not argv:
+        sys.exit(usage)
+    verb, rest = argv[0], argv[1:]
+    try:
+        if verb == "stages" and not rest:
+            print(" ".join(STAGES))
+        elif verb in ("folder", "parent") and len(rest) == 1:
+            if rest[0] not in STAGES:
+                raise ConfigError(f"unknown stage {rest[0]!r}; known: {', '.join(STAGES)}")
+            print(getattr(STAGES[rest[0]], verb) or "")
+        elif verb == "check" and len(rest) == 1:
+            load_config(rest[0])
+        elif verb == "data-dir" and len(rest) == 2:
+            print(data_dir(load_config(rest[0]), rest[1]))
+        else:
+            sys.exit(usage)
+    except ConfigError as e:
+        print(f"toolgen: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    _cli(sys.argv[1:])

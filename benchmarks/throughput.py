@@ -11,7 +11,7 @@ layers plus trainable tool-token rows (peft trainable_token_indices).
             the default loss over full logits.
   ours, one variant per optimisation, each adding to the one before (toolgen/train.py has each as a switch):
     head-at-targets: vocabulary padded to a multiple of 64, left-padded length-grouped batches, the LM head only at
-                     the target positions (toolgen.train.target_loss);
+                     the target positions (toolgen.loss.target_loss);
     +sparse-rows:    gradient for the tool rows only (train.sparse_tool_rows, toolgen/tool_rows.py);
     +packing-sdpa:   each batch packed into one row, no padding (train.packing), SDPA with the document mask;
     +packing-flex:   the same with flex attention (model.attn_implementation=flex_attention, block-sparse mask);
@@ -43,7 +43,7 @@ from accelerate.utils import compile_regions  # noqa: E402
 
 from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, num_tokens  # noqa: E402
 from toolgen.tool_rows import sparse_tool_rows  # noqa: E402
-from toolgen.train import target_loss  # noqa: E402
+from toolgen.loss import target_loss  # noqa: E402
 
 BASE_VOCAB, TOOL_TOKENS = 128_256, 46_985
 SHAPES = {  # stage: (batch size, prompt length range, number of answer spans, span length range)

@@ -24,13 +24,13 @@ def sample_data(tmp_path_factory):
     return out
 
 
-def run_stage(stage, output_dir, data_dir, *overrides, resume=False, config=TINY):
+def run_stage(stage, output_dir, data_dir, *overrides, resume=False, overwrite=False, config=TINY):
     """Run toolgen/train.py in this process; reset accelerate's singletons so the next run starts clean."""
     from accelerate.state import AcceleratorState, GradientState
 
     from toolgen import train
     argv = ["--stage", stage, "--config", config, "--output-dir", str(output_dir), "--data-dir", str(data_dir)]
-    argv += [a for o in overrides for a in ("--set", o)] + (["--resume"] if resume else [])
+    argv += [a for o in overrides for a in ("--set", o)] + (["--resume"] if resume else []) + (["--overwrite"] if overwrite else [])
     try:
         return train.main(argv)
     finally:

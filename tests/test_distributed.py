@@ -81,11 +81,11 @@ def test_packed_batches_on_two_processes_match_one_padded_process(tmp_path, samp
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, sample_data):
     common = ["train.lr_scheduler=constant", "train.save_steps=3", "lora.dropout=0.1",
               "stages.memorization.per_device_batch_size=4"]
-    _, full = run_stage("memorization", tmp_path / "full", sample_data, *common, "stages.memorization.max_steps=12")
-    # A long run, SIGKILLed (its whole process group) as soon as its first checkpoint is complete.
+    common += ["stages.memorization.max_steps=24"]   # the same run, killed and resumed
+    _, full = run_stage("memorization", tmp_path / "full", sample_data, *common)
+    # The same run in its own process, SIGKILLed (its whole process group) as soon as its first checkpoint is complete.
     cmd = [sys.executable, "toolgen/train.py", "--config", TINY, "--stage", "memorization", "--output-dir",
-           str(tmp_path / "cut"), "--data-dir", sample_data] + [a for o in common + ["stages.memorization.max_steps=100000"]
-                                                                for a in ("--set", o)]
+           str(tmp_path / "cut"), "--data-dir", sample_data] + [a for o in common for a in ("--set", o)]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = tmp_path / "cut" / "tool_memorization.checkpoints"
     deadline = time.time() + 300
@@ -95,9 +95,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, sample_data)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     done = sorted(int(d.split("-")[-1]) for d in os.listdir(ckpts) if d.startswith("step-"))
-    assert done and max(done) < 12 and not os.path.exists(tmp_path / "cut" / "tool_memorization")
-    _, resumed = run_stage("memorization", tmp_path / "cut", sample_data, *common, "stages.memorization.max_steps=12",
-                           resume=True)
+    assert done and max(done) < 24 and not os.path.exists(tmp_path / "cut" / "tool_memorization")
+    _, resumed = run_stage("memorization", tmp_path / "cut", sample_data, *common, resume=True)
     assert resumed == pytest.approx(full, rel=1e-5)
 
 

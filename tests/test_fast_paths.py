@@ -12,7 +12,7 @@ from toolgen import models
 from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, tokenize_messages
 from toolgen.config import load_config
 from toolgen.tool_rows import sparse_tool_rows
-from toolgen.train import target_loss
+from toolgen.loss import target_loss
 
 
 def lora_tiny(data_dir, *overrides):

@@ -37,3 +37,109 @@ def atomic_folder(final):
 def write_json(path, obj, indent=1):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=indent)
+
+
+def file_sha256(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---- checkpoints: <stage folder>.checkpoints/step-N -------------------------------------------------------------------
+
+# Config keys a resumed run may change: they do not change what is computed (how often it logs or saves, data-loader
+# workers, compilation). Anything else (steps, batch, learning rate, data, model...) would make the finished stage's
+# config.json describe a run that did not happen.
+MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.compile"}
+
+
+def torch_rng_state():
+    import torch
+    return {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
+
+
+def set_torch_rng_state(state):
+    import torch
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def checkpoints(ckpt_root):
+    """Complete checkpoints, oldest first, as (step, path). Unfinished saves (tmp-step-N) and diverged ones are not."""
+    if not os.path.isdir(ckpt_root):
+        return []
+    found = [(int(d.split("-")[1]), os.path.join(ckpt_root, d)) for d in os.listdir(ckpt_root)
+             if d.startswith("step-") and d.split("-")[1].isdigit()]
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_root):
+    found = checkpoints(ckpt_root)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(accelerator, ckpt_root, progress):
+    """accelerate's save_state into tmp-step-N, renamed step-N when complete: an interrupted save never replaces a
+    good one. progress: step, epoch, batches_done, history, and what the run is (config, data hash, processes)."""
+    import torch
+    step = progress["step"]
+    tmp, final = os.path.join(ckpt_root, f"tmp-step-{step}"), os.path.join(ckpt_root, f"step-{step}")
+    accelerator.save_state(tmp)
+    # Our own copy of this process's torch RNG, restored once the resumed run's data iterator has started (which
+    # draws a seed from it): accelerate's copy is restored before that draw, so dropout would shift by one number.
+    torch.save(torch_rng_state(), os.path.join(tmp, f"torch_rng_{accelerator.process_index}.pt"))
+    if accelerator.is_main_process:
+        write_json(os.path.join(tmp, "progress.json"), progress, indent=None)
+        os.replace(tmp, final)
+    accelerator.wait_for_everyone()
+
+
+def resume_mismatches(saved, now):
+    """['key: saved -> now'] for every setting of the run that differs from the checkpoint's, except those that may."""
+    from toolgen.config import flatten
+    a, b = flatten(saved), flatten(now)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in MAY_CHANGE_ON_RESUME and a.get(k) != b.get(k)]
+
+
+def load_progress(accelerator, ckpt):
+    """Restore a checkpoint -> (progress dict, this process's torch RNG state to set once the data iterator started)."""
+    import torch
+    accelerator.load_state(ckpt)
+    with open(os.path.join(ckpt, "progress.json"), encoding="utf-8") as f:
+        progress = json.load(f)
+    rng = torch.load(os.path.join(ckpt, f"torch_rng_{accelerator.process_index}.pt"), weights_only=True)
+    return progress, rng
+
+
+def set_aside_diverged(ckpt_root, failed_step):
+    """The loss of step N is computed with the weights saved at step N-1: when it is NaN/inf, that checkpoint holds
+    diverged weights. Rename it (diverged-step-N) so that --resume takes the one before; returns that one or None."""
+    for step, path in checkpoints(ckpt_root):
+        if step >= failed_step - 1:
+            os.replace(path, os.path.join(ckpt_root, f"diverged-step-{step}"))
+    return latest_checkpoint(ckpt_root)
+
+
+# ---- the finished stage folder ----------------------------------------------------------------------------------------
+
+def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metrics, info):
+    """adapter/ + tokenizer/ + tool_tokens.json + config.json + metrics.json + stage.json, as one atomic folder
+    (stage.json, which later stages check for, is written last). Every process calls it: under ZeRO-3 the state dict
+    is gathered from the shards."""
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        state = {k.replace("._orig_mod", ""): v for k, v in state.items()}   # names as without train.compile
+        with atomic_folder(out_dir) as tmp:
+            accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
+                os.path.join(tmp, "adapter"), state_dict=state, save_embedding_layers=False)
+            tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+            write_json(os.path.join(tmp, "tool_tokens.json"), tool_tokens, indent=None)
+            write_json(os.path.join(tmp, "config.json"), config)
+            write_json(os.path.join(tmp, "metrics.json"), metrics)
+            write_json(os.path.join(tmp, "stage.json"), info)
+    accelerator.wait_for_everyone()

@@ -6,9 +6,11 @@ add_generation_prompt renders) and its body; only the bodies of messages with lo
 learns the answer and the end-of-turn marker, never the prompt, the role headers or the padding.
 """
 
+import contextlib
+
 import torch
 
-IGNORE = -100
+from toolgen.loss import IGNORE  # noqa: F401  (re-exported: the collators write it)
 
 
 def _render(tokenizer, messages, add_generation_prompt=False):
@@ -133,3 +135,21 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         for start in range(0, len(order), self.window):
             grouped += sorted(order[start:start + self.window], key=lambda i: -self.lengths[i])
         return iter(grouped)
+
+
+def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext):
+    """A stage file -> DataLoader: tokenized with loss masks (cached by datasets), in length-grouped or shuffled order,
+    left-padded or packed batches of `per_device_batch_size` examples."""
+    from datasets import load_dataset
+    from torch.utils.data import DataLoader
+    dataset = load_dataset("json", data_files=data_file, split="train")
+    with main_process_first():   # one process tokenizes, the others read its cache
+        dataset = dataset.map(lambda ex: tokenize_messages(tokenizer, ex["messages"], stage_cfg.max_length),
+                              remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
+    batch = stage_cfg.per_device_batch_size
+    sampler = (LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * batch, train_cfg.seed)
+               if train_cfg.group_by_length else None)
+    collate = (PackedCollator(tokenizer.pad_token_id, train_cfg.pack_to_multiple_of) if train_cfg.packing
+               else LeftPadCollator(tokenizer.pad_token_id))
+    return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
+                      num_workers=train_cfg.num_workers, collate_fn=collate)

@@ -215,6 +215,14 @@ def load_config(path=None, overrides=()):
     return cfg
 
 
+def flatten(tree, prefix=""):
+    """{"a": {"b": 1}} -> {"a.b": 1}: the dotted names --set uses."""
+    out = {}
+    for k, v in tree.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def data_dir(cfg, output_dir):
     """Where the stage files are: data.dir when the config names one, else <output_dir>/data."""
     return cfg.data.dir or os.path.join(output_dir, "data")

@@ -33,11 +33,6 @@ def recall(ranked, relevant, k):
     return len(set(ranked[:k]) & set(relevant)) / len(relevant) if relevant else 0.0
 
 
-def rank_by_score(items, scores):
-    """Sort items by score, highest first; ties keep the items' given order (deterministic)."""
-    return [items[i] for i in sorted(range(len(items)), key=lambda i: (-scores[i], i))]
-
-
 def retrieval_metrics(rankings, relevants, ks=(1, 3, 5)):
     """Mean metrics over queries. rankings: ranked item lists; relevants: sets of all relevant items."""
     n = len(rankings)

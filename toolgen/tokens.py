@@ -1,6 +1,5 @@
 """Tool tokens: names in ToolGen's atomic style, adding them to a tokenizer, initialising their embedding rows."""
 
-import json
 import re
 import unicodedata
 
@@ -43,12 +42,6 @@ def token_words(token):
     """The plain words of a tool token, for initialising its embedding: '<<Sky Cast&&daily forecast>>' -> 'Sky Cast daily forecast'."""
     inner = token[2:-2] if token.startswith("<<") and token.endswith(">>") else token
     return re.sub(r"[@#&]+", " ", inner).strip() or inner
-
-
-def load_tool_tokens(path):
-    """tool_tokens.json -> list of token strings, Finish included, in file order."""
-    with open(path, encoding="utf-8") as f:
-        return list(json.load(f)["tokens"])
 
 
 def is_tied(model):

@@ -1,0 +1,30 @@
+"""What the stages minimise: the summed cross-entropy of the target tokens, and how many there are.
+
+The loop divides the sum by the target count of the whole update (all micro-batches, all processes), so the loss and
+the gradient do not depend on how an update is split into micro-batches or processes.
+"""
+
+import torch
+
+IGNORE = -100   # the label of a token that carries no loss (prompt, role headers, padding)
+
+
+def count_targets(batch):
+    """Target tokens of a batch: labels are shifted (position t predicts token t+1), so the first label never counts."""
+    return (batch["labels"][:, 1:] != IGNORE).sum()
+
+
+def target_loss(model, batch, vocab_size):
+    """Summed cross-entropy over the target tokens, with the LM head run only at positions where some row has a target.
+
+    `logits_to_keep` takes the positions, so the [tokens x vocab] logits tensor of the whole batch is never built; with
+    left padding the short stage-1/2 examples share their target positions. Logits are cut to the real vocabulary: the
+    padding rows (the vocabulary is padded to a multiple of 64) are never predicted.
+    """
+    labels = batch["labels"][:, 1:]
+    positions = (labels != IGNORE).any(0).nonzero().squeeze(-1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False)
+    logits = out.logits[..., :vocab_size].float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels[:, positions].reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")

@@ -1,0 +1,24 @@
+"""Start-up notices that mean nothing to a user, silenced at their source. Imported first by the commands (train,
+evaluate, agent), so that a stage prints its own lines and a progress bar, not the libraries' internals.
+
+- bitsandbytes, on a CPU with AVX512-BF16, tries to fetch a faster 4-bit CPU kernel from the hub and warns when it
+  cannot (we are offline by design; the built-in kernel is used and is correct).
+- DeepSpeed warns "Setting accelerator to CPU" when it has to guess: we tell it (DS_ACCELERATOR) when there is no GPU.
+- transformers and datasets draw a progress bar for every load, save, split and map of a few milliseconds.
+"""
+
+import logging
+import os
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import datasets  # noqa: E402
+from transformers.utils import logging as transformers_logging  # noqa: E402
+
+transformers_logging.disable_progress_bar()
+datasets.disable_progress_bars()

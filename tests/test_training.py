@@ -292,8 +292,17 @@ def test_target_loss_equals_the_plain_full_logits_loss(sample_data):
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-4)
     for a, b in zip(fast_grads, plain_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    # and the padding rows of the vocabulary are never predicted: the loss and the decoding cut them off
-    assert model.get_input_embeddings().weight.shape[0] > vocab
+    # and the padding rows of the vocabulary are never predicted: give them logits that would win every softmax;
+    # the loss and the decoded distribution do not move
+    table = model.get_input_embeddings().weight
+    assert table.shape[0] > vocab
+    with torch.no_grad():
+        table[vocab:] = 1000.0 * torch.ones_like(table[vocab:])
+        batch = LeftPadCollator(tokenizer.pad_token_id)(examples)
+        torch.testing.assert_close(target_loss(model, batch, vocab), fast.detach(), rtol=1e-5, atol=1e-4)
+        from toolgen import decoding
+        logprobs = decoding.next_token_logprobs(model, tokenizer, [agent[0]["messages"][:2]])
+        assert logprobs.shape[-1] == vocab and torch.allclose(logprobs.exp().sum(-1), torch.ones(1))
 
 
 def test_length_grouped_batches_pad_less_and_change_every_epoch():

@@ -10,11 +10,15 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 
-import torch
+from toolgen import quiet  # noqa: F401  (first: it silences start-up notices before the libraries print them)
 
-from toolgen import baselines, decoding, metrics, models
+import torch  # noqa: E402
+
+from toolgen import baselines, decoding, metrics, models  # noqa: E402
+from toolgen.config import STAGES  # noqa: E402
 from toolgen.report import write_report
 from toolgen.data.stages import ASK_INPUT
 from toolgen.tokens import FINISH
@@ -23,9 +27,39 @@ TOP = 100          # rankings are kept to the top 100: MRR is MRR@100
 PLOT_K = range(1, 11)
 
 
+class EvalError(ValueError):
+    """Bad input to the evaluation: the message names the file (and the record)."""
+
+
 def load_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise EvalError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_query_file(path):
+    """A ToolBench query file: [{"query": text, "relevant APIs": [[tool, api], ...]}, ...], checked record by record."""
+    records = load_json(path)
+    if not isinstance(records, list):
+        raise EvalError(f"{path}: expected a list of queries")
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("query"), str):
+            raise EvalError(f"{path} record {i}: needs a 'query' text")
+        labels = r.get("relevant APIs", [])
+        if not isinstance(labels, list) or not all(isinstance(l, list) and len(l) == 2 for l in labels):
+            raise EvalError(f"{path} record {i}: 'relevant APIs' must be a list of [tool, api] pairs")
+    return records
+
+
+def check_stage_folder(path):
+    """A stage folder is usable when it is complete: checked for every --model before any model or baseline loads."""
+    for needed in ("stage.json", "tool_tokens.json", os.path.join("adapter", "adapter_config.json")):
+        if not os.path.exists(os.path.join(path, needed)):
+            raise EvalError(f"--model {path}: not a finished stage folder ({needed} is missing)")
 
 
 def query_sets(data_dir, extra_files, tools):
@@ -37,7 +71,7 @@ def query_sets(data_dir, extra_files, tools):
     by_tool_api = {(v["tool"], v["api"]): t for t, v in tools.items()}
     for path in extra_files:
         rows = []
-        for r in load_json(path):
+        for r in read_query_file(path):
             labels = [tuple(x) for x in r.get("relevant APIs", [])]
             # a relevant API outside the catalog stays relevant (a placeholder no system can return): it counts as a miss
             relevant = {by_tool_api.get(l, f"<missing:{l[0]}&&{l[1]}>") for l in labels}
@@ -183,18 +217,27 @@ def main(argv=None):
     p.add_argument("--no-base", action="store_true", help="skip the untrained base model (the floor)")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
     args = p.parse_args(argv)
-    if args.output_dir:
-        args.model += [os.path.join(args.output_dir, d) for d in ("retrieval_training", "agent_tuning")
-                       if os.path.exists(os.path.join(args.output_dir, d, "stage.json"))]
+    if args.output_dir:   # the stages after memorization (memorization alone does not retrieve from queries)
+        args.model += [os.path.join(args.output_dir, STAGES[s].folder) for s in list(STAGES)[1:]
+                       if os.path.exists(os.path.join(args.output_dir, STAGES[s].folder, "stage.json"))]
         args.data = args.data or os.path.join(args.output_dir, "data")
         args.out = args.out or os.path.join(args.output_dir, "eval")
         args.runs = args.runs or os.path.join(args.output_dir, "runs")
     if not (args.data and args.out):
         p.error("give --data and --out, or --output-dir")
+    try:
+        evaluate(args)
+    except EvalError as e:
+        sys.exit(f"toolgen-evaluate: error: {e}")
+
+
+def evaluate(args):
+    for path in args.model:
+        check_stage_folder(path)
     tool_tokens = load_json(os.path.join(args.data, "tool_tokens.json"))
     tools, candidates = tool_tokens["tools"], [t for t in tool_tokens["tokens"] if t != FINISH]
     sets = query_sets(args.data, args.queries, tools)
-    memorization = load_json(os.path.join(args.data, "tool_memorization.json"))
+    memorization = load_json(os.path.join(args.data, STAGES["memorization"].file))
     agent_test = load_json(os.path.join(args.data, "agent_test.json"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     systems, rankings = {}, {}
@@ -203,7 +246,7 @@ def main(argv=None):
     for i, stage_dir in enumerate(args.model):
         tokenizer, model, _ = models.load_stage(stage_dir)
         if set(candidates) - set(tokenizer.get_vocab()):
-            raise SystemExit(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
+            raise EvalError(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
         model.to(device).eval()
         if i == 0 and not args.no_base:
             with model.disable_adapter():   # the same base with the same initial tool rows, no training

@@ -9,6 +9,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from toolgen.checkpoint import atomic_folder
 from toolgen.tokens import add_tool_tokens, is_tied
 
 CACHE = os.environ.get("TOOLGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "toolgen"))
@@ -20,11 +21,10 @@ PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['conten
 
 
 def _save_folder(model, tokenizer, folder):
-    """Model + tokenizer written to <folder>.tmp, then renamed: a cache folder is complete or absent."""
-    tmp = folder + ".tmp"
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, folder)
+    """Model + tokenizer as one atomic folder: a cache folder is complete or absent."""
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return folder
 
 

@@ -4,6 +4,8 @@ evaluate, agent), so that a stage prints its own lines and a progress bar, not t
 - bitsandbytes, on a CPU with AVX512-BF16, tries to fetch a faster 4-bit CPU kernel from the hub and warns when it
   cannot (we are offline by design; the built-in kernel is used and is correct).
 - DeepSpeed warns "Setting accelerator to CPU" when it has to guess: we tell it (DS_ACCELERATOR) when there is no GPU.
+- accelerate notes at every checkpoint that it stored the tied embedding / LM head once ("Removed shared tensor"):
+  expected, since they are one tensor; reloading restores the tie.
 - transformers and datasets draw a progress bar for every load, save, split and map of a few milliseconds.
 """
 
@@ -11,6 +13,7 @@ import logging
 import os
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("accelerate.utils.other").addFilter(lambda r: "Removed shared tensor" not in r.getMessage())
 
 import torch  # noqa: E402
 

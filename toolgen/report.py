@@ -1,10 +1,10 @@
 """metrics.json, metrics.md and the plots (NDCG@k per system; training loss per stage from TensorBoard logs)."""
 
 import glob
-import json
 import os
 
 from toolgen import metrics
+from toolgen.checkpoint import atomic_folder, write_json
 
 DEFINITIONS = {
     "retrieval/ndcg@k": "standard NDCG@k, binary relevance; the ideal ranking counts ALL relevant APIs, also those not "
@@ -73,14 +73,17 @@ def _fmt(v):
 
 
 def write_report(out_dir, systems, rankings, sets, runs_dir=None):
-    os.makedirs(out_dir, exist_ok=True)
+    """metrics.json, metrics.md and the plots, as one atomic folder: a report is complete or absent."""
     curves = training_losses(runs_dir) if runs_dir and os.path.isdir(runs_dir) else {}
     report = {"systems": systems, "definitions": DEFINITIONS, "not_measured": NOT_MEASURED,
               "query_sets": {name: len(rows) for name, rows in sets.items()}}
-    tmp = os.path.join(out_dir, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "metrics.json"))
+    with atomic_folder(out_dir) as tmp:
+        write_json(os.path.join(tmp, "metrics.json"), report)
+        _markdown(tmp, report, systems)
+        _plots(tmp, rankings, sets, curves)
+
+
+def _markdown(out_dir, report, systems):
     lines = ["# Evaluation", "", f"Query sets: {report['query_sets']}", "",
              "| system | " + " | ".join(c.split("/")[-1] if c.startswith("retrieval") else c for c in COLUMNS) + " |",
              "|---" * (len(COLUMNS) + 1) + "|"]
@@ -99,4 +102,3 @@ def write_report(out_dir, systems, rankings, sets, runs_dir=None):
               "## Definitions", ""] + [f"- `{k}`: {v}" for k, v in DEFINITIONS.items()]
     with open(os.path.join(out_dir, "metrics.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    _plots(out_dir, rankings, sets, curves)

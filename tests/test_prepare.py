@@ -10,7 +10,7 @@ import pytest
 
 from conftest import ROOT, SHARED, needs_shared
 from toolgen.data.toolbench import Catalog, DataError, function_name, read_tools_dir
-from toolgen.prepare import OUTPUT_FILES, SAMPLE_DIR, main, prepare
+from toolgen.prepare import OUTPUT_FILES, SAMPLE_DIR, main, prepare, write_atomically
 from toolgen.tokens import FINISH, tool_token_names
 
 
@@ -161,6 +161,52 @@ def test_failed_run_leaves_no_output(tmp_path, capsys):
     with pytest.raises(SystemExit, match="9_x.json: not valid JSON"):
         main(["--toolbench", root, "--out", str(out)])
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_a_failed_write_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    """Make each write and each rename fail in turn: the folder is all old files until the one that is all new."""
+    out = str(tmp_path / "out")
+    write_atomically({name: {"old": name} for name in OUTPUT_FILES}, out)
+    new = prepare(tiny_layout(tmp_path / "in"))
+    for target in ("dump", "replace"):
+        for k in range(1, 20):
+            real, calls = getattr(json if target == "dump" else os, target), []
+
+            def fail_on_kth(*args, real=real, calls=calls, k=k, **kwargs):
+                calls.append(args)
+                if len(calls) == k:
+                    raise OSError(f"{target} {k} failed")
+                return real(*args, **kwargs)
+            monkeypatch.setattr(json if target == "dump" else os, target, fail_on_kth)
+            try:
+                write_atomically(new, out)
+                failed = False
+            except OSError:
+                failed = True
+            finally:
+                monkeypatch.undo()
+            assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES), (target, k)
+            assert sorted(os.listdir(tmp_path)) == ["in", "out"], (target, k)   # no temporary folder left
+            contents = [load(out, name) for name in OUTPUT_FILES]
+            if failed:
+                assert contents == [{"old": name} for name in OUTPUT_FILES], (target, k)
+            else:
+                assert contents == [json.loads(json.dumps(new[name])) for name in OUTPUT_FILES], (target, k)
+                write_atomically({name: {"old": name} for name in OUTPUT_FILES}, out)
+                break
+        else:
+            raise AssertionError(f"{target}: the write never succeeded")
+
+
+def test_out_folder_with_other_files_is_refused(tmp_path):
+    out = tmp_path / "out"
+    write(str(out / "my_notes.txt"), "keep me")
+    with pytest.raises(SystemExit, match="my_notes.txt.*replaced whole"):
+        main(["--toolbench", tiny_layout(tmp_path / "in"), "--out", str(out)])
+    assert os.listdir(out) == ["my_notes.txt"]
+    main(["--toolbench", str(tmp_path / "in"), "--out", str(tmp_path / "fresh")])
+    main(["--toolbench", str(tmp_path / "in"), "--out", str(tmp_path / "fresh")])   # a former --out: replaced
+    assert sorted(os.listdir(tmp_path / "fresh")) == sorted(OUTPUT_FILES)
 
 
 def test_cli_on_the_shipped_sample(tmp_path):

@@ -11,10 +11,9 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 
+from toolgen.checkpoint import atomic_folder
 from toolgen.data import stages
 from toolgen.data.toolbench import (Catalog, DataError, read_api_jsonl, read_queries, read_tools_dir,
                                     read_trajectories, resolve_queries, api_from_record)
@@ -177,18 +176,26 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     return outputs
 
 
+def check_out_dir(out_dir):
+    """The output folder is replaced whole, so it may hold only what prepare writes: refuse one with anything else in
+    it (an --out pointing at the raw data or at a home folder would be deleted)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"{out_dir}: --out is not a folder")
+    if os.path.isdir(out_dir):
+        others = sorted(n for n in os.listdir(out_dir) if n not in OUTPUT_FILES and not n.startswith(".prepare-"))
+        if others:
+            raise DataError(f"{out_dir}: --out holds files prepare does not write ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}); the folder is replaced whole, so give a new one")
+
+
 def write_atomically(outputs, out_dir):
-    """Write every file to a temporary folder beside out_dir, then move them in: a failed run leaves nothing half-written."""
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".prepare-", dir=out_dir)
-    try:
+    """Write every file into a temporary folder beside out_dir, then swap the whole folder in (atomic_folder): a failed
+    run leaves the old out_dir as it was, never old and new files mixed."""
+    check_out_dir(out_dir)
+    with atomic_folder(out_dir) as tmp:
         for name, obj in outputs.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 json.dump(obj, f, ensure_ascii=False, indent=None if isinstance(obj, list) else 1)
-        for name in outputs:
-            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None):
@@ -219,11 +226,12 @@ def main(argv=None):
     if not (toolbench or args.tools_dir or args.api_catalog or args.queries):
         toolbench = SAMPLE_DIR
     try:
+        check_out_dir(args.out)   # before the work, not after it
         outputs = prepare(toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories,
                           args.test_fraction, args.seed, args.strict, args.extra_tokens, args.synthetic_queries)
-    except (DataError, FileNotFoundError) as e:
+        write_atomically(outputs, args.out)
+    except (DataError, OSError) as e:   # OSError: a missing or unreadable file, named by the message
         sys.exit(f"toolgen-prepare: error: {e}")
-    write_atomically(outputs, args.out)
     report = outputs["prepare_report.json"]
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in report["written"].items()))
     if report["skipped"]:

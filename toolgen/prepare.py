@@ -14,12 +14,11 @@ import os
 import sys
 
 from toolgen.checkpoint import atomic_folder
-from toolgen.data import stages
+from toolgen.data import SAMPLE_DIR, stages
 from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_tools_dir,
                                     read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
 
-SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "data", "sample")
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
                 "agent_test.json", "tool_tokens.json", "prepare_report.json")
 # What --toolbench DIR is searched for, in DIR and in DIR/data (a ToolBench download keeps everything under data/).

@@ -15,8 +15,8 @@ import sys
 
 from toolgen.checkpoint import atomic_folder
 from toolgen.data import SAMPLE_DIR, stages
-from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_tools_dir,
-                                    read_trajectories, resolve_queries)
+from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
+                                    read_tools_dir, read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
 
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
@@ -63,11 +63,12 @@ def _expand(paths):
 def find_inputs(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=()):
     """The input files: those given by flag, the rest from detect_layout(toolbench). A catalog or tool folder given by
     flag replaces both found ones; of the two, the catalog file is the catalog."""
-    found = detect_layout(toolbench) if toolbench else {"tools_dir": None, "catalogs": [], "queries": [], "trajectories": []}
+    nothing = {"tools_dir": None, "catalogs": [], "queries": [], "trajectories": []}
+    found = detect_layout(toolbench) if toolbench else nothing
     if not (api_catalog or tools_dir):
         if len(found["catalogs"]) > 1:
-            raise DataError(f"{toolbench}: {len(found['catalogs'])} JSON Lines files and no catalog.jsonl, which is the "
-                            f"catalog? ({', '.join(found['catalogs'])}); name it with --api-catalog")
+            raise DataError(f"{toolbench}: {len(found['catalogs'])} JSON Lines files and no catalog.jsonl, which is "
+                            f"the catalog? ({', '.join(found['catalogs'])}); name it with --api-catalog")
         api_catalog, tools_dir = (found["catalogs"] or [None])[0], found["tools_dir"]
     inputs = {"tools_dir": tools_dir, "api_catalog": api_catalog, "queries": list(queries) or found["queries"],
               "trajectories": _expand(trajectories) or found["trajectories"]}
@@ -84,8 +85,8 @@ def describe_inputs(inputs):
             return f"1 {kind} file: {paths[0]}"
         return f"{len(paths)} {kind} files" + (f" under {os.path.commonpath(paths)}" if paths else "")
     catalog, tools = inputs["api_catalog"], inputs["tools_dir"]
-    return [f"catalog file: {catalog or 'none'}",
-            f"tool folder: {tools or 'none'}" + (" (not used: the catalog file is the catalog)" if catalog and tools else ""),
+    unused = " (not used: the catalog file is the catalog)" if catalog and tools else ""
+    return [f"catalog file: {catalog or 'none'}", f"tool folder: {tools or 'none'}{unused}",
             files("query", inputs["queries"]) + ("" if catalog or tools else " (the catalog: their api_lists)"),
             files("trajectory", inputs["trajectories"])]
 
@@ -182,8 +183,7 @@ def _tool_tokens(catalog, names, collisions, extra_tokens):
     distractors = []
     if extra_tokens:
         known = set(names.values()) | {FINISH}
-        with open(extra_tokens, encoding="utf-8") as f:
-            distractors = sorted({t.strip() for t in f if t.strip()} - known)
+        distractors = sorted({t.strip() for t in read_text(extra_tokens).splitlines() if t.strip()} - known)
         bad = [t for t in distractors if not (t.startswith("<<") and t.endswith(">>"))]
         if bad:
             raise DataError(f"{extra_tokens}: not a tool token: {bad[0]!r}")
@@ -199,8 +199,13 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
     inputs = find_inputs(toolbench, tools_dir, api_catalog, queries, trajectories)
     report = Report(strict)
-    raw_queries = [(path, *read_queries(path)) for path in inputs["queries"]]
-    query_counts = {f"queries:{path}": len(records) for path, _, records in raw_queries}
+    raw_queries, query_counts = [], {}
+    for path in inputs["queries"]:
+        stem, records, skips = read_queries(path)
+        query_counts[f"queries:{path}"] = len(records) + len(skips)
+        for reason, detail in skips:
+            report.skip(reason, detail)
+        raw_queries.append((path, stem, records))
     apis, catalog_source = _read_catalog(inputs["api_catalog"], inputs["tools_dir"], raw_queries)
     catalog = Catalog(apis)
     report.read["apis"] = len(apis)
@@ -257,8 +262,8 @@ def write_atomically(outputs, out_dir):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--toolbench", default=None, help="a ToolBench / StableToolBench folder, or one with a catalog.jsonl "
-                                                     "(README: input layouts); default: the shipped sample")
+    p.add_argument("--toolbench", default=None, help="a ToolBench or StableToolBench folder, or one with a "
+                                                     "catalog.jsonl (README: input layouts); default: the shipped sample")
     p.add_argument("--out", required=True, help="folder for the stage files (replaced whole)")
     p.add_argument("--tools-dir", help="tool documentation folder (<Category>/<tool>.json)")
     p.add_argument("--api-catalog", help="API catalog as JSON Lines; when given it is the catalog")

@@ -11,7 +11,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["toolgen", "toolgen.*"]),
-    package_data={"toolgen": ["data/sample/**/*.json"]},
+    package_data={"toolgen": ["data/sample/*.jsonl", "data/sample/**/*.json"]},
     include_package_data=True,
     # torch is installed first, pinned, by launch/setup.sh: an unpinned torch would pull a multi-GB CUDA build.
     install_requires=[

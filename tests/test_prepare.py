@@ -1,5 +1,6 @@
 """Data preparation: counts, split, tokens, bad input, atomic output — on the shipped sample and the real data."""
 
+import ast
 import glob
 import json
 import os
@@ -9,8 +10,8 @@ import sys
 import pytest
 
 from conftest import ROOT, SHARED, needs_shared
-from toolgen.data.toolbench import Catalog, DataError, function_name, read_tools_dir
-from toolgen.prepare import OUTPUT_FILES, SAMPLE_DIR, main, prepare
+from toolgen.data.toolbench import Catalog, DataError, function_name, read_api_jsonl
+from toolgen.prepare import OUTPUT_FILES, SAMPLE_DIR, main, prepare, write_atomically
 from toolgen.tokens import FINISH, tool_token_names
 
 
@@ -20,7 +21,7 @@ def load(d, name):
 
 
 def test_sample_counts_match_inputs(sample_data):
-    apis = read_tools_dir(os.path.join(SAMPLE_DIR, "toolenv", "tools"))
+    apis = read_api_jsonl(os.path.join(SAMPLE_DIR, "catalog.jsonl"))
     memorization = load(sample_data, "tool_memorization.json")
     assert len(memorization) == len(apis) == 72           # one example per API of the catalog
     tokens = load(sample_data, "tool_tokens.json")
@@ -41,6 +42,36 @@ def test_sample_counts_match_inputs(sample_data):
     assert report["read"]["trajectories"] == len(load(sample_data, "agent_tuning.json")) + len(load(sample_data, "agent_test.json"))
 
 
+def test_the_sample_is_data_read_like_a_users_inputs():
+    """catalog.jsonl (the --api-catalog format, the same reader), queries and trajectories as files; no generator."""
+    package = os.path.dirname(SAMPLE_DIR)
+    assert sorted(os.listdir(SAMPLE_DIR)) == ["answer", "catalog.jsonl", "instruction"]
+    assert not glob.glob(os.path.join(SAMPLE_DIR, "**", "*.py"), recursive=True)
+    assert not {"make_sample.py", "sample_catalog.py"} & set(os.listdir(package))
+    with open(os.path.join(SAMPLE_DIR, "catalog.jsonl"), encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == 72 and all({"category_name", "tool_name", "api_name", "api_description", "tool_description",
+                                     "required_parameters", "optional_parameters", "method"} <= set(r) for r in lines)
+    report = prepare(SAMPLE_DIR)["prepare_report.json"]
+    assert report["catalog_source"] == os.path.join(SAMPLE_DIR, "catalog.jsonl") and report["skipped"] == {}
+
+
+def imports_of(path):
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+
+def test_imports_run_one_way():
+    """models.py takes SAMPLE_DIR from toolgen.data (not from the prepare command); data/ imports no command."""
+    from toolgen.data import SAMPLE_DIR as from_data
+    assert from_data == SAMPLE_DIR
+    assert "toolgen.prepare" not in imports_of(os.path.join(ROOT, "toolgen", "models.py"))
+    for path in glob.glob(os.path.join(ROOT, "toolgen", "data", "*.py")):
+        assert not imports_of(path) & {"toolgen.prepare", "toolgen.train", "toolgen.models", "toolgen.evaluate"}, path
+
+
 def test_split_has_no_overlap_and_is_deterministic(sample_data):
     train_q = {ex["messages"][0]["content"] for ex in load(sample_data, "retrieval_training.json")}
     test_q = {r["messages"][0]["content"] for r in load(sample_data, "retrieval_test.json")}
@@ -58,7 +89,7 @@ def test_split_has_no_overlap_and_is_deterministic(sample_data):
 def test_tokens_unique_and_round_trip(sample_data):
     tokens = load(sample_data, "tool_tokens.json")
     assert len(set(tokens["tokens"])) == len(tokens["tokens"])
-    catalog = Catalog(read_tools_dir(os.path.join(SAMPLE_DIR, "toolenv", "tools")))
+    catalog = Catalog(read_api_jsonl(os.path.join(SAMPLE_DIR, "catalog.jsonl")))
     names, _ = tool_token_names(list(catalog.apis))
     for key, token in names.items():
         info = tokens["tools"][token]
@@ -161,6 +192,52 @@ def test_failed_run_leaves_no_output(tmp_path, capsys):
     with pytest.raises(SystemExit, match="9_x.json: not valid JSON"):
         main(["--toolbench", root, "--out", str(out)])
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_a_failed_write_leaves_the_old_folder_whole(tmp_path, monkeypatch):
+    """Make each write and each rename fail in turn: the folder is all old files until the one that is all new."""
+    out = str(tmp_path / "out")
+    write_atomically({name: {"old": name} for name in OUTPUT_FILES}, out)
+    new = prepare(tiny_layout(tmp_path / "in"))
+    for target in ("dump", "replace"):
+        for k in range(1, 20):
+            real, calls = getattr(json if target == "dump" else os, target), []
+
+            def fail_on_kth(*args, real=real, calls=calls, k=k, **kwargs):
+                calls.append(args)
+                if len(calls) == k:
+                    raise OSError(f"{target} {k} failed")
+                return real(*args, **kwargs)
+            monkeypatch.setattr(json if target == "dump" else os, target, fail_on_kth)
+            try:
+                write_atomically(new, out)
+                failed = False
+            except OSError:
+                failed = True
+            finally:
+                monkeypatch.undo()
+            assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES), (target, k)
+            assert sorted(os.listdir(tmp_path)) == ["in", "out"], (target, k)   # no temporary folder left
+            contents = [load(out, name) for name in OUTPUT_FILES]
+            if failed:
+                assert contents == [{"old": name} for name in OUTPUT_FILES], (target, k)
+            else:
+                assert contents == [json.loads(json.dumps(new[name])) for name in OUTPUT_FILES], (target, k)
+                write_atomically({name: {"old": name} for name in OUTPUT_FILES}, out)
+                break
+        else:
+            raise AssertionError(f"{target}: the write never succeeded")
+
+
+def test_out_folder_with_other_files_is_refused(tmp_path):
+    out = tmp_path / "out"
+    write(str(out / "my_notes.txt"), "keep me")
+    with pytest.raises(SystemExit, match="my_notes.txt.*replaced whole"):
+        main(["--toolbench", tiny_layout(tmp_path / "in"), "--out", str(out)])
+    assert os.listdir(out) == ["my_notes.txt"]
+    main(["--toolbench", str(tmp_path / "in"), "--out", str(tmp_path / "fresh")])
+    main(["--toolbench", str(tmp_path / "in"), "--out", str(tmp_path / "fresh")])   # a former --out: replaced
+    assert sorted(os.listdir(tmp_path / "fresh")) == sorted(OUTPUT_FILES)
 
 
 def test_cli_on_the_shipped_sample(tmp_path):

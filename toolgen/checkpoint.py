@@ -15,8 +15,8 @@ def atomic_folder(final):
     """Yield a fresh temporary folder beside `final`; when the block ends without an error it replaces `final` whole.
 
     An old `final` is first moved aside and removed after the swap, so a reader never sees old and new files mixed
-    (a plain os.replace cannot replace a non-empty folder). On an error the temporary folder is removed and `final` is
-    left as it was.
+    (a plain os.replace cannot replace a non-empty folder). On an error, in the block or in the swap itself, the
+    temporary folder is removed and `final` is left as it was.
     """
     final = os.path.normpath(final)
     tmp, old = final + ".tmp", final + ".old"
@@ -28,9 +28,18 @@ def atomic_folder(final):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
+    try:
+        if os.path.exists(final):
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:   # the old folder was moved aside already: put it back before giving up
+            if os.path.exists(old) and not os.path.exists(final):
+                os.replace(old, final)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -45,13 +45,13 @@ def smollm2_folder():
 
 def tiny_folder(tie_word_embeddings=True):
     """A tiny random Llama (hidden 64, 2 layers) with a BPE tokenizer trained on the shipped sample: tests in seconds."""
-    folder = os.path.join(CACHE, f"tiny-llama-{'tied' if tie_word_embeddings else 'untied'}-v1")
+    folder = os.path.join(CACHE, f"tiny-llama-{'tied' if tie_word_embeddings else 'untied'}-v2")
     if os.path.exists(os.path.join(folder, "config.json")):
         return folder
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from toolgen.prepare import SAMPLE_DIR
+    from toolgen.data import SAMPLE_DIR
     texts = []
     for root, _, files in os.walk(SAMPLE_DIR):
         for name in sorted(files):

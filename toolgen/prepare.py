@@ -2,7 +2,7 @@
 
     python -m toolgen.prepare --toolbench DIR --out DIR      (console: toolgen-prepare)
 
-With no --toolbench the shipped sample catalog (toolgen/data/sample/) is used, so this runs offline.
+With no --toolbench the shipped sample (toolgen/data/sample/) is used, so this runs offline.
 """
 
 import argparse
@@ -11,18 +11,20 @@ import glob
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 
-from toolgen.data import stages
-from toolgen.data.toolbench import (Catalog, DataError, read_api_jsonl, read_queries, read_tools_dir,
-                                    read_trajectories, resolve_queries, api_from_record)
+from toolgen.checkpoint import atomic_folder
+from toolgen.data import SAMPLE_DIR, stages
+from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
+                                    read_tools_dir, read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
 
-SAMPLE_DIR = os.path.join(os.path.dirname(__file__), "data", "sample")
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
                 "agent_test.json", "tool_tokens.json", "prepare_report.json")
+# What --toolbench DIR is searched for, in DIR and in DIR/data (a ToolBench download keeps everything under data/).
+LAYOUTS = ("ToolBench raw (toolenv/tools/<Category>/<tool>.json, instruction/*.json, answer/**/*.json)",
+           "StableToolBench (solvable_queries/test_instruction/*.json)",
+           "a JSON Lines API catalog (catalog.jsonl, else the only *.jsonl file)")
 
 
 def is_test(text, seed, fraction):
@@ -32,12 +34,21 @@ def is_test(text, seed, fraction):
 
 
 def detect_layout(root):
-    """Find the ToolBench raw layout under root: toolenv/tools, instruction/*.json, answer/**/*.json."""
-    found = {"tools_dir": None, "queries": [], "trajectories": []}
+    """Every input LAYOUTS names, found under root or root/data.
+
+    StableToolBench's solvable_queries_example/ is not read: its 3 queries are copies of test_instruction's (same file
+    name, same ids), so they would be counted twice. test_query_ids/ holds id lists, not queries.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: not a folder (--toolbench takes a folder; see README: input layouts)")
+    found = {"tools_dir": None, "catalogs": [], "queries": [], "trajectories": []}
     for base in (root, os.path.join(root, "data")):
         if found["tools_dir"] is None and os.path.isdir(os.path.join(base, "toolenv", "tools")):
             found["tools_dir"] = os.path.join(base, "toolenv", "tools")
-        found["queries"] += sorted(glob.glob(os.path.join(base, "instruction", "*.json")))
+        named = os.path.join(base, "catalog.jsonl")
+        found["catalogs"] += [named] if os.path.isfile(named) else sorted(glob.glob(os.path.join(base, "*.jsonl")))
+        for pattern in (("instruction", "*.json"), ("solvable_queries", "test_instruction", "*.json")):
+            found["queries"] += sorted(glob.glob(os.path.join(base, *pattern)))
         found["trajectories"] += sorted(glob.glob(os.path.join(base, "answer", "**", "*.json"), recursive=True))
     return found
 
@@ -47,6 +58,37 @@ def _expand(paths):
     for p in paths:
         out += sorted(glob.glob(os.path.join(p, "**", "*.json"), recursive=True)) if os.path.isdir(p) else [p]
     return out
+
+
+def find_inputs(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=()):
+    """The input files: those given by flag, the rest from detect_layout(toolbench). A catalog or tool folder given by
+    flag replaces both found ones; of the two, the catalog file is the catalog."""
+    nothing = {"tools_dir": None, "catalogs": [], "queries": [], "trajectories": []}
+    found = detect_layout(toolbench) if toolbench else nothing
+    if not (api_catalog or tools_dir):
+        if len(found["catalogs"]) > 1:
+            raise DataError(f"{toolbench}: {len(found['catalogs'])} JSON Lines files and no catalog.jsonl, which is "
+                            f"the catalog? ({', '.join(found['catalogs'])}); name it with --api-catalog")
+        api_catalog, tools_dir = (found["catalogs"] or [None])[0], found["tools_dir"]
+    inputs = {"tools_dir": tools_dir, "api_catalog": api_catalog, "queries": list(queries) or found["queries"],
+              "trajectories": _expand(trajectories) or found["trajectories"]}
+    if not (api_catalog or tools_dir or inputs["queries"]):
+        raise DataError(f"{toolbench}: no tool folder, API catalog or query file found; looked in it and in its data/ "
+                        f"folder for: {'; '.join(LAYOUTS)}")
+    return inputs
+
+
+def describe_inputs(inputs):
+    """One line per kind of input, printed before the work starts: a wrong folder shows at once."""
+    def files(kind, paths):
+        if len(paths) == 1:
+            return f"1 {kind} file: {paths[0]}"
+        return f"{len(paths)} {kind} files" + (f" under {os.path.commonpath(paths)}" if paths else "")
+    catalog, tools = inputs["api_catalog"], inputs["tools_dir"]
+    unused = " (not used: the catalog file is the catalog)" if catalog and tools else ""
+    return [f"catalog file: {catalog or 'none'}", f"tool folder: {tools or 'none'}{unused}",
+            files("query", inputs["queries"]) + ("" if catalog or tools else " (the catalog: their api_lists)"),
+            files("trajectory", inputs["trajectories"])]
 
 
 class Report:
@@ -62,36 +104,20 @@ class Report:
             self.examples[reason].append(detail)
 
 
-def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
-            seed=0, strict=False, extra_tokens=None, synthetic_queries=0):
-    """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
-    layout = detect_layout(toolbench) if toolbench else {"tools_dir": None, "queries": [], "trajectories": []}
-    tools_dir = tools_dir or layout["tools_dir"]
-    query_files = list(queries) or layout["queries"]
-    trajectory_files = _expand(trajectories) or layout["trajectories"]
-    report = Report(strict)
-    if not (api_catalog or tools_dir or query_files):
-        raise DataError(f"{toolbench}: no tool folder, API catalog or query file found (see README: input layouts)")
-
-    raw_queries = [(path, *read_queries(path)) for path in query_files]
+def _read_catalog(api_catalog, tools_dir, raw_queries):
+    """(apis, source): the catalog file, else the tool folder, else the union of the queries' api_lists."""
     if api_catalog:
-        apis, catalog_source = read_api_jsonl(api_catalog), api_catalog
-    elif tools_dir:
-        apis, catalog_source = read_tools_dir(tools_dir), tools_dir
-    else:
-        apis, catalog_source = [api_from_record(a, f"{p} record {i} api_list[{j}]") for p, _, recs in raw_queries
-                                for i, r in enumerate(recs) for j, a in enumerate(r.get("api_list", []))], "queries' api_lists"
-    catalog = Catalog(apis)
-    report.read["apis"] = len(apis)
-    names, collisions = tool_token_names(list(catalog.apis))
+        return read_api_jsonl(api_catalog), api_catalog
+    if tools_dir:
+        return read_tools_dir(tools_dir), tools_dir
+    return [api_from_record(a, f"{p} record {i} api_list[{j}]") for p, _, recs in raw_queries
+            for i, r in enumerate(recs) for j, a in enumerate(r.get("api_list", []))], "queries' api_lists"
 
-    # Stage 1: every API of the catalog, also those no query names.
-    memorization = [stages.memorization_example(catalog.apis[k], names[k]) for k in sorted(catalog.apis)]
 
-    # Stage 2: one example per (training query, relevant API), as the ToolGen paper does.
-    retrieval_train, retrieval_test = [], []
+def _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report):
+    """One training example per (training query, relevant API), as the ToolGen paper does; test queries as records."""
+    train, test = [], []
     for path, stem, records in raw_queries:
-        report.read[f"queries:{path}"] = len(records)
         for q in resolve_queries(stem, records, catalog, path):
             for label in q.missing:
                 report.skip("relevant_api_not_in_catalog", f"{path} query {q.uid}: {label}")
@@ -99,19 +125,28 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
                 report.skip("query_without_relevant_apis", f"{path} query {q.uid}")
                 continue
             if is_test(q.text, seed, test_fraction):
-                retrieval_test.append(stages.retrieval_test_record(q, names))
+                test.append(stages.retrieval_test_record(q, names))
             elif q.relevant:
-                retrieval_train += [stages.retrieval_example(q.text, names[k]) for k in q.relevant]
+                train += [stages.retrieval_example(q.text, names[k]) for k in q.relevant]
+    return train, test
 
-    # Optional: queries per catalog API written from its documentation (never from a test query), so that retrieval
-    # training also covers the tools no training query names (views: stages.synthetic_queries).
-    if synthetic_queries:
-        for k in sorted(catalog.apis):
-            for text in stages.synthetic_queries(catalog.apis[k], synthetic_queries):
-                retrieval_train.append({**stages.retrieval_example(text, names[k]), "synthetic": True})
-        report.read["synthetic_queries"] = len(catalog.apis) * synthetic_queries
 
-    # Stage 3: trajectories; one per query text (the longest), unknown functions and unfinished ones skipped.
+def _resolve_steps(trajectory, catalog, names):
+    """[(token, api or None, step)] up to the first unknown function; returns (resolved, unknown function or None)."""
+    resolved = []
+    for step in trajectory.steps:
+        if step.function == "Finish":
+            resolved.append((FINISH, None, step))
+        elif step.function in catalog.by_function:
+            key = catalog.by_function[step.function]
+            resolved.append((names[key], catalog.apis[key], step))
+        else:
+            return resolved, step.function
+    return resolved, None
+
+
+def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, report):
+    """One trajectory per query text (the longest); unknown functions and unfinished ones skipped."""
     by_query = {}
     for path in trajectory_files:
         found, skips = read_trajectories(path)
@@ -120,16 +155,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         for reason, detail in skips:
             report.skip(reason, detail)
         for t in found:
-            resolved, unknown = [], None
-            for step in t.steps:
-                if step.function == "Finish":
-                    resolved.append((FINISH, None, step))
-                elif step.function in catalog.by_function:
-                    key = catalog.by_function[step.function]
-                    resolved.append((names[key], catalog.apis[key], step))
-                else:
-                    unknown = step.function
-                    break
+            resolved, unknown = _resolve_steps(t, catalog, names)
             if unknown:
                 report.skip("trajectory_calls_unknown_function", f"{t.source}: {unknown}")
             elif not resolved or resolved[-1][0] != FINISH:
@@ -142,32 +168,67 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
                 if t.query in by_query:
                     report.skip("duplicate_trajectory_for_query", by_query[t.query][0].source)
                 by_query[t.query] = (t, resolved)
-    agent_train, agent_test = [], []
+    train, test = [], []
     for text, (t, resolved) in sorted(by_query.items()):
-        (agent_test if is_test(text, seed, test_fraction) else agent_train).append(stages.agent_example(t, resolved))
+        (test if is_test(text, seed, test_fraction) else train).append(stages.agent_example(t, resolved))
         truncated = sum(s.arguments is None for _, _, s in resolved)
         if truncated:
             report.skipped["truncated_arguments_without_loss"] += truncated
+    return train, test
 
-    if not memorization:
-        raise DataError(f"{catalog_source}: the catalog is empty")
-    # Distractors (e.g. ToolGen's 46,984 token names): in the vocabulary and among the candidates, never a target.
+
+def _tool_tokens(catalog, names, collisions, extra_tokens):
+    """tool_tokens.json. Distractors (e.g. ToolGen's 46,984 token names): in the vocabulary and among the candidates,
+    never a target."""
     distractors = []
     if extra_tokens:
-        with open(extra_tokens, encoding="utf-8") as f:
-            known = set(names.values()) | {FINISH}
-            distractors = sorted({t.strip() for t in f if t.strip()} - known)
+        known = set(names.values()) | {FINISH}
+        distractors = sorted({t.strip() for t in read_text(extra_tokens).splitlines() if t.strip()} - known)
         bad = [t for t in distractors if not (t.startswith("<<") and t.endswith(">>"))]
         if bad:
             raise DataError(f"{extra_tokens}: not a tool token: {bad[0]!r}")
-    tool_tokens = {"tokens": [names[k] for k in sorted(catalog.apis)] + distractors + [FINISH],
-                   "distractors": len(distractors),
-                   "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
-                                        "documentation": stages.api_documentation(catalog.apis[k])} for k in sorted(catalog.apis)},
-                   "collisions": collisions}
+    return {"tokens": [names[k] for k in sorted(catalog.apis)] + distractors + [FINISH],
+            "distractors": len(distractors),
+            "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
+                                 "documentation": stages.api_documentation(catalog.apis[k])} for k in sorted(catalog.apis)},
+            "collisions": collisions}
+
+
+def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
+            seed=0, strict=False, extra_tokens=None, synthetic_queries=0):
+    """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
+    inputs = find_inputs(toolbench, tools_dir, api_catalog, queries, trajectories)
+    report = Report(strict)
+    raw_queries, query_counts = [], {}
+    for path in inputs["queries"]:
+        stem, records, skips = read_queries(path)
+        query_counts[f"queries:{path}"] = len(records) + len(skips)
+        for reason, detail in skips:
+            report.skip(reason, detail)
+        raw_queries.append((path, stem, records))
+    apis, catalog_source = _read_catalog(inputs["api_catalog"], inputs["tools_dir"], raw_queries)
+    catalog = Catalog(apis)
+    report.read["apis"] = len(apis)
+    report.read.update(query_counts)
+    if not catalog.apis:
+        raise DataError(f"{catalog_source}: the catalog is empty")
+    names, collisions = tool_token_names(list(catalog.apis))
+
+    # Stage 1: every API of the catalog, also those no query names.
+    memorization = [stages.memorization_example(catalog.apis[k], names[k]) for k in sorted(catalog.apis)]
+    retrieval_train, retrieval_test = _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report)
+    # Optional: queries per catalog API written from its documentation (never from a test query), so that retrieval
+    # training also covers the tools no training query names (views: stages.synthetic_queries).
+    if synthetic_queries:
+        for k in sorted(catalog.apis):
+            for text in stages.synthetic_queries(catalog.apis[k], synthetic_queries):
+                retrieval_train.append({**stages.retrieval_example(text, names[k]), "synthetic": True})
+        report.read["synthetic_queries"] = len(catalog.apis) * synthetic_queries
+    agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report)
+
     outputs = {"tool_memorization.json": memorization, "retrieval_training.json": retrieval_train,
                "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
-               "agent_test.json": agent_test, "tool_tokens.json": tool_tokens}
+               "agent_test.json": agent_test, "tool_tokens.json": _tool_tokens(catalog, names, collisions, extra_tokens)}
     outputs["prepare_report.json"] = {
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction,
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
@@ -177,24 +238,33 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     return outputs
 
 
+def check_out_dir(out_dir):
+    """The output folder is replaced whole, so it may hold only what prepare writes: refuse one with anything else in
+    it (an --out pointing at the raw data or at a home folder would be deleted)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(f"{out_dir}: --out is not a folder")
+    if os.path.isdir(out_dir):
+        others = sorted(n for n in os.listdir(out_dir) if n not in OUTPUT_FILES and not n.startswith(".prepare-"))
+        if others:
+            raise DataError(f"{out_dir}: --out holds files prepare does not write ({', '.join(others[:3])}"
+                            f"{', ...' if len(others) > 3 else ''}); the folder is replaced whole, so give a new one")
+
+
 def write_atomically(outputs, out_dir):
-    """Write every file to a temporary folder beside out_dir, then move them in: a failed run leaves nothing half-written."""
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".prepare-", dir=out_dir)
-    try:
+    """Write every file into a temporary folder beside out_dir, then swap the whole folder in (atomic_folder): a failed
+    run leaves the old out_dir as it was, never old and new files mixed."""
+    check_out_dir(out_dir)
+    with atomic_folder(out_dir) as tmp:
         for name, obj in outputs.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 json.dump(obj, f, ensure_ascii=False, indent=None if isinstance(obj, list) else 1)
-        for name in outputs:
-            os.replace(os.path.join(tmp, name), os.path.join(out_dir, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--toolbench", default=None, help="a ToolBench download (raw layout); default: the shipped sample")
-    p.add_argument("--out", required=True, help="folder for the stage files")
+    p.add_argument("--toolbench", default=None, help="a ToolBench or StableToolBench folder, or one with a "
+                                                     "catalog.jsonl (README: input layouts); default: the shipped sample")
+    p.add_argument("--out", required=True, help="folder for the stage files (replaced whole)")
     p.add_argument("--tools-dir", help="tool documentation folder (<Category>/<tool>.json)")
     p.add_argument("--api-catalog", help="API catalog as JSON Lines; when given it is the catalog")
     p.add_argument("--queries", action="append", default=[], help="query file (G1_query.json style); repeatable")
@@ -215,15 +285,23 @@ def main(argv=None):
         data = load_config(args.config).data
         args = p.parse_args(shlex.split(data.prepare_args) + (["--toolbench", data.toolbench] if data.toolbench else [])
                             + list(argv if argv is not None else sys.argv[1:]))
-    toolbench = args.toolbench
-    if not (toolbench or args.tools_dir or args.api_catalog or args.queries):
-        toolbench = SAMPLE_DIR
+    if not (args.toolbench or args.tools_dir or args.api_catalog or args.queries):
+        args.toolbench = SAMPLE_DIR
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
-        outputs = prepare(toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories,
-                          args.test_fraction, args.seed, args.strict, args.extra_tokens, args.synthetic_queries)
-    except (DataError, FileNotFoundError) as e:
+        check_out_dir(args.out)   # before the work, not after it
+        inputs = find_inputs(args.toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories)
+        for line in describe_inputs(inputs):
+            print(f"toolgen-prepare: {line}", flush=True)
+        outputs = prepare(None, **inputs, test_fraction=args.test_fraction, seed=args.seed, strict=args.strict,
+                          extra_tokens=args.extra_tokens, synthetic_queries=args.synthetic_queries)
+        write_atomically(outputs, args.out)
+    except (DataError, OSError) as e:   # OSError: a missing or unreadable file, named by the message
         sys.exit(f"toolgen-prepare: error: {e}")
-    write_atomically(outputs, args.out)
     report = outputs["prepare_report.json"]
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in report["written"].items()))
     if report["skipped"]:

@@ -11,8 +11,10 @@ What the files hold (read on the real files):
     N-th call), errors (always []), response (the real recorded response: a dict in 2,635 calls, a list in 2,435;
     median 1.5 KB, max 134 KB)}, var_result (always {}), errors (always []), num_successful_calls (= len(output))}.
     There is no final answer text. 3,068 arguments are whole-value references "$varN.a.b$" (none embedded in
-    longer strings, none with list indices); all resolve; 44 hit a list with several different values on that
-    path (references.lookup: the first list element is taken and the call's `ambiguous` lists them).
+    longer strings, none with list indices); all resolve; 44 (in 29 calls of 25 requests) meet a list whose
+    elements hold different values on that path (references.lookup: the first element is taken, the call's
+    `ambiguous` lists them). E.g. record 58 takes the airport's longitude but the literal latitude of the second
+    element (a hotel): the wrapper lost which element the original conversation used.
 
 Tools: the endpoint's group ("/api/v1/<group>/...": cars, hotels, flights, attraction, taxi, meta); category
 "ComplexFuncBench"; api: the spec name, as the calls spell it.

@@ -86,7 +86,7 @@ def load_json(path):
         raise DataError(f"{path}: not valid JSON ({e})") from None
 
 
-# ---- specs ------------------------------------------------------------------------------------------------------------
+# ---- specs -----------------------------------------------------------------------------------------------------------
 
 def _param(name, p, where):
     """A parameter in the form ToolBench's required/optional lists use (name, type, description [, default, enum])."""
@@ -148,7 +148,7 @@ def read_specs(path, category, tool_of, seen=None):
     return apis
 
 
-# ---- requests ---------------------------------------------------------------------------------------------------------
+# ---- requests --------------------------------------------------------------------------------------------------------
 
 class _Skip(Exception):
     """A request that cannot be used: (reason, detail) for prepare_report.json."""
@@ -179,7 +179,7 @@ def _check_record(r, where, with_responses):
     return calls, answer
 
 
-def _use(gold, var, keys, text, where, with_responses):
+def _use(gold, var, keys, text, where, with_responses, note=True):
     """Check one reference to the result of call `var` (1-based); note the path it reads. Returns the lookup."""
     if not 1 <= var <= len(gold):
         raise _Skip("reference_to_unknown_variable", f"{where}: {text} (only var1..var{len(gold)} exist before it)")
@@ -187,7 +187,7 @@ def _use(gold, var, keys, text, where, with_responses):
     found = references.lookup(target.response, keys) if with_responses else (keys, None, False)
     if found is None:
         raise _Skip("reference_not_in_response", f"{where}: {text} reaches nothing in the response of call {var}")
-    if found[0] not in target.used_paths:
+    if note and found[0] not in target.used_paths:
         target.used_paths.append(found[0])
     return found
 
@@ -203,7 +203,7 @@ def _gold_calls(calls, known, where, with_responses):
                         label=str(c.get("label", "")))
         _check_closed(call.arguments, at)
         for var, keys, text in references.references(call.arguments):
-            if _use(gold, var, keys, text, at, with_responses)[2]:
+            if _use(gold, var, keys, text, at, with_responses)[2] and text not in call.ambiguous:
                 call.ambiguous.append(text)
         if with_responses:   # every reference was checked above, so lookup finds each one
             call.resolved = references.substitute(
@@ -231,8 +231,9 @@ def read_requests(path, known, with_responses):
             continue
         try:   # the calls are good; a broken answer mapping loses only the answer (NESTFUL records 103, 104)
             _check_closed(answer or {}, f"{where} answer")
-            for var, keys, text in references.references(answer or {}):
-                _use(gold, var, keys, text, f"{where} answer", with_responses)
+            for note in (False, True):   # all checked before any path is noted: a dropped answer reads nothing
+                for var, keys, text in references.references(answer or {}):
+                    _use(gold, var, keys, text, f"{where} answer", with_responses, note)
         except _Skip as e:
             skips.append(("answer_dropped_" + e.args[0], e.args[1]))
             answer = None
@@ -253,7 +254,7 @@ def read_source(name, files, tool_of, with_responses):
     return Source(name, apis, requests, skips)
 
 
-# ---- what the stages are built from -----------------------------------------------------------------------------------
+# ---- what the stages are built from ----------------------------------------------------------------------------------
 
 # Characters of a response shown to the agent (ComplexFuncBench responses: median 1,469, max 134,300).
 OBSERVATION_BUDGET = 2000

@@ -10,8 +10,8 @@ The convention (ComplexFuncBench and NESTFUL as shipped in nestful-wrapper 0.1.7
     NESTFUL argument lacks the closing dollar ("$var1.artist_id"): `malformed` finds such texts.
   - Paths walk through lists without an index: in ComplexFuncBench 2,627 of 3,068 references point into a response
     that is a list ("$var1.coordinates.latitude$" on [{"coordinates": ...}, ...]). Such a path is read from the FIRST
-    list element that has it; 44 references have several elements with different values there (the wrapper lost which
-    one the original conversation used), so resolution reports them as ambiguous instead of hiding it.
+    list element that has it; 44 references meet several elements with different values there (the wrapper lost
+    which one the original conversation used), so resolution reports them as ambiguous instead of hiding it.
 """
 
 import json

@@ -18,7 +18,8 @@ needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED), reason=f"real ToolB
 
 @pytest.fixture(scope="session")
 def sample_data(tmp_path_factory):
-    from toolgen.prepare import SAMPLE_DIR, prepare, write_atomically
+    from toolgen.data import SAMPLE_DIR
+    from toolgen.prepare import prepare, write_atomically
     out = str(tmp_path_factory.mktemp("data"))
     write_atomically(prepare(SAMPLE_DIR), out)
     return out

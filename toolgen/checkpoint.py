@@ -65,6 +65,33 @@ def file_sha256(path):
 MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.compile"}
 
 
+class CheckpointError(ValueError):
+    """An earlier run of the stage and the flags given do not fit together; the message says what to pass."""
+
+
+def earlier_run(out_dir, ckpt_root, stage, run, resume, overwrite):
+    """What to do with an earlier run of this stage -> the checkpoint to resume from, or None (start afresh).
+    Every case is explicit: a finished stage is never replaced, nor checkpoints ignored, without --overwrite; --resume
+    needs a checkpoint and the same run (MAY_CHANGE_ON_RESUME lists what may differ)."""
+    latest = latest_checkpoint(ckpt_root)
+    if os.path.exists(os.path.join(out_dir, "stage.json")) and not overwrite:
+        raise CheckpointError(f"{out_dir} holds a finished '{stage}' stage: pass --overwrite to train it again")
+    if resume and not latest:
+        raise CheckpointError(f"--resume: no complete checkpoint in {ckpt_root} (train.save_steps writes them); "
+                              f"run without --resume to start")
+    if latest and not (resume or overwrite):
+        raise CheckpointError(f"{ckpt_root} holds checkpoints of an earlier run: --resume continues it, "
+                              f"--overwrite deletes them and starts over")
+    if not resume:
+        return None
+    with open(os.path.join(latest, "progress.json"), encoding="utf-8") as f:
+        mismatches = resume_mismatches(json.load(f)["run"], run)
+    if mismatches:
+        raise CheckpointError(f"--resume from {latest}: the run differs from the checkpoint's "
+                              f"({'; '.join(mismatches)}); resume with the same settings, or --overwrite")
+    return latest
+
+
 def torch_rng_state():
     import torch
     return {"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})}
@@ -132,6 +159,14 @@ def set_aside_diverged(ckpt_root, failed_step):
         if step >= failed_step - 1:
             os.replace(path, os.path.join(ckpt_root, f"diverged-step-{step}"))
     return latest_checkpoint(ckpt_root)
+
+
+def diverged(accelerator, stage, step, error, ckpt_root):
+    """The message of a NaN/inf stop; the checkpoint that holds the weights which produced it is set aside."""
+    good = set_aside_diverged(ckpt_root, step) if accelerator.is_main_process else None
+    where = f"--resume continues from {good}" if good else "no checkpoint before it"
+    return (f"stage {stage}: {error} at step {step}, with the weights after step {step - 1}; stopped before the update "
+            f"(last good checkpoint: {where})")
 
 
 # ---- the finished stage folder ----------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def parse_args(argv):
 
 def check_start(args, run, paths):
     """Everything that can be wrong, checked before any work: parent stage, stage files, and what to do with an
-    earlier run of this stage (finished folder, checkpoints) given --resume / --overwrite."""
+    earlier run of this stage (finished folder, checkpoints) given --resume / --overwrite -> the checkpoint to resume."""
     stage, data_dir, out_dir, parent_dir, ckpt_root = paths
     if parent_dir and not os.path.exists(os.path.join(parent_dir, "stage.json")):
         raise StageError(f"stage '{stage.name}' starts from {parent_dir}, which is missing or incomplete "
@@ -68,22 +68,7 @@ def check_start(args, run, paths):
         if not os.path.exists(os.path.join(data_dir, needed)):
             raise StageError(f"{os.path.join(data_dir, needed)} is missing: prepare the data first "
                              f"(toolgen-prepare --out {data_dir}) or pass --data-dir")
-    latest = checkpoint.latest_checkpoint(ckpt_root)
-    if os.path.exists(os.path.join(out_dir, "stage.json")) and not args.overwrite:
-        raise StageError(f"{out_dir} holds a finished '{stage.name}' stage: pass --overwrite to train it again")
-    if args.resume and not latest:
-        raise StageError(f"--resume: no complete checkpoint in {ckpt_root} (train.save_steps writes them); "
-                         f"run without --resume to start")
-    if latest and not (args.resume or args.overwrite):
-        raise StageError(f"{ckpt_root} holds checkpoints of an earlier run: --resume continues it, "
-                         f"--overwrite deletes them and starts over")
-    if args.resume:
-        with open(os.path.join(latest, "progress.json"), encoding="utf-8") as f:
-            mismatches = checkpoint.resume_mismatches(json.load(f)["run"], run)
-        if mismatches:
-            raise StageError(f"--resume from {latest}: the run differs from the checkpoint's "
-                             f"({'; '.join(mismatches)}); resume with the same settings, or --overwrite")
-    return latest if args.resume else None
+    return checkpoint.earlier_run(out_dir, ckpt_root, stage.name, run, args.resume, args.overwrite)
 
 
 def main(argv=None):
@@ -101,33 +86,8 @@ def main(argv=None):
            "data_sha256": checkpoint.file_sha256(data_file) if os.path.exists(data_file) else None}
     resume_from = check_start(args, run, (stage, data_dir, out_dir, parent_dir, ckpt_root))
 
-    accelerator = build_accelerator(cfg.train, sc.gradient_accumulation_steps, args.output_dir)
-    if args.overwrite and accelerator.is_main_process:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    set_seed(cfg.train.seed)
-
-    # Model: base + tool tokens, then a fresh adapter (stage 1) or the parent stage's adapter, trainable.
-    with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
-        tool_tokens = json.load(f)["tokens"]
-    with unpartitioned(accelerator):
-        # activations recomputed in the backward pass only where the stage asks for it (memory for long contexts)
-        model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing
-                                        or sc.gradient_checkpointing)
-        tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map(accelerator, cfg.model))
-        model = models.continue_adapter(model, parent_dir) if parent_dir else models.lora_model(model, cfg.lora, tool_ids)
-    if cfg.train.sparse_tool_rows:
-        from toolgen.tool_rows import sparse_tool_rows
-        sparse_tool_rows(model)
-    vocab_size = len(tokenizer)
-
-    loader = stage_loader(tokenizer, data_file, sc, cfg.train, accelerator.main_process_first)
-    fused = accelerator.device.type == "cuda" and not uses_deepspeed(accelerator)
-    if fused:
-        model.to(accelerator.device)   # fused AdamW needs its parameters on the GPU when it is built
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.train, sc.learning_rate, fused)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator, tokenizer, model, optimizer, loader, params, tool_tokens = build(args, cfg, sc, parent_dir, data_dir,
+                                                                                  ckpt_root)
     ga = sc.gradient_accumulation_steps
     updates_per_epoch = len(loader) // ga   # a tail shorter than `ga` micro-batches is dropped, like drop_last
     if updates_per_epoch == 0:
@@ -162,10 +122,10 @@ def main(argv=None):
                 rng = None
             batches_done += ga
             try:
-                loss, grad_norm = update(accelerator, model, optimizer, group, vocab_size, params,
+                loss, grad_norm = update(accelerator, model, optimizer, group, len(tokenizer), params,
                                          cfg.train.max_grad_norm)
             except NonFiniteLoss as e:
-                raise StageError(diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
+                raise StageError(checkpoint.diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
             tokens_seen += sum(num_tokens(b) for b in group)
             scheduler.step()
             step += 1
@@ -181,7 +141,47 @@ def main(argv=None):
                                                                     "batches_done": batches_done, "run": run})
         epoch += 1
     bar.close()
-    seconds = time.time() - t0
+    finish(accelerator, model, tokenizer, tool_tokens, cfg, (stage, out_dir, parent_dir, data_file), run, history,
+           time.time() - t0, tokens_seen)
+    return accelerator.unwrap_model(model, keep_torch_compile=False), history
+
+
+def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
+    """The Accelerator, the model (base + tool tokens + a fresh or the parent's adapter), the data, the optimizer."""
+    data_file = os.path.join(data_dir, STAGES[args.stage].file)
+    accelerator = build_accelerator(cfg.train, sc.gradient_accumulation_steps, args.output_dir)
+    if args.overwrite and accelerator.is_main_process:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    set_seed(cfg.train.seed)
+
+    # Model: base + tool tokens, then a fresh adapter (stage 1) or the parent stage's adapter, trainable.
+    with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        tool_tokens = json.load(f)["tokens"]
+    with unpartitioned(accelerator):
+        # activations recomputed in the backward pass only where the stage asks for it (memory for long contexts)
+        model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing
+                                        or sc.gradient_checkpointing)
+        tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map(accelerator, cfg.model))
+        model = models.continue_adapter(model, parent_dir) if parent_dir else models.lora_model(model, cfg.lora, tool_ids)
+    if cfg.train.sparse_tool_rows:
+        from toolgen.tool_rows import sparse_tool_rows
+        sparse_tool_rows(model)
+
+    loader = stage_loader(tokenizer, data_file, sc, cfg.train, accelerator.main_process_first)
+    fused = accelerator.device.type == "cuda" and not uses_deepspeed(accelerator)
+    if fused:
+        model.to(accelerator.device)   # fused AdamW needs its parameters on the GPU when it is built
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, cfg.train, sc.learning_rate, fused)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens
+
+
+def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history, seconds, tokens_seen):
+    """The stage folder, with the loss history, the speed and what ran (stage.json)."""
+    stage, out_dir, parent_dir, data_file = where
+    step = len(history)
     speed = {"tokens_per_s": accelerator.gather(tokens_seen.reshape(1)).sum().item()
              / max(seconds, 1e-9),   # all processes, non-pad tokens (since this run started or resumed)
              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
@@ -195,21 +195,12 @@ def main(argv=None):
     accelerator.print(f"[{stage.name}] {step} steps in {seconds:.0f}s ({speed['tokens_per_s']:.0f} tokens/s): "
                       f"loss {history[0]:.4f} -> {history[-1]:.4f}; saved {out_dir}")
     accelerator.end_training()   # last: it also ends the process group
-    return accelerator.unwrap_model(model, keep_torch_compile=False), history
-
-
-def diverged(accelerator, stage, step, error, ckpt_root):
-    """The message of a NaN/inf stop; the checkpoint that holds the weights which produced it is set aside."""
-    good = checkpoint.set_aside_diverged(ckpt_root, step) if accelerator.is_main_process else None
-    where = f"--resume continues from {good}" if good else "no checkpoint before it"
-    return (f"stage {stage}: {error} at step {step}, with the weights after step {step - 1}; stopped before the update "
-            f"(last good checkpoint: {where})")
 
 
 def cli():
     try:
         main()
-    except (StageError, ConfigError) as e:
+    except (StageError, ConfigError, checkpoint.CheckpointError) as e:
         sys.exit(f"toolgen-train: error: {e}")
 
 

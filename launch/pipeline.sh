@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The whole pipeline on one machine: prepare the data, the three stages (each one `accelerate launch`), evaluate.
+# The whole pipeline on one machine: prepare the data, the training stages of toolgen/config.py (each one
+# `accelerate launch`), evaluate.
 #   bash launch/pipeline.sh --config launch/configs/smollm2-135m.yaml [--output-dir finetuned_toolgen_model]
 #        [--accelerate-config launch/accelerate/1gpu.yaml] [--stages memorization,retrieval,agent] [--no-eval]
-#        [--data-dir DIR (prepared stage files; default: prepare into DIR/data)] [--set KEY=VALUE ...]
+#        [--data-dir DIR (prepared stage files; default: prepare into DIR/data)] [--set KEY=VALUE ...] [--dry-run]
 # Stops at the first failing step. Output: DIR/data, DIR/{tool_memorization,retrieval_training,agent_tuning},
 # DIR/runs (TensorBoard: tensorboard --logdir DIR/runs), DIR/eval/metrics.{json,md}.
+# Relative paths are relative to the directory this is run from (a config shipped in the repository is found from
+# anywhere). Python: $PYTHON, else python3 on PATH. --dry-run prints the commands, shell-quoted, and runs nothing.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-CONFIG=launch/configs/smollm2-135m.yaml OUT=finetuned_toolgen_model ACC_CONFIG="" STAGES=memorization,retrieval,agent
-EVAL=1 OVERRIDES=() DATA=""
+ME=launch/pipeline.sh
+CALLER=$PWD
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+source "$ROOT/launch/common.sh"
+
+CONFIG=launch/configs/smollm2-135m.yaml OUT=finetuned_toolgen_model ACC_CONFIG="" STAGES=""
+EVAL=1 OVERRIDES=() DATA="" DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) CONFIG=$2; shift 2 ;;
@@ -18,29 +25,48 @@ while [ $# -gt 0 ]; do
     --no-eval) EVAL=0; shift ;;
     --data-dir) DATA=$2; shift 2 ;;
     --set) OVERRIDES+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
-    *) echo "pipeline.sh: unknown option $1" >&2; exit 2 ;;
+    --dry-run) DRY=1; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) die "unknown option $1" ;;
   esac
 done
-PY=${PYTHON:-python3}
+CONFIG=$(shipped_path "$CONFIG")
+OUT=$(caller_path "$OUT")
+[ -z "$DATA" ] || DATA=$(caller_path "$DATA")
+[ -z "$ACC_CONFIG" ] || ACC_CONFIG=$(shipped_path "$ACC_CONFIG")
+cd "$ROOT"
+resolve_python
+check_config "$CONFIG"
+[ -n "$STAGES" ] || STAGES=$("$PY" -m toolgen.config stages | tr ' ' ,)
+IFS=, read -ra STAGE_LIST <<< "$STAGES"
+check_stages "$OUT" "" "${STAGE_LIST[@]}"
+
+# One step: its title and the command, or with --dry-run only the command, shell-quoted so that the lines can be
+# pasted (from the repository: the first line goes there).
+step() {
+  local title=$1; shift
+  if [ "$DRY" = 1 ]; then quote "$@"; else echo "== $title"; "$@"; fi
+}
+[ "$DRY" = 0 ] || quote cd "$ROOT"
+
 if [ -z "$ACC_CONFIG" ]; then   # one GPU if there is one, else the CPU
-  if $PY -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then ACC_CONFIG=launch/accelerate/1gpu.yaml
-  else ACC_CONFIG=launch/accelerate/cpu.yaml; fi
-fi
-if [ -z "$DATA" ]; then   # no --data-dir: the config's data.dir, else prepare DIR/data from data.toolbench (or the sample)
-  DATA=$($PY -m toolgen.config data-dir "$CONFIG" "$OUT")
-  if [ "$DATA" = "$OUT/data" ]; then
-    echo "== prepare -> $DATA"
-    $PY -m toolgen.prepare --config "$CONFIG" --out "$DATA"
+  if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+    ACC_CONFIG=launch/accelerate/1gpu.yaml
+  else
+    ACC_CONFIG=launch/accelerate/cpu.yaml
   fi
 fi
-for stage in ${STAGES//,/ }; do
-  echo "== stage $stage ($ACC_CONFIG)"
-  $PY -m accelerate.commands.launch --config_file "$ACC_CONFIG" toolgen/train.py --config "$CONFIG" --stage "$stage" \
-    --output-dir "$OUT" --data-dir "$DATA" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+if [ -z "$DATA" ]; then   # no --data-dir: the config's data.dir, else prepare DIR/data from data.toolbench (or the sample)
+  DATA=$("$PY" -m toolgen.config data-dir "$CONFIG" "$OUT")
+  if [ "$DATA" = "$OUT/data" ]; then
+    step "prepare -> $DATA" "$PY" -m toolgen.prepare --config "$CONFIG" --out "$DATA"
+  fi
+fi
+for stage in "${STAGE_LIST[@]}"; do
+  step "stage $stage ($ACC_CONFIG)" "$PY" -m accelerate.commands.launch --config_file "$ACC_CONFIG" toolgen/train.py \
+    --config "$CONFIG" --stage "$stage" --output-dir "$OUT" --data-dir "$DATA" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 done
 if [ "$EVAL" = 1 ]; then
-  echo "== evaluate -> $OUT/eval"
-  $PY -m toolgen.evaluate --output-dir "$OUT" --data "$DATA"
+  step "evaluate -> $OUT/eval" "$PY" -m toolgen.evaluate --output-dir "$OUT" --data "$DATA"
 fi
-echo "== done: $OUT"
+[ "$DRY" = 1 ] || echo "== done: $OUT"

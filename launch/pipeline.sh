@@ -4,6 +4,7 @@
 #   bash launch/pipeline.sh --config launch/configs/smollm2-135m.yaml [--output-dir finetuned_toolgen_model]
 #        [--accelerate-config launch/accelerate/1gpu.yaml] [--stages memorization,retrieval,agent] [--no-eval]
 #        [--data-dir DIR (prepared stage files; default: prepare into DIR/data)] [--set KEY=VALUE ...] [--dry-run]
+#        [--resume (continue each stage from its newest checkpoint) | --overwrite (train finished stages again)]
 # Stops at the first failing step. Output: DIR/data, DIR/{tool_memorization,retrieval_training,agent_tuning},
 # DIR/runs (TensorBoard: tensorboard --logdir DIR/runs), DIR/eval/metrics.{json,md}.
 # Relative paths are relative to the directory this is run from (a config shipped in the repository is found from
@@ -15,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/launch/common.sh"
 
 CONFIG=launch/configs/smollm2-135m.yaml OUT=finetuned_toolgen_model ACC_CONFIG="" STAGES=""
-EVAL=1 OVERRIDES=() DATA="" DRY=0
+EVAL=1 OVERRIDES=() DATA="" DRY=0 RUN_FLAGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) CONFIG=$2; shift 2 ;;
@@ -26,7 +27,8 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA=$2; shift 2 ;;
     --set) OVERRIDES+=(--set "$2"); shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --resume|--overwrite) RUN_FLAGS+=("$1"); shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -62,9 +64,15 @@ if [ -z "$DATA" ]; then   # no --data-dir: the config's data.dir, else prepare D
     step "prepare -> $DATA" "$PY" -m toolgen.prepare --config "$CONFIG" --out "$DATA"
   fi
 fi
+# On one CPU process accelerate picks the threads itself and prints a notice at every launch: pass its own choice.
+THREADS=()
+if [ "$(basename "$ACC_CONFIG")" = cpu.yaml ]; then
+  THREADS=(--num_cpu_threads_per_process "$("$PY" -c 'import psutil; print(psutil.cpu_count(logical=False) or 1)')")
+fi
 for stage in "${STAGE_LIST[@]}"; do
-  step "stage $stage ($ACC_CONFIG)" "$PY" -m accelerate.commands.launch --config_file "$ACC_CONFIG" toolgen/train.py \
-    --config "$CONFIG" --stage "$stage" --output-dir "$OUT" --data-dir "$DATA" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+  step "stage $stage ($ACC_CONFIG)" "$PY" -m accelerate.commands.launch --config_file "$ACC_CONFIG" \
+    ${THREADS[@]+"${THREADS[@]}"} toolgen/train.py --config "$CONFIG" --stage "$stage" --output-dir "$OUT" \
+    --data-dir "$DATA" ${OVERRIDES[@]+"${OVERRIDES[@]}"} ${RUN_FLAGS[@]+"${RUN_FLAGS[@]}"}
 done
 if [ "$EVAL" = 1 ]; then
   step "evaluate -> $OUT/eval" "$PY" -m toolgen.evaluate --output-dir "$OUT" --data "$DATA"

@@ -84,3 +84,20 @@ def test_no_script_spells_a_stage_they_ask_the_config():
             for word in (stage.name, stage.folder, stage.file):
                 assert not re.search(rf"\b{re.escape(word)}\b", code), f"{path} spells {word!r}"
     assert "toolgen.config stages" in "".join(code_lines("launch/common.sh"))
+
+
+NOTICES = ("Failed to load CPU gemm_4bit_forward", "Setting accelerator to CPU", "num_cpu_threads_per_process",
+           "clean_up_tokenization_spaces", "Removed shared tensor", "Generating train split", "Loading weights")
+
+
+def test_a_first_run_prints_its_steps_not_the_libraries_notices(tmp_path):
+    """One real stage through the pipeline on the tiny model (checkpoints on, as in real runs): the output holds the
+    step lines and the stage's summary, none of the notices that once came with every launch."""
+    result = subprocess.run(["bash", PIPELINE, "--config", "launch/configs/tiny.yaml", "--output-dir", str(tmp_path),
+                             "--stages", "memorization", "--no-eval", "--set", "stages.memorization.max_steps=2",
+                             "--set", "train.save_steps=1"], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHON": sys.executable})
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "== stage memorization" in output and "[memorization] 2 steps" in output
+    assert [n for n in NOTICES if n in output] == []

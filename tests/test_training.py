@@ -13,6 +13,7 @@ from toolgen import models
 from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
 from toolgen.config import load_config
 from toolgen.tokens import token_words
+from toolgen.checkpoint import CheckpointError
 from toolgen.train import StageError
 
 
@@ -203,12 +204,12 @@ def test_tensorboard_logs_each_step_once_after_a_resume(tmp_path, sample_data, m
 def test_earlier_runs_are_handled_explicitly(tmp_path, sample_data, monkeypatch, case, expected):
     common = ["train.save_steps=2", "stages.memorization.max_steps=6", "stages.memorization.per_device_batch_size=4"]
     if case == "resume-nothing":
-        with pytest.raises(StageError, match=expected):
+        with pytest.raises(CheckpointError, match=expected):
             run_stage("memorization", tmp_path, sample_data, *common, resume=True)
         return
     if case == "finished":
         run_stage("memorization", tmp_path, sample_data, "stages.memorization.max_steps=2")
-        with pytest.raises(StageError, match=expected):
+        with pytest.raises(CheckpointError, match=expected):
             run_stage("memorization", tmp_path, sample_data, "stages.memorization.max_steps=2")
         run_stage("memorization", tmp_path, sample_data, "stages.memorization.max_steps=3", overwrite=True)
         assert json.load(open(tmp_path / "tool_memorization" / "stage.json"))["steps"] == 3
@@ -218,7 +219,7 @@ def test_earlier_runs_are_handled_explicitly(tmp_path, sample_data, monkeypatch,
         with pytest.raises(Interrupted):
             run_stage("memorization", tmp_path, sample_data, *common)
     changed = ["stages.memorization.per_device_batch_size=2"] if case == "resume-changed" else []
-    with pytest.raises(StageError, match=expected):
+    with pytest.raises(CheckpointError, match=expected):
         run_stage("memorization", tmp_path, sample_data, *common, *changed, resume=case == "resume-changed")
     # --overwrite starts over: the old checkpoints go, the stage finishes
     _, history = run_stage("memorization", tmp_path, sample_data, *common, *changed, overwrite=True)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from toolgen import baselines, decoding, metrics, models
+from toolgen import baselines, decoding, metrics, models, retrieval
 from toolgen.evaluate import arguments_correct, main as evaluate_main
 
 L2, L3, L6 = math.log2(2), math.log2(3), math.log2(6)
@@ -85,7 +85,8 @@ def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
                    "--data", data, "--out", str(out), "--runs", os.path.join(d, "runs")])
     report = json.load(open(out / "metrics.json"))
     systems = report["systems"]
-    assert set(systems) == {"bm25", "minilm", "base", "toolgen/retrieval_training", "toolgen/agent_tuning"}
+    assert set(systems) == {"bm25", "minilm", "base", "toolgen/retrieval_training", "toolgen/agent_tuning",
+                            "toolgen/retrieval_training+prior", "toolgen/agent_tuning+prior"}
     # The numbers are the metrics of the rankings, recomputed here from the pieces: BM25 over the documentation,
     # the agent stage's constrained ranking, its memorization top-1.
     tools = json.load(open(os.path.join(data, "tool_tokens.json")))
@@ -106,6 +107,16 @@ def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
     agent = systems["toolgen/agent_tuning"]
     for key in ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5"):
         assert agent[f"retrieval/{key}"] == pytest.approx(expected[key])
+    # the hybrid row: the same model scores fused with the BM25 + MiniLM prior, as the report says it chose
+    choice = systems["toolgen/agent_tuning+prior"]["prior/choice"]
+    assert choice["tuned_on"] is None   # the sample was prepared without a validation split: the config's fusion
+    logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": q}] for q in queries])
+    prior = retrieval.Prior("bm25+dense", {t: v["documentation"] for t, v in tools["tools"].items()}, candidates)
+    fused = retrieval.rank(retrieval.fuse(logprobs[:, ids], prior.scores(queries), retrieval.Fusion(**choice["fusion"])),
+                           candidates, 100)
+    expected = metrics.retrieval_metrics(fused, relevant)
+    for key in ("ndcg@1", "ndcg@5", "mrr"):
+        assert systems["toolgen/agent_tuning+prior"][f"retrieval/{key}"] == pytest.approx(expected[key])
     memo = json.load(open(os.path.join(data, "tool_memorization.json")))
     top = decoding.rank_tools(decoding.next_token_logprobs(model, tokenizer, [ex["messages"][:-1] for ex in memo]), ids, 1)
     assert agent["memorization/accuracy"] == pytest.approx(

@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    name: str = "gguf:smollm2"        # hub id, local folder, "gguf:smollm2" (embedded default), "tiny" (tests),
+    name: str = "gguf:smollm2"        # hub id, local folder, "gguf:smollm2" (embedded default), "tiny" / "tiny-qwen2"
+    #                                   (tests),
     #                                   "random:llama-3.2-1b" (the reference shape with random weights, for speed runs)
     dtype: str = "auto"               # auto (bf16 where supported, else fp32) | bfloat16 | float32 | float16
     attn_implementation: str = "sdpa"  # sdpa | eager | flex_attention | flash_attention_2 (when installed)
@@ -90,11 +91,23 @@ class TrainConfig:
 
 
 @dataclass
+class RetrievalConfig:
+    """Hybrid tool ranking at inference (toolgen/retrieval.py): the model's tool scores fused with a retriever prior."""
+    prior: str = "bm25+dense"         # none | bm25 | dense | bm25+dense: the retrievers the prior may use
+    fusion: str = "rrf"               # rrf | weighted
+    rrf_k: float = 10.0               # rrf: 1 / (k + rank)
+    prior_weight: float = 1.0         # w: the prior's share (rrf: of its reciprocal ranks; weighted: of its z-scores)
+    tune: bool = True                 # choose prior (among those named), fusion, k and w on retrieval_val.json, never
+    #                                   on test; the values above are used when false or without a validation split
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     stages: dict = field(default_factory=lambda: {s: StageConfig() for s in STAGES})
 
     def to_dict(self):
@@ -108,10 +121,12 @@ CHOICES = {
     "model.quantization": ("none", "4bit"),
     "train.optimizer": ("adamw", "sgd"),
     "train.lr_scheduler": ("cosine", "constant"),
+    "retrieval.prior": ("none", "bm25", "dense", "bm25+dense"),
+    "retrieval.fusion": ("rrf", "weighted"),
 }
 # Numbers that must be positive (> 0) or not negative (>= 0).
 POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
-            "logging_steps", "pack_to_multiple_of", "epochs"}
+            "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight"}
 NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed"}
 
 
@@ -193,7 +208,7 @@ def load_config(path=None, overrides=()):
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, lora, data, train, stages)")
+            raise ConfigError(f"{path}: expected a mapping of sections (model, lora, data, train, retrieval, stages)")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")

@@ -7,6 +7,7 @@ Writes metrics.json, metrics.md, ndcg_at_k.png and training_loss.png into --out.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -17,13 +18,14 @@ from toolgen import quiet  # noqa: F401  (first: it silences start-up notices be
 
 import torch  # noqa: E402
 
-from toolgen import baselines, decoding, metrics, models  # noqa: E402
-from toolgen.config import STAGES  # noqa: E402
+from toolgen import baselines, decoding, metrics, models, retrieval  # noqa: E402
+from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
 from toolgen.report import write_report
 from toolgen.data.stages import ASK_INPUT
 from toolgen.tokens import FINISH
 
 TOP = 100          # rankings are kept to the top 100: MRR is MRR@100
+VAL = "retrieval_val"   # the validation split carved from the training queries: it tunes, it is never reported
 PLOT_K = range(1, 11)
 
 
@@ -63,11 +65,16 @@ def check_stage_folder(path):
 
 
 def query_sets(data_dir, extra_files, tools):
-    """{name: [(query text, set of relevant tokens, n missing, split)]}: retrieval_test.json, then each --queries file.
+    """{name: [(query text, set of relevant tokens, n missing, split)]}: retrieval_test.json, then each --queries file,
+    and retrieval_val.json when prepared with a validation split (used to tune, never reported).
     The split of a retrieval_test query is its source file (its id is "<file stem>_<query_id>")."""
-    sets = {"retrieval_test": [(r["messages"][-1]["content"], set(r["relevant"]) | set(r["missing_relevant"]),
-                                len(r["missing_relevant"]), r["query_id"].rsplit("_", 1)[0])
-                               for r in load_json(os.path.join(data_dir, "retrieval_test.json"))]}
+    def rows_of(file_name):
+        return [(r["messages"][-1]["content"], set(r["relevant"]) | set(r["missing_relevant"]),
+                 len(r["missing_relevant"]), r["query_id"].rsplit("_", 1)[0])
+                for r in load_json(os.path.join(data_dir, file_name))]
+    sets = {"retrieval_test": rows_of("retrieval_test.json")}
+    if os.path.exists(os.path.join(data_dir, VAL + ".json")):
+        sets[VAL] = rows_of(VAL + ".json")
     by_tool_api = {(v["tool"], v["api"]): t for t, v in tools.items()}
     for path in extra_files:
         rows = []
@@ -99,39 +106,76 @@ def set_metrics(set_name, ranked, rows, seconds):
     return out
 
 
+def tool_scores(model, tokenizer, tool_ids, rows):
+    """The model's log-probabilities of each candidate tool at the answer position -> ([N x candidates], seconds,
+    [whether the unconstrained argmax is not a tool])."""
+    t0 = time.time()
+    logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": r[0]}] for r in rows])
+    allowed = set(tool_ids)
+    return logprobs[:, tool_ids], time.time() - t0, [i not in allowed for i in decoding.unconstrained_argmax(logprobs)]
+
+
 def model_system(model, tokenizer, candidates, sets, memorization, agent_test, do_agent):
     """Every metric of one model: retrieval on each query set, memorization, and (optionally) the agent steps.
-    candidates: the tool tokens a prediction may be (the catalog, plus distractors where prepared with them)."""
+    candidates: the tool tokens a prediction may be (the catalog, plus distractors where prepared with them).
+    Also returns {set: (tool scores, seconds)} for the hybrid rows."""
     tool_list = list(candidates)
     tool_ids = tokenizer.convert_tokens_to_ids(tool_list)
-    id_to_tool = dict(zip(tool_ids, tool_list))
-    result, rankings_by_set, invalid, constrained = {}, {}, [], []
+    result, rankings_by_set, scores_by_set, invalid, constrained = {}, {}, {}, [], []
     for name, rows in sets.items():
-        t0 = time.time()
-        logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": r[0]}] for r in rows])
-        seconds = time.time() - t0
-        ranked_ids = decoding.rank_tools(logprobs, tool_ids, TOP)
-        constrained += [r[0] for r in ranked_ids]
-        ranked = [[id_to_tool.get(i, i) for i in r] for r in ranked_ids]
-        rankings_by_set[name] = ranked
-        result.update(set_metrics(name, ranked, rows, seconds))
-        invalid += [i not in id_to_tool for i in decoding.unconstrained_argmax(logprobs)]
+        scores, seconds, not_a_tool = tool_scores(model, tokenizer, tool_ids, rows)
+        scores_by_set[name] = (scores, seconds)
+        ranked = retrieval.rank(scores.numpy(), tool_list, TOP)
+        constrained += [r[0] for r in ranked]
+        invalid += not_a_tool
+        if name != VAL:
+            rankings_by_set[name] = ranked
+            result.update(set_metrics(name, ranked, rows, seconds))
     if memorization:
         logprobs = decoding.next_token_logprobs(model, tokenizer, [ex["messages"][:-1] for ex in memorization])
-        top = [r[0] for r in decoding.rank_tools(logprobs, tool_ids, 1)]
-        constrained += top
-        predicted = [id_to_tool.get(i, i) for i in top]
+        predicted = [r[0] for r in retrieval.rank(logprobs[:, tool_ids].numpy(), tool_list, 1)]
+        constrained += predicted
         gold = [ex["messages"][-1]["content"] for ex in memorization]
         result["memorization/accuracy"] = metrics.accuracy(predicted, gold)
         result["memorization/f1"] = metrics.macro_f1(predicted, gold)
-        invalid += [i not in id_to_tool for i in decoding.unconstrained_argmax(logprobs)]
+        allowed = set(tool_ids)
+        invalid += [i not in allowed for i in decoding.unconstrained_argmax(logprobs)]
     if do_agent and agent_test:
         agent, agent_invalid = agent_metrics(model, tokenizer, tool_list + [FINISH], agent_test)
         result.update(agent)
         invalid += agent_invalid
     # measured, not assumed: the constrained predictions that are not a real tool (0 when the mask works)
-    result["invalid_tool_rate"] = sum(i not in id_to_tool for i in constrained) / len(constrained) if constrained else 0.0
+    known = set(tool_list)
+    result["invalid_tool_rate"] = sum(t not in known for t in constrained) / len(constrained) if constrained else 0.0
     result["invalid_tool_rate_unconstrained"] = sum(invalid) / len(invalid) if invalid else 0.0
+    return result, rankings_by_set, scores_by_set
+
+
+def hybrid_system(scores_by_set, prior, sets, candidates, retrieval_cfg):
+    """The `+prior` row of a model: its tool scores fused with the retriever prior (toolgen/retrieval.py). With
+    retrieval.tune the prior, fusion, k and w are chosen on the validation split (never on test); else the config's."""
+    kinds = [k for k in retrieval.PRIORS if k == "none" or set(k.split("+")) <= set(prior.kinds)]
+    fixed = retrieval.Fusion(retrieval_cfg.prior, retrieval_cfg.fusion, retrieval_cfg.rrf_k, retrieval_cfg.prior_weight)
+    result, rankings_by_set, chosen = {}, {}, {"fusion": dataclasses.asdict(fixed), "tuned_on": None}
+    if retrieval_cfg.tune and VAL in sets:
+        val_scores, _ = scores_by_set[VAL]
+        fusion, val_ndcg, _ = retrieval.tune(val_scores, prior.scores_of(VAL), [r[1] for r in sets[VAL]], candidates,
+                                             kinds)
+        chosen = {"fusion": dataclasses.asdict(fusion), "tuned_on": f"{VAL}.json ({len(sets[VAL])} queries)",
+                  "val_ndcg@5": val_ndcg}
+    else:
+        fusion = fixed
+    for name, rows in sets.items():
+        if name == VAL:
+            continue
+        t0 = time.time()
+        scores, seconds = scores_by_set[name]
+        ranked = retrieval.rank(retrieval.fuse(scores, prior.scores_of(name), fusion), candidates, TOP)
+        seconds += time.time() - t0 + prior.seconds.get(name, 0.0)
+        rankings_by_set[name] = ranked
+        result.update(set_metrics(name, ranked, rows, seconds))
+    result["prior/tools_without_documentation"] = prior.undocumented
+    result["prior/choice"] = chosen
     return result, rankings_by_set
 
 
@@ -192,14 +236,34 @@ def agent_metrics(model, tokenizer, action_tokens, trajectories):
             "agent/argument_steps": len(arg_right)}, invalid
 
 
-def baseline_systems(tools, sets):
-    documents = {t: v["documentation"] for t, v in tools.items()}
+def choose_views(documents, val_rows):
+    """Each retriever indexes the documentation view (baselines.DOC_VIEWS) with the best NDCG@5 on the validation
+    split, as a careful user would tune a baseline; "full" when there is no validation split."""
+    if not val_rows:
+        return {kind: "full" for kind in baselines.INDEXES}, {}
+    items, queries, relevant = list(documents), [r[0] for r in val_rows], [r[1] for r in val_rows]
+    chosen, table = {}, {}
+    for kind, index in baselines.INDEXES.items():
+        for view in baselines.DOC_VIEWS:
+            scores = index([baselines.doc_text(documents[t], view) for t in items]).scores(queries)
+            ranked = baselines.top_k(scores, items, 5)
+            table[f"{kind}/{view}"] = sum(metrics.ndcg(r, rel, 5) for r, rel in zip(ranked, relevant)) / len(ranked)
+        chosen[kind] = max(baselines.DOC_VIEWS, key=lambda v: table[f"{kind}/{v}"])   # ties: the earlier view
+    return chosen, table
+
+
+def baseline_systems(documents, sets, views):
+    """BM25 and MiniLM over the documentation, each in its chosen view."""
+    items = list(documents)
     out, rankings = {}, {}
-    for name, rank in (("bm25", baselines.bm25_rank), ("minilm", baselines.dense_rank)):
-        out[name], rankings[name] = {}, {}
+    for name, kind in (("bm25", "bm25"), ("minilm", "dense")):
+        out[name], rankings[name] = {"doc_view": views[kind]}, {}
+        index = baselines.INDEXES[kind]([baselines.doc_text(documents[t], views[kind]) for t in items])
         for set_name, rows in sets.items():
+            if set_name == VAL:
+                continue
             t0 = time.time()
-            ranked = rank(documents, [r[0] for r in rows], TOP)
+            ranked = baselines.top_k(index.scores([r[0] for r in rows]), items, TOP)
             out[name].update(set_metrics(set_name, ranked, rows, time.time() - t0))
             rankings[name][set_name] = ranked
     return out, rankings
@@ -216,6 +280,9 @@ def main(argv=None):
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-base", action="store_true", help="skip the untrained base model (the floor)")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
+    p.add_argument("--config", help="a config whose `retrieval` section sets the prior and fusion (default: built-in)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. --set retrieval.prior=bm25 --set retrieval.tune=false")
     args = p.parse_args(argv)
     if args.output_dir:   # the stages after memorization (memorization alone does not retrieve from queries)
         args.model += [os.path.join(args.output_dir, STAGES[s].folder) for s in list(STAGES)[1:]
@@ -227,22 +294,29 @@ def main(argv=None):
         p.error("give --data and --out, or --output-dir")
     try:
         evaluate(args)
-    except EvalError as e:
+    except (EvalError, ConfigError) as e:
         sys.exit(f"toolgen-evaluate: error: {e}")
 
 
 def evaluate(args):
     for path in args.model:
         check_stage_folder(path)
+    retrieval_cfg = load_config(args.config, args.overrides).retrieval
     tool_tokens = load_json(os.path.join(args.data, "tool_tokens.json"))
     tools, candidates = tool_tokens["tools"], [t for t in tool_tokens["tokens"] if t != FINISH]
+    documents = {t: v["documentation"] for t, v in tools.items()}
     sets = query_sets(args.data, args.queries, tools)
     memorization = load_json(os.path.join(args.data, STAGES["memorization"].file))
     agent_test = load_json(os.path.join(args.data, "agent_test.json"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    views, view_table = choose_views(documents, sets.get(VAL))
     systems, rankings = {}, {}
     if not args.no_baselines:
-        systems, rankings = baseline_systems(tools, sets)
+        systems, rankings = baseline_systems(documents, sets, views)
+    prior = None
+    if args.model and retrieval_cfg.prior != "none":
+        prior = retrieval.Prior(retrieval_cfg.prior, documents, candidates, views).compute(
+            {name: [r[0] for r in rows] for name, rows in sets.items()})
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for i, stage_dir in enumerate(args.model):
         tokenizer, model, _ = models.load_stage(stage_dir)
         if set(candidates) - set(tokenizer.get_vocab()):
@@ -250,14 +324,20 @@ def evaluate(args):
         model.to(device).eval()
         if i == 0 and not args.no_base:
             with model.disable_adapter():   # the same base with the same initial tool rows, no training
-                systems["base"], rankings["base"] = model_system(model, tokenizer, candidates, sets, memorization, [], False)
+                systems["base"], rankings["base"], _ = model_system(model, tokenizer, candidates, sets, memorization,
+                                                                    [], False)
         name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
         is_agent = load_json(os.path.join(stage_dir, "stage.json"))["stage"] == "agent"
-        systems[name], rankings[name] = model_system(model, tokenizer, candidates, sets, memorization, agent_test,
-                                                     is_agent)
+        systems[name], rankings[name], scores = model_system(model, tokenizer, candidates, sets, memorization,
+                                                             agent_test, is_agent)
+        if prior is not None:
+            systems[name + "+prior"], rankings[name + "+prior"] = hybrid_system(scores, prior, sets, candidates,
+                                                                                retrieval_cfg)
         del model
     runs = args.runs or (os.path.join(os.path.dirname(os.path.normpath(args.model[0])), "runs") if args.model else None)
-    write_report(args.out, systems, rankings, sets, runs)
+    reported = {name: rows for name, rows in sets.items() if name != VAL}
+    write_report(args.out, systems, rankings, reported, runs,
+                 {"doc_views": views, "doc_view_val_ndcg@5": view_table, "validation_queries": len(sets.get(VAL, []))})
     print(open(os.path.join(args.out, "metrics.md")).read())
 
 

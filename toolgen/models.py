@@ -43,13 +43,19 @@ def smollm2_folder():
     return _save_folder(model, tokenizer, folder)
 
 
-def tiny_folder(tie_word_embeddings=True):
-    """A tiny random Llama (hidden 64, 2 layers) with a BPE tokenizer trained on the shipped sample: tests in seconds."""
-    folder = os.path.join(CACHE, f"tiny-llama-{'tied' if tie_word_embeddings else 'untied'}-v2")
-    if os.path.exists(os.path.join(folder, "config.json")):
-        return folder
+# The shape of Qwen2.5's chat template (ChatML; a default system turn; tool results as a user turn in <tool_response>
+# tags), for the tiny Qwen2 test model: what Qwen brings that Llama does not, without downloading Qwen.
+QWEN_LIKE_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'tool' %}<|im_start|>user\n<tool_response>\n{{ m['content'] }}"
+    "\n</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _tiny_tokenizer(special, **names):
+    """A BPE tokenizer (1,000 tokens) trained on the shipped sample's files, so tests need no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from toolgen.data import SAMPLE_DIR
     texts = []
@@ -60,18 +66,35 @@ def tiny_folder(tie_word_embeddings=True):
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>")
-    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=tie_word_embeddings, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, special_tokens=special,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **names)
+
+
+def tiny_folder(tie_word_embeddings=True, arch="llama"):
+    """A tiny random model (hidden 64, 2 layers) with a tokenizer trained on the shipped sample: tests in seconds.
+    arch "llama": plain chat template, <pad> token. arch "qwen2": Qwen2's architecture (attention biases), a
+    Qwen-like ChatML template and Qwen's special tokens (pad <|endoftext|>, end of turn <|im_end|>)."""
+    folder = os.path.join(CACHE, f"tiny-{arch}-{'tied' if tie_word_embeddings else 'untied'}-v2")
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=tie_word_embeddings)
+    if arch == "qwen2":
+        from transformers import Qwen2Config as Config, Qwen2ForCausalLM as Model
+        tokenizer = _tiny_tokenizer(["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"], unk_token="<unk>",
+                                    eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        tokenizer.chat_template = QWEN_LIKE_CHAT_TEMPLATE
+        config = Config(vocab_size=len(tokenizer), eos_token_id=3, pad_token_id=1, **shape)
+    else:
+        from transformers import LlamaConfig as Config, LlamaForCausalLM as Model
+        tokenizer = _tiny_tokenizer(["<unk>", "<s>", "</s>", "<pad>"], unk_token="<unk>", bos_token="<s>",
+                                    eos_token="</s>", pad_token="<pad>")
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        config = Config(vocab_size=len(tokenizer), bos_token_id=1, eos_token_id=2, pad_token_id=3, **shape)
     with torch.random.fork_rng(devices=[]):   # seeded, without touching the caller's RNG (a first run = later runs)
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
+        model = Model(config)
     return _save_folder(model, tokenizer, folder)
 
 
@@ -99,8 +122,8 @@ def resolve_model(name, tie_word_embeddings=True):
         return random_llama_1b_folder()
     if name == "gguf:smollm2":
         return smollm2_folder()
-    if name == "tiny":
-        return tiny_folder(tie_word_embeddings)
+    if name in ("tiny", "tiny-qwen2"):
+        return tiny_folder(tie_word_embeddings, "qwen2" if name == "tiny-qwen2" else "llama")
     return name
 
 

@@ -19,6 +19,9 @@ DEFINITIONS = {
                                "reference value (case/space-folded); steps whose reference was truncated are not scored",
     "agent/finish_accuracy": "share of trajectories where Finish is chosen at the last action step and at no other",
     "agent/completion_rate": "share of trajectories where every tool choice, every argument and Finish are right",
+    "<system>+prior": "the system's tool log-probabilities fused with a BM25/dense prior over the documentation "
+                      "(toolgen/retrieval.py: rrf 1/(k+rank_model) + w*sum 1/(k+rank_prior), or weighted log p + "
+                      "w*z(prior)); prior, fusion, k, w chosen on retrieval_val.json, recorded under prior/choice",
     "invalid_tool_rate": "share of tool predictions that are not a real tool, under constrained decoding",
     "invalid_tool_rate_unconstrained": "the same with an argmax over the whole vocabulary",
 }
@@ -72,11 +75,12 @@ def _fmt(v):
     return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def write_report(out_dir, systems, rankings, sets, runs_dir=None):
-    """metrics.json, metrics.md and the plots, as one atomic folder: a report is complete or absent."""
+def write_report(out_dir, systems, rankings, sets, runs_dir=None, choices=None):
+    """metrics.json, metrics.md and the plots, as one atomic folder: a report is complete or absent.
+    choices: what was chosen on the validation split (baselines' document views), recorded beside the numbers."""
     curves = training_losses(runs_dir) if runs_dir and os.path.isdir(runs_dir) else {}
     report = {"systems": systems, "definitions": DEFINITIONS, "not_measured": NOT_MEASURED,
-              "query_sets": {name: len(rows) for name, rows in sets.items()}}
+              "query_sets": {name: len(rows) for name, rows in sets.items()}, "choices": choices or {}}
     with atomic_folder(out_dir) as tmp:
         write_json(os.path.join(tmp, "metrics.json"), report)
         _markdown(tmp, report, systems)

@@ -1,0 +1,49 @@
+"""A Qwen2-architecture base (built in code: Qwen2 layers, a Qwen-like ChatML template with a default system turn and
+tool results as <tool_response> user turns, Qwen's pad and end-of-turn tokens): loading, tool-row init, masks, a stage
+that trains and reloads to the same logits, tied and untied heads."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import run_stage
+from toolgen import models
+from toolgen.collate import IGNORE, LeftPadCollator, tokenize_messages
+from toolgen.config import load_config
+from toolgen.tokens import token_words
+
+from conftest import TINY
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_qwen2_tool_rows_masks_training_and_reload(tmp_path, sample_data, tied):
+    tie = f"model.tie_word_embeddings={str(tied).lower()}"
+    cfg = load_config(TINY, ["model.name=tiny-qwen2", tie]).model
+    tokens = json.load(open(os.path.join(sample_data, "tool_tokens.json")))["tokens"]
+    tokenizer, model, tool_ids = models.load_base(cfg, tokens)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and models.is_tied(model) == tied
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.eos_token == "<|im_end|>"
+    base = models.load_tokenizer(models.resolve_model("tiny-qwen2", tied))
+    for table in [model.get_input_embeddings().weight] + ([] if tied else [model.get_output_embeddings().weight]):
+        for token, i in list(zip(tokens, tool_ids))[:5]:
+            words = base(token_words(token), add_special_tokens=False)["input_ids"]
+            torch.testing.assert_close(table[i], table[words].mean(0))
+    # the answer and its end-of-turn marker carry loss; the default system turn and the tool response do not
+    enc = tokenize_messages(tokenizer, [{"role": "user", "content": "weather in Lisbon"},
+                                        {"role": "assistant", "content": tokens[0], "loss": True},
+                                        {"role": "tool", "content": "{\"ok\": 1}"},
+                                        {"role": "assistant", "content": "done", "loss": True}])
+    labeled = tokenizer.decode([i for i, l in zip(enc["input_ids"], enc["labels"]) if l != IGNORE])
+    assert labeled == f"{tokens[0]}<|im_end|>\ndone<|im_end|>\n"
+    assert "You are a helpful assistant." in tokenizer.decode(enc["input_ids"])
+
+    trained, history = run_stage("memorization", tmp_path, sample_data, "model.name=tiny-qwen2", tie,
+                                 "stages.memorization.max_steps=8")
+    assert history[-1] < history[0]
+    tokenizer, reloaded, _ = models.load_stage(os.path.join(tmp_path, "tool_memorization"))
+    batch = LeftPadCollator(tokenizer.pad_token_id)([enc])
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    with torch.no_grad():
+        torch.testing.assert_close(trained.eval()(**inputs).logits, reloaded.eval()(**inputs).logits, rtol=0, atol=0)

@@ -1,6 +1,7 @@
 """Raw ToolBench data -> the three stage files, the held-out test files, the tool vocabulary and a report.
 
     python -m toolgen.prepare --toolbench DIR --out DIR      (console: toolgen-prepare)
+    ... --complexfuncbench [DIR] --nestful [DIR]             (agent sources beside ToolBench: data/agent_sources.py)
 
 With no --toolbench the shipped sample (toolgen/data/sample/) is used, so this runs offline.
 """
@@ -14,13 +15,14 @@ import os
 import sys
 
 from toolgen.checkpoint import atomic_folder
-from toolgen.data import SAMPLE_DIR, quality, stages
+from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, stages
 from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
                                     read_tools_dir, read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
 
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
-                "agent_test.json", "tool_tokens.json", "prepare_report.json")
+                "agent_test.json", "tool_tokens.json", "prepare_report.json",
+                "agent_e2e_test.json", "retrieval_test_agent_sources.json")   # these two: --complexfuncbench/--nestful
 # What --toolbench DIR is searched for, in DIR and in DIR/data (a ToolBench download keeps everything under data/).
 LAYOUTS = ("ToolBench raw (toolenv/tools/<Category>/<tool>.json, instruction/*.json, answer/**/*.json)",
            "StableToolBench (solvable_queries/test_instruction/*.json)",
@@ -95,7 +97,7 @@ class Report:
     def __init__(self, strict):
         self.strict, self.read, self.written = strict, collections.Counter(), {}
         self.skipped, self.examples = collections.Counter(), collections.defaultdict(list)
-        self.sources = {}   # source name -> Counter of trajectories and steps (quality.COUNTS)
+        self.sources = {}   # source name -> Counter of trajectories and steps (quality.COUNTS; agent_sources)
 
     def skip(self, reason, detail):
         if self.strict:
@@ -196,8 +198,11 @@ def _tool_tokens(apis, names, collisions, extra_tokens):
 
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
-            seed=0, strict=False, extra_tokens=None, synthetic_queries=0, min_complete=0.0):
-    """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
+            seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
+            observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0):
+    """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
+
+    complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py)."""
     inputs = find_inputs(toolbench, tools_dir, api_catalog, queries, trajectories)
     report = Report(strict)
     raw_queries, query_counts = [], {}
@@ -213,7 +218,10 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     report.read.update(query_counts)
     if not catalog.apis:
         raise DataError(f"{catalog_source}: the catalog is empty")
-    all_apis = catalog.apis
+    # The agent sources' specs join the catalog before tokens are named: one tool-token space. ToolBench's queries
+    # and trajectories are still resolved in ToolBench's own catalog (its function names).
+    sources = agent_sources.read_sources({"complexfuncbench": complexfuncbench, "nestful": nestful})
+    all_apis = agent_sources.merged_apis(catalog.apis, sources)
     names, collisions = tool_token_names(list(all_apis))
 
     # Stage 1: every API of the catalog, also those no query names.
@@ -228,13 +236,21 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         report.read["synthetic_queries"] = len(all_apis) * synthetic_queries
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
                                               min_complete)
+    options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
+               "min_complete": min_complete}
+    extra = agent_sources.all_source_outputs(sources, names, options, report)
+    retrieval_train += extra["retrieval_training"]
+    agent_train += extra["agent_tuning"]
 
     outputs = {"tool_memorization.json": memorization, "retrieval_training.json": retrieval_train,
                "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
-               "agent_test.json": agent_test, "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens)}
+               "agent_test.json": agent_test,
+               "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens),
+               "agent_e2e_test.json": extra["agent_e2e_test"],
+               "retrieval_test_agent_sources.json": extra["retrieval_test_agent_sources"]}
     outputs["prepare_report.json"] = {
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction,
-        "min_complete": min_complete,
+        "min_complete": min_complete, "observation_budget": observation_budget,
         "sources": {name: dict(counts) for name, counts in report.sources.items()},
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
                                                for name, obj in outputs.items()},
@@ -272,6 +288,13 @@ def _fraction(text):
     return value
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: not a positive number of characters")
+    return value
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--toolbench", default=None, help="a ToolBench or StableToolBench folder, or one with a "
@@ -288,6 +311,14 @@ def parse_args(argv):
     p.add_argument("--synthetic-queries", nargs="?", type=int, const=1, default=0, choices=[0, 1, 2], metavar="VIEWS",
                    help="add retrieval examples per API, their queries written from the API's documentation: 1 (the "
                         "default when given) names the tool; 2 adds a request without the tool's name")
+    p.add_argument("--complexfuncbench", nargs="?", const=True, default=None, metavar="DIR",
+                   help="add ComplexFuncBench (specs, requests, trajectories; README: agent sources) from DIR, a "
+                        "data_v1 folder; default: the installed nestful-wrapper package")
+    p.add_argument("--nestful", nargs="?", const=True, default=None, metavar="DIR",
+                   help="add NESTFUL from DIR, a data_v1 folder; default: the installed nestful-wrapper package")
+    p.add_argument("--observation-budget", type=_positive_int, default=gold.OBSERVATION_BUDGET, metavar="CHARS",
+                   help="characters of a recorded response kept as an agent-source observation (the paths later "
+                        f"calls read always survive; default {gold.OBSERVATION_BUDGET})")
     p.add_argument("--min-complete", type=_fraction, default=0.0, metavar="FRACTION",
                    help="drop trajectories whose share of tool calls with complete arguments is below FRACTION "
                         "(0..1; default 0 keeps all; counted in prepare_report.json)")
@@ -314,7 +345,8 @@ def main(argv=None):
             print(f"toolgen-prepare: {line}", flush=True)
         outputs = prepare(None, **inputs, test_fraction=args.test_fraction, seed=args.seed, strict=args.strict,
                           extra_tokens=args.extra_tokens, synthetic_queries=args.synthetic_queries,
-                          min_complete=args.min_complete)
+                          complexfuncbench=args.complexfuncbench, nestful=args.nestful,
+                          observation_budget=args.observation_budget, min_complete=args.min_complete)
         write_atomically(outputs, args.out)
     except (DataError, OSError) as e:   # OSError: a missing or unreadable file, named by the message
         sys.exit(f"toolgen-prepare: error: {e}")

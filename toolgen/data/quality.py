@@ -92,10 +92,11 @@ def new_counts(names=COUNTS):
 
 
 def select(trajectories, min_complete, counts, report):
-    """Split (kept, test_or_train flag) trajectories by the rules and count them.
+    """The trajectories that are written, counted; the others dropped and counted.
 
     trajectories: [(resolved, is_test, payload)]. Dropped: below `min_complete` (share of complete calls), and in the
-    test split anything short of complete (the step-wise metrics would score a target that is not there). Returns
+    test split anything short of complete (a call without a target is not scored, so the step-wise argument accuracy
+    and completion rate would measure less than the trajectory, on a history holding markers). Returns
     [(resolved, is_test, payload)] of what is written; every drop goes to counts and to report.skipped (not through
     report.skip: they are choices, not bad input, so --strict does not stop on them).
     """

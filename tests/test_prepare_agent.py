@@ -168,3 +168,23 @@ def test_the_sample_keeps_its_real_thoughts():
     counts = out["prepare_report.json"]["sources"]["toolbench"]
     assert counts["steps_with_thought"] == counts["steps"] == 174
     assert counts["calls_with_complete_arguments"] == counts["calls_with_observation"] == counts["calls"] == 92
+
+
+def test_what_counts_as_complete():
+    from toolgen.data import quality
+    from toolgen.data.toolbench import Api, Step
+    needs_city = Api("Cat", "T", "b", required=(json.dumps({"name": "city"}),))
+    free = Api("Cat", "T", "a")
+    assert quality.arguments_complete(Step("b", '{"city": "Oslo"}'), needs_city)
+    assert not quality.arguments_complete(Step("b", '{"city": "Os'), needs_city)          # cut: not JSON
+    assert not quality.arguments_complete(Step("b", '["Oslo"]'), needs_city)              # not an object
+    assert not quality.arguments_complete(Step("b", "{}"), needs_city)
+    assert quality.arguments_complete(Step("a", "{}"), free)
+    assert not quality.arguments_complete(Step("b", '{"city": "Oslo"}', ambiguous=True), needs_city)
+    finish = [('{"return_type": "give_answer", "final_answer": "Oslo"}', True), ('{"return_type": "give_up"}', True),
+              ('{"return_type": "give_answer"}', False), ('{"return_type": "give_answer", "final_answer": " "}', False),
+              ("{}", False), (None, False)]
+    assert [quality.arguments_complete(Step("Finish", text), None) for text, _ in finish] == [ok for _, ok in finish]
+    assert not quality.has_observation(Step("b", "{}", observation=None))
+    assert not quality.has_observation(Step("b", "{}", observation="  "))
+    assert quality.thought(Step("b", "{}", thought="  ")) == ""

@@ -248,13 +248,13 @@ def test_cli_on_the_shipped_sample(tmp_path):
     assert sorted(os.listdir(out)) == sorted(OUTPUT_FILES)
 
 
-def real_prepare():
+def real_prepare(**options):
     queries = sorted(glob.glob(os.path.join(SHARED, "stabletoolbench", "solvable_queries", "test_instruction", "*.json")))
     trajectories = [os.path.join(SHARED, p) for p in (
         "toolbench/toolbench/tooleval/results/default_evalset", "toolbench/data_example/answer",
         "stabletoolbench/data_example/answer", "derived/toolllama_format_from_data_examples.json")]
     return prepare(api_catalog=os.path.join(SHARED, "derived", "api_docs_from_test_queries.jsonl"), queries=queries,
-                   trajectories=trajectories)
+                   trajectories=trajectories, **options)
 
 
 @needs_shared

@@ -1,6 +1,7 @@
 """Raw ToolBench data -> the three stage files, the held-out test files, the tool vocabulary and a report.
 
     python -m toolgen.prepare --toolbench DIR --out DIR      (console: toolgen-prepare)
+    ... --complexfuncbench [DIR] --nestful [DIR]             (agent sources beside ToolBench: data/agent_sources.py)
 
 With no --toolbench the shipped sample (toolgen/data/sample/) is used, so this runs offline.
 """
@@ -14,13 +15,14 @@ import os
 import sys
 
 from toolgen.checkpoint import atomic_folder
-from toolgen.data import SAMPLE_DIR, stages
+from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, stages
 from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
                                     read_tools_dir, read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
 
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
-                "agent_test.json", "tool_tokens.json", "prepare_report.json")
+                "agent_test.json", "tool_tokens.json", "prepare_report.json",
+                "agent_e2e_test.json", "retrieval_test_agent_sources.json")   # these two: --complexfuncbench/--nestful
 # What --toolbench DIR is searched for, in DIR and in DIR/data (a ToolBench download keeps everything under data/).
 LAYOUTS = ("ToolBench raw (toolenv/tools/<Category>/<tool>.json, instruction/*.json, answer/**/*.json)",
            "StableToolBench (solvable_queries/test_instruction/*.json)",
@@ -95,6 +97,7 @@ class Report:
     def __init__(self, strict):
         self.strict, self.read, self.written = strict, collections.Counter(), {}
         self.skipped, self.examples = collections.Counter(), collections.defaultdict(list)
+        self.sources = {}   # source name -> Counter of trajectories and steps (quality.COUNTS; agent_sources)
 
     def skip(self, reason, detail):
         if self.strict:
@@ -145,8 +148,9 @@ def _resolve_steps(trajectory, catalog, names):
     return resolved, None
 
 
-def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, report):
-    """One trajectory per query text (the longest); unknown functions and unfinished ones skipped."""
+def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, report, min_complete=0.0):
+    """One trajectory per query text (the most complete, then the longest: quality.rank); unknown functions and
+    unfinished ones skipped; quality.select drops those below min_complete and incomplete ones of the test split."""
     by_query = {}
     for path in trajectory_files:
         found, skips = read_trajectories(path)
@@ -162,22 +166,21 @@ def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, repor
                 report.skip("trajectory_without_finish", t.source)
             elif not t.query:
                 report.skip("trajectory_without_query", t.source)
-            elif t.query in by_query and len(by_query[t.query][1]) >= len(resolved):
+            elif t.query in by_query and quality.rank(by_query[t.query][1]) >= quality.rank(resolved):
                 report.skip("duplicate_trajectory_for_query", t.source)
             else:
                 if t.query in by_query:
                     report.skip("duplicate_trajectory_for_query", by_query[t.query][0].source)
                 by_query[t.query] = (t, resolved)
+    candidates = [(resolved, is_test(text, seed, test_fraction), t) for text, (t, resolved) in sorted(by_query.items())]
+    counts = report.sources.setdefault("toolbench", quality.new_counts())
     train, test = [], []
-    for text, (t, resolved) in sorted(by_query.items()):
-        (test if is_test(text, seed, test_fraction) else train).append(stages.agent_example(t, resolved))
-        truncated = sum(s.arguments is None for _, _, s in resolved)
-        if truncated:
-            report.skipped["truncated_arguments_without_loss"] += truncated
+    for resolved, held_out, t in quality.select(candidates, min_complete, counts, report):
+        (test if held_out else train).append(stages.agent_example(t, resolved))
     return train, test
 
 
-def _tool_tokens(catalog, names, collisions, extra_tokens):
+def _tool_tokens(apis, names, collisions, extra_tokens):
     """tool_tokens.json. Distractors (e.g. ToolGen's 46,984 token names): in the vocabulary and among the candidates,
     never a target."""
     distractors = []
@@ -187,16 +190,19 @@ def _tool_tokens(catalog, names, collisions, extra_tokens):
         bad = [t for t in distractors if not (t.startswith("<<") and t.endswith(">>"))]
         if bad:
             raise DataError(f"{extra_tokens}: not a tool token: {bad[0]!r}")
-    return {"tokens": [names[k] for k in sorted(catalog.apis)] + distractors + [FINISH],
+    return {"tokens": [names[k] for k in sorted(apis)] + distractors + [FINISH],
             "distractors": len(distractors),
             "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
-                                 "documentation": stages.api_documentation(catalog.apis[k])} for k in sorted(catalog.apis)},
+                                 "documentation": stages.api_documentation(apis[k])} for k in sorted(apis)},
             "collisions": collisions}
 
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
-            seed=0, strict=False, extra_tokens=None, synthetic_queries=0):
-    """Everything prepare writes, as {file name: object}. Nothing touches the disk here."""
+            seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
+            observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0):
+    """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
+
+    complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py)."""
     inputs = find_inputs(toolbench, tools_dir, api_catalog, queries, trajectories)
     report = Report(strict)
     raw_queries, query_counts = [], {}
@@ -212,25 +218,40 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     report.read.update(query_counts)
     if not catalog.apis:
         raise DataError(f"{catalog_source}: the catalog is empty")
-    names, collisions = tool_token_names(list(catalog.apis))
+    # The agent sources' specs join the catalog before tokens are named: one tool-token space. ToolBench's queries
+    # and trajectories are still resolved in ToolBench's own catalog (its function names).
+    sources = agent_sources.read_sources({"complexfuncbench": complexfuncbench, "nestful": nestful})
+    all_apis = agent_sources.merged_apis(catalog.apis, sources)
+    names, collisions = tool_token_names(list(all_apis))
 
     # Stage 1: every API of the catalog, also those no query names.
-    memorization = [stages.memorization_example(catalog.apis[k], names[k]) for k in sorted(catalog.apis)]
+    memorization = [stages.memorization_example(all_apis[k], names[k]) for k in sorted(all_apis)]
     retrieval_train, retrieval_test = _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report)
     # Optional: queries per catalog API written from its documentation (never from a test query), so that retrieval
     # training also covers the tools no training query names (views: stages.synthetic_queries).
     if synthetic_queries:
-        for k in sorted(catalog.apis):
-            for text in stages.synthetic_queries(catalog.apis[k], synthetic_queries):
+        for k in sorted(all_apis):
+            for text in stages.synthetic_queries(all_apis[k], synthetic_queries):
                 retrieval_train.append({**stages.retrieval_example(text, names[k]), "synthetic": True})
-        report.read["synthetic_queries"] = len(catalog.apis) * synthetic_queries
-    agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report)
+        report.read["synthetic_queries"] = len(all_apis) * synthetic_queries
+    agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
+                                              min_complete)
+    options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
+               "min_complete": min_complete}
+    extra = agent_sources.all_source_outputs(sources, names, options, report)
+    retrieval_train += extra["retrieval_training"]
+    agent_train += extra["agent_tuning"]
 
     outputs = {"tool_memorization.json": memorization, "retrieval_training.json": retrieval_train,
                "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
-               "agent_test.json": agent_test, "tool_tokens.json": _tool_tokens(catalog, names, collisions, extra_tokens)}
+               "agent_test.json": agent_test,
+               "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens),
+               "agent_e2e_test.json": extra["agent_e2e_test"],
+               "retrieval_test_agent_sources.json": extra["retrieval_test_agent_sources"]}
     outputs["prepare_report.json"] = {
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction,
+        "min_complete": min_complete, "observation_budget": observation_budget,
+        "sources": {name: dict(counts) for name, counts in report.sources.items()},
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
                                                for name, obj in outputs.items()},
         "skipped": dict(report.skipped), "skipped_examples": dict(report.examples),
@@ -260,6 +281,20 @@ def write_atomically(outputs, out_dir):
                 json.dump(obj, f, ensure_ascii=False, indent=None if isinstance(obj, list) else 1)
 
 
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: not a fraction between 0 and 1")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: not a positive number of characters")
+    return value
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--toolbench", default=None, help="a ToolBench or StableToolBench folder, or one with a "
@@ -276,6 +311,17 @@ def parse_args(argv):
     p.add_argument("--synthetic-queries", nargs="?", type=int, const=1, default=0, choices=[0, 1, 2], metavar="VIEWS",
                    help="add retrieval examples per API, their queries written from the API's documentation: 1 (the "
                         "default when given) names the tool; 2 adds a request without the tool's name")
+    p.add_argument("--complexfuncbench", nargs="?", const=True, default=None, metavar="DIR",
+                   help="add ComplexFuncBench (specs, requests, trajectories; README: agent sources) from DIR, a "
+                        "data_v1 folder; default: the installed nestful-wrapper package")
+    p.add_argument("--nestful", nargs="?", const=True, default=None, metavar="DIR",
+                   help="add NESTFUL from DIR, a data_v1 folder; default: the installed nestful-wrapper package")
+    p.add_argument("--observation-budget", type=_positive_int, default=gold.OBSERVATION_BUDGET, metavar="CHARS",
+                   help="characters of a recorded response kept as an agent-source observation (the paths later "
+                        f"calls read always survive; default {gold.OBSERVATION_BUDGET})")
+    p.add_argument("--min-complete", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="drop trajectories whose share of tool calls with complete arguments is below FRACTION "
+                        "(0..1; default 0 keeps all; counted in prepare_report.json)")
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
     if args.config:
@@ -298,7 +344,9 @@ def main(argv=None):
         for line in describe_inputs(inputs):
             print(f"toolgen-prepare: {line}", flush=True)
         outputs = prepare(None, **inputs, test_fraction=args.test_fraction, seed=args.seed, strict=args.strict,
-                          extra_tokens=args.extra_tokens, synthetic_queries=args.synthetic_queries)
+                          extra_tokens=args.extra_tokens, synthetic_queries=args.synthetic_queries,
+                          complexfuncbench=args.complexfuncbench, nestful=args.nestful,
+                          observation_budget=args.observation_budget, min_complete=args.min_complete)
         write_atomically(outputs, args.out)
     except (DataError, OSError) as e:   # OSError: a missing or unreadable file, named by the message
         sys.exit(f"toolgen-prepare: error: {e}")

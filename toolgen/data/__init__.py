@@ -1,4 +1,6 @@
-"""Readers of the input sources (toolbench.py), the stage example builders (stages.py) and the shipped sample."""
+"""Readers of the input sources (toolbench.py; complexfuncbench.py and nestful.py over gold.py), the stage example
+builders (stages.py; what a step really holds: quality.py), the agent sources in a prepared folder (agent_sources.py)
+and the shipped sample."""
 
 import os
 

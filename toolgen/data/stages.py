@@ -3,6 +3,7 @@
 
 import json
 
+from toolgen.data import quality
 from toolgen.tokens import FINISH
 
 AGENT_SYSTEM = ("You are an agent that solves the user's task with tools. At each step give a Thought, then the action "
@@ -12,6 +13,10 @@ ASK_ACTION = "Generate the action."
 ASK_INPUT = "Give the input. Here is the documentation: "
 FINISH_DOC = {"name": "Finish", "description": "Finish the task with a final answer, or give up and restart.",
               "required": ["return_type"], "optional": ["final_answer"]}
+# What stands in for a part the source did not record (never with loss): tooleval files cut tool calls at 100
+# characters, NESTFUL recorded no responses. A marker, not "{}", which would read as a real call or an empty result.
+MISSING_ARGUMENTS = "(arguments not recorded)"
+NO_OBSERVATION = "(no observation recorded)"
 
 
 def msg(role, content, loss=False):
@@ -66,16 +71,19 @@ def retrieval_test_record(query, names):
 
 
 def agent_example(trajectory, resolved):
-    """resolved: [(token, api or None for Finish, step)] in order. Truncated arguments carry no loss."""
+    """resolved: [(token, api or None for Finish, step)] in order. Nothing missing carries loss (quality.py's rules):
+    a step without a thought starts at ASK_ACTION (no placeholder thought); arguments that are not a real target are
+    context only, shown as recorded or as MISSING_ARGUMENTS; a call without a recorded response gets NO_OBSERVATION."""
     messages = [msg("system", AGENT_SYSTEM), msg("user", trajectory.query)]
     for token, api, step in resolved:
-        messages.append(msg("assistant", f"Thought: {step.thought}" if step.thought else "Thought: next step.", True))
+        if quality.thought(step):
+            messages.append(msg("assistant", f"Thought: {quality.thought(step)}", True))
         messages.append(msg("user", ASK_ACTION))
         messages.append(msg("assistant", token, True))
         doc = api_input_doc(api) if api is not None else json.dumps(FINISH_DOC)
         messages.append(msg("user", ASK_INPUT + doc))
-        complete = step.arguments is not None
-        messages.append(msg("assistant", step.arguments if complete else "{}", complete))
+        shown = step.arguments if step.arguments is not None else MISSING_ARGUMENTS
+        messages.append(msg("assistant", shown, quality.arguments_complete(step, api)))
         if api is not None:
-            messages.append(msg("tool", step.observation or "{}"))
+            messages.append(msg("tool", step.observation if quality.has_observation(step) else NO_OBSERVATION))
     return {"messages": messages, "query": trajectory.query}

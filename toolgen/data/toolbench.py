@@ -48,7 +48,8 @@ class Step:
     function: str                 # ToolBench function name (or "Finish")
     arguments: str | None         # raw JSON text; None when the source truncated it
     thought: str = ""
-    observation: str = ""
+    observation: str | None = ""  # None: the source recorded no response (NESTFUL); "": none came back or it was cut
+    ambiguous: bool = False       # the arguments hold a reference that met several values (ComplexFuncBench)
 
 
 @dataclass

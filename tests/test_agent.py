@@ -369,6 +369,12 @@ def test_cli_errors_name_the_flag_or_file_before_loading(tiny_stage, tmp_path, m
     assert "has no HTTP specs" in cli_error(["--model", tiny_stage, "--executor", "http"] + q)
     assert "--query: give the request" in cli_error(["--model", tiny_stage])
     assert "the folder" in cli_error(["--model", tiny_stage, "--transcript", "no/such/dir/t.json"] + q)
+    # replay:FILE of a benchmark record: its input is the request when --query is not given
+    (tmp_path / "record.json").write_text(json.dumps({"input": " Weather in Osaka? ", "output": [
+        {"name": "current weather", "arguments": {"city": "Osaka"}}, {"name": "var_result", "arguments": {}}]}))
+    tools, executor, request = agent_mod.check_inputs(agent_mod.parse_args(
+        ["--model", tiny_stage, "--executor", "replay:record.json"]))
+    assert request == "Weather in Osaka?" and [c.name for c in executor.gold] == ["current weather"] and len(tools) == 72
 
 
 def test_cli_runs_the_loop_with_callables(tiny_stage, tmp_path, monkeypatch, capsys):

@@ -37,5 +37,6 @@ setup(
         "toolgen-prepare=toolgen.prepare:main",
         "toolgen-train=toolgen.train:cli",
         "toolgen-evaluate=toolgen.evaluate:main",
+        "toolgen-agent=toolgen.agent:main",
     ]},
 )

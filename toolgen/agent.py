@@ -1,0 +1,397 @@
+"""The agent loop: a request -> (a Thought) -> one tool token, chosen among the real tools and <<Finish>> -> its
+arguments as JSON -> an executor runs the call -> the observation -> ... -> <<Finish>> and its final answer.
+
+    python -m toolgen.agent --model finetuned_toolgen_model/agent_tuning --query "What is the weather in Osaka?" \
+        --executor callables:my_tools.FUNCTIONS --transcript run.json           (console: toolgen-agent)
+
+The conversation is laid out as in training (data/stages.py): system AGENT_SYSTEM, user request, then per step an
+assistant "Thought: ..." (only with think=True: training data without a real thought has no thought turn), user
+ASK_ACTION, assistant <tool token>, user ASK_INPUT + the API's short JSON documentation, assistant JSON arguments,
+tool observation. Model calls go through a policy (ModelPolicy: the real model; tests pass a scripted one).
+"""
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from toolgen import decoding
+from toolgen.collate import prompt_ids
+from toolgen.data import references
+from toolgen.data.gold import OBSERVATION_BUDGET
+from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT
+from toolgen.executors import (CallableExecutor, CallTimeout, HttpExecutor, NoExecutor, Prepared, ReplayExecutor,
+                               ToolError, call_with_timeout, read_replay_file)
+from toolgen.toolset import FINISH_TOOL, AgentError, Toolset
+from toolgen.transcript import Step, Transcript
+from toolgen.tokens import FINISH
+
+REPAIR = "That input is not valid: {problem}. Give the input again as one JSON object{fields}."
+SHORT_OBSERVATION = 200   # characters an old observation keeps at the first shortening pass (then a stub)
+REMOVED = '{"removed": "to fit the context"}'
+
+
+@dataclass
+class AgentConfig:
+    max_steps: int = 8                      # action turns, the Finish turn included
+    timeout: float = 30.0                   # seconds per tool call
+    context_budget: int | None = 4096       # tokens of a prompt plus the turn's new tokens; None: no limit
+    think: bool = False                     # an assistant "Thought: ..." turn before each action
+    thought_tokens: int = 64
+    argument_tokens: int = 128
+    observation_chars: int = OBSERVATION_BUDGET   # an observation is cut to this many characters (valid JSON kept)
+
+
+class ModelPolicy:
+    """What the loop asks of a model: log-probabilities of the action candidates, greedy text, a prompt's length."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self._index = model, tokenizer, {}
+
+    def check_tokens(self, tokens):
+        vocab = self.tokenizer.get_vocab()
+        missing = [t for t in tokens if t not in vocab]
+        if missing:
+            raise AgentError(f"the model has no token for {len(missing)} of {len(tokens)} tools (e.g. {missing[0]}): "
+                             "was it trained on this tool set?")
+        self._index[tuple(tokens)] = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(tokens)))
+
+    def action_logprobs(self, messages, tokens):
+        return decoding.next_token_logprobs(self.model, self.tokenizer, [messages])[0, self._index[tuple(tokens)]]
+
+    def generate(self, messages, max_new_tokens):
+        return decoding.generate_text(self.model, self.tokenizer, messages, max_new_tokens)
+
+    def count_tokens(self, messages):
+        return len(prompt_ids(self.tokenizer, messages))
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def parse_arguments(text, required):
+    """-> (the JSON object or None, the problem or None). A valid answer is one JSON object and nothing else (strict:
+    no code fences, no text around it) holding every required parameter."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, f"not JSON ({e.msg} at character {e.pos})"
+    if not isinstance(value, dict):
+        return None, f"JSON {type(value).__name__}, not an object"
+    missing = [r for r in required if r not in value]
+    return value, f"missing required parameter(s): {', '.join(missing)}" if missing else None
+
+
+def observation_text(value, chars):
+    """What the model is shown: text as it is and JSON as JSON, cut to `chars` characters (references.truncate keeps
+    JSON valid); a value that is not JSON (a set, an object) as its str(). Prepared text is shown as it is."""
+    if isinstance(value, Prepared):
+        return str(value)
+    if isinstance(value, str):
+        if len(value) <= chars:
+            return value
+        try:
+            value = json.loads(value)   # too long: JSON text is cut as JSON, so that it stays JSON
+        except ValueError:
+            return value[:chars] + " [cut]"
+    try:
+        return references.truncate(value, chars)
+    except (TypeError, ValueError):
+        text = str(value)
+        return text if len(text) <= chars else text[:chars] + " [cut]"
+
+
+def shorten(text, chars):
+    """text cut to about `chars` characters (JSON stays valid JSON); 0: the REMOVED stub. Never longer than text."""
+    if chars == 0:
+        short = REMOVED
+    else:
+        try:
+            short = references.truncate(json.loads(text), chars)
+        except ValueError:
+            short = text[:chars] + " [cut]"
+    return short if len(short) < len(text) else text
+
+
+def fit_context(messages, fits):
+    """messages, or a copy whose observations are shortened, oldest first, until fits(copy): first to
+    SHORT_OBSERVATION characters, then replaced by a stub. The request and the other turns are never touched.
+    None when even that does not fit."""
+    if fits(messages):
+        return messages
+    view = list(messages)
+    tools = [i for i, m in enumerate(messages) if m["role"] == "tool"]
+    for chars in (SHORT_OBSERVATION, 0):
+        for i in tools:
+            view[i] = msg("tool", shorten(messages[i]["content"], chars))
+            if fits(view):
+                return view
+    return None
+
+
+class ContextFull(Exception):
+    pass
+
+
+class Agent:
+    """Runs requests with one policy, tool set and executor. The executor is checked here, before any run."""
+
+    def __init__(self, policy, tools, executor=None, config=None, tool_scorer=None):
+        self.policy, self.tools, self.executor = policy, tools, executor or NoExecutor()
+        self.config, self.tool_scorer = config or AgentConfig(), tool_scorer
+        self.candidates = tools.tokens + [FINISH]
+        policy.check_tokens(self.candidates)
+        self.executor.check(tools)
+        self._current = self.executor
+
+    def run(self, request, uid="", executor=None):
+        """One request -> Transcript. executor: for this run only (e.g. a request's replay), checked first."""
+        if executor is not None:
+            executor.check(self.tools)
+        self._current = executor or self.executor
+        t = Transcript(request, uid, [msg("system", AGENT_SYSTEM), msg("user", request)],
+                       settings=dataclasses.asdict(self.config))
+        start = time.perf_counter()
+        try:
+            for index in range(self.config.max_steps):
+                step = Step(index)
+                t.steps.append(step)
+                self._step(t, step)
+                if step.token == FINISH:
+                    t.stop_reason = "finish"
+                    break
+            else:
+                t.stop_reason = "max_steps"
+        except ContextFull:
+            t.stop_reason = "context_budget"
+            if not t.steps[-1].token:   # ran out before the action was chosen: no step happened
+                t.steps.pop()
+        t.seconds = time.perf_counter() - start
+        return t
+
+    def _step(self, t, step):
+        cfg, messages = self.config, t.messages
+        if cfg.think:
+            text = self.policy.generate(self._fit(messages, cfg.thought_tokens), cfg.thought_tokens).strip()
+            step.thought = text[len("Thought:"):].strip() if text.startswith("Thought:") else text
+            messages.append(msg("assistant", f"Thought: {step.thought}"))
+        messages.append(msg("user", ASK_ACTION))
+        step.token, step.candidates = self._choose(t.request, step.thought, self._fit(messages, 1))
+        tool = self.tools.get(step.token)
+        step.api = tool.api
+        messages += [msg("assistant", step.token), msg("user", ASK_INPUT + tool.input_doc)]
+        self._arguments(t, step, tool)
+        if tool is FINISH_TOOL:
+            args = step.arguments
+            t.final_answer = args.get("final_answer") if args is not None else step.answers[-1]
+            return
+        self._execute(step, tool)
+        messages.append(msg("tool", step.observation))
+
+    def _fit(self, messages, new_tokens):
+        """The prompt for a turn that adds up to new_tokens tokens, within the context budget."""
+        budget = self.config.context_budget
+        if budget is None:
+            return messages
+        view = fit_context(messages, lambda m: self.policy.count_tokens(m) + new_tokens <= budget)
+        if view is None:
+            raise ContextFull()
+        return view
+
+    def _choose(self, request, thought, messages):
+        """The action: argmax over the candidates of the model's log-probabilities, or of tool_scorer's scores."""
+        logprobs = self.policy.action_logprobs(messages, self.candidates).float()
+        scores = logprobs
+        if self.tool_scorer is not None:
+            scores = torch.as_tensor(self.tool_scorer(request, thought, list(self.candidates), logprobs)).float()
+            if scores.shape != logprobs.shape:
+                raise AgentError(f"tool_scorer returned scores of shape {tuple(scores.shape)}, expected "
+                                 f"{tuple(logprobs.shape)} (one per candidate)")
+        order = torch.sort(scores, descending=True, stable=True).indices[:3].tolist()   # ties: candidate order
+        return self.candidates[order[0]], [[self.candidates[i], round(float(scores[i]), 4)] for i in order]
+
+    def _answer(self, t, step, new_tokens):
+        text = self.policy.generate(self._fit(t.messages, new_tokens), new_tokens).strip()
+        step.answers.append(text)
+        t.messages.append(msg("assistant", text))
+        return text
+
+    def _arguments(self, t, step, tool):
+        """The arguments turn, with ONE repair turn when the answer is not a JSON object or lacks a required
+        parameter. Still invalid after it: counted, step.arguments stays None and no call is made."""
+        n = self.config.argument_tokens
+        args, problem = parse_arguments(self._answer(t, step, n), tool.required)
+        step.valid_json = args is not None
+        t.invalid_json += not step.valid_json
+        if problem is None:
+            step.arguments = args
+            return
+        step.problems.append(problem)
+        step.repaired, t.repairs = True, t.repairs + 1
+        fields = f" with the required parameters {', '.join(tool.required)}" if tool.required else ""
+        t.messages.append(msg("user", REPAIR.format(problem=problem, fields=fields)))
+        args, problem = parse_arguments(self._answer(t, step, n), tool.required)
+        if problem is None:
+            step.arguments = args
+            return
+        step.problems.append(problem)
+        t.failed_arguments += 1
+        step.error = f"invalid arguments after one repair: {problem}"
+        if tool is FINISH_TOOL and args is not None:   # a Finish without return_type still carries its answer
+            step.arguments = args
+
+    def _execute(self, step, tool):
+        """The call in a worker thread with the per-call timeout; any failure becomes an error observation."""
+        if step.arguments is None:
+            step.observation = json.dumps({"error": f"no call was made: {step.error}"}, ensure_ascii=False)
+            return
+        arguments = json.loads(json.dumps(step.arguments))   # a copy: a tool that edits it cannot edit the transcript
+        start = time.perf_counter()
+        try:
+            value = call_with_timeout(lambda: self._current.call(tool, arguments), self.config.timeout)
+            step.observation = observation_text(value, self.config.observation_chars)
+        except CallTimeout as e:
+            step.timed_out, step.error = True, str(e)
+        except ToolError as e:
+            step.error = str(e)
+        except Exception as e:   # noqa: BLE001  (a tool's own failure is an observation, not the end of the run)
+            step.error = f"{type(e).__name__}: {e}"
+        step.seconds = time.perf_counter() - start
+        if step.error is not None:
+            step.observation = json.dumps({"error": step.error}, ensure_ascii=False)
+
+
+def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None):
+    """The loop on held-out GoldRequests, each replayed against its own gold calls -> (transcripts, metrics): what
+    toolgen.evaluate calls. tools: a Toolset or a path Toolset.load reads; think replaces config.think (the
+    layout the model was trained with); policy: instead of ModelPolicy(model, tokenizer)."""
+    from toolgen.agent_metrics import e2e_metrics
+    tools = tools if isinstance(tools, Toolset) else Toolset.load(tools)
+    policy = policy or ModelPolicy(model, tokenizer)
+    config = dataclasses.replace(config or AgentConfig(), think=think)
+    agent = Agent(policy, tools, NoExecutor(), config, tool_scorer)
+    transcripts = [agent.run(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars)) for r in requests]
+    return transcripts, e2e_metrics(transcripts, requests)
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, no usage block
+        sys.exit(f"toolgen-agent: error: {message}")
+
+
+def parse_args(argv=None):
+    p = _Parser(prog="toolgen-agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a finished stage folder (the agent stage)")
+    p.add_argument("--tools", help="tool_tokens.json (of a prepared or stage folder), a .jsonl catalog or a spec file "
+                                   "(default: the --model folder's tools)")
+    p.add_argument("--query", help="the request (default with replay:FILE: the record's input)")
+    p.add_argument("--executor", default="none", help="callables:module.attr (a dict {tool token or API name: "
+                   "callable}) | http (the catalog's specs, RAPIDAPI_KEY) | replay:FILE (gold calls) | none (default)")
+    p.add_argument("--max-steps", type=int, default=AgentConfig.max_steps)
+    p.add_argument("--timeout", type=float, default=AgentConfig.timeout, help="seconds per tool call")
+    p.add_argument("--context-budget", type=int, default=AgentConfig.context_budget, help="tokens; 0: no limit")
+    p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False,
+                   help="a Thought turn before each action (as the model was trained: with or without thoughts)")
+    p.add_argument("--argument-tokens", type=int, default=AgentConfig.argument_tokens,
+                   help="most new tokens of an arguments answer")
+    p.add_argument("--thought-tokens", type=int, default=AgentConfig.thought_tokens, help="most new tokens of a thought")
+    p.add_argument("--transcript", help="write the transcript (JSON) here")
+    args = p.parse_args(argv)
+    for flag, value in (("--max-steps", args.max_steps), ("--timeout", args.timeout),
+                        ("--argument-tokens", args.argument_tokens), ("--thought-tokens", args.thought_tokens)):
+        if value <= 0:
+            p.error(f"{flag} {value}: must be positive")
+    if args.context_budget < 0:
+        p.error(f"--context-budget {args.context_budget}: must be positive (0: no limit)")
+    return args
+
+
+def load_callables(target):
+    """module.attr (a dict of callables) imported from the current directory or the installed packages."""
+    module, _, attr = target.rpartition(".")
+    if not module or not attr:
+        raise AgentError(f"--executor callables:{target}: give module.attr (e.g. my_tools.FUNCTIONS)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+    except Exception as e:   # noqa: BLE001  (whatever the user's module raises, one line names it)
+        raise AgentError(f"--executor callables:{target}: cannot import {module} ({type(e).__name__}: {e})") from None
+    if not hasattr(obj, attr):
+        raise AgentError(f"--executor callables:{target}: {module} has no attribute {attr!r}")
+    return CallableExecutor(getattr(obj, attr), what=f"--executor callables:{target}")
+
+
+def build_executor(spec, timeout):
+    """--executor -> (executor, the replay record's request text or None)."""
+    kind, _, value = spec.partition(":")
+    if spec == "none":
+        return NoExecutor(), None
+    if spec == "http":
+        return HttpExecutor(timeout=timeout), None
+    if kind == "callables" and value:
+        return load_callables(value), None
+    if kind == "replay" and value:
+        text, calls = read_replay_file(value)
+        return ReplayExecutor(calls), text
+    raise AgentError(f"--executor {spec!r}: use callables:module.attr, http, replay:FILE or none")
+
+
+def check_inputs(args):
+    """Everything but the model, before the model loads: -> (toolset, executor, request)."""
+    for needed in ("stage.json", os.path.join("adapter", "adapter_config.json")):
+        if not os.path.isfile(os.path.join(args.model, needed)):
+            raise AgentError(f"--model {args.model}: not a finished stage folder ({needed} is missing)")
+    try:
+        tools = Toolset.load(args.tools or args.model)
+    except AgentError as e:
+        raise AgentError(f"--tools: {e}") from None
+    executor, replay_text = build_executor(args.executor, args.timeout)
+    executor.check(tools)
+    request = args.query or replay_text
+    if not request or not request.strip():
+        raise AgentError("--query: give the request (or a replay:FILE record with an 'input')")
+    out_dir = os.path.dirname(os.path.abspath(args.transcript)) if args.transcript else None
+    if out_dir and not os.path.isdir(out_dir):
+        raise AgentError(f"--transcript {args.transcript}: the folder {out_dir} does not exist")
+    return tools, executor, request.strip()
+
+
+def show(t):
+    for s in t.steps:
+        print(f"[{s.index + 1}] {s.token} {json.dumps(s.arguments, ensure_ascii=False) if s.arguments else s.answers}")
+        if s.observation is not None:
+            print(f"    -> {s.observation[:300]}")
+    print(f"stop: {t.stop_reason}; final answer: {json.dumps(t.final_answer, ensure_ascii=False)}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        tools, executor, request = check_inputs(args)
+        from toolgen import quiet  # noqa: F401  (before the libraries load: silences their start-up notices)
+        from toolgen.models import load_stage
+        tokenizer, model, _ = load_stage(args.model)
+        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,
+                             context_budget=args.context_budget or None, thought_tokens=args.thought_tokens,
+                             argument_tokens=args.argument_tokens)
+        transcript = Agent(ModelPolicy(model, tokenizer), tools, executor, config).run(request)
+        if args.transcript:
+            transcript.save(args.transcript)
+    except AgentError as e:
+        sys.exit(f"toolgen-agent: error: {e}")
+    show(transcript)
+
+
+if __name__ == "__main__":
+    main()

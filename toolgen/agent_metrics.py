@@ -1,0 +1,103 @@
+"""End-to-end agent metrics: pure functions over transcripts and their gold requests, tested against hand-computed
+values. A predicted call matches a gold call when the names are equal and the arguments are equal once normalised
+(executors.normalize: strings case/space-folded, "1" == 1, key order irrelevant); compared with the resolved values
+where responses were recorded (ComplexFuncBench) and with the $varN.path$ references kept where none were (NESTFUL),
+exactly as the replay executor matches them. Each gold call is matched at most once.
+
+Words: an action step is one step of a transcript (a tool or Finish); a call is an action step of a tool; an executed
+call is a call whose arguments were valid (after at most one repair), i.e. the calls the executor received.
+"""
+
+from toolgen.executors import gold_arguments, match_call, normalize
+from toolgen.tokens import FINISH
+
+DEFINITIONS = {
+    "e2e/success_rate": "share of requests where every gold call was matched by an executed call, Finish was reached, "
+                        "and calls - gold calls <= 2 (at most two extra calls, failed ones included)",
+    "e2e/call_accuracy": "sum over requests of gold calls matched by an executed call / sum of gold calls",
+    "e2e/tool_selection_accuracy": "over all action steps: a tool step is right when its API is the name of a gold call "
+                                   "not matched before that step, a Finish step when no gold call is left unmatched",
+    "e2e/invalid_json_rate": "argument turns whose first answer was not one JSON object / argument turns (Finish's "
+                             "included; the repair answer is part of the same turn)",
+    "e2e/avg_steps": "mean number of action steps per request (Finish included)",
+    "e2e/finish_rate": "share of requests that ended with Finish (not at max_steps or the context budget)",
+    "e2e/full_sequence_accuracy": "NESTFUL-style: share of requests whose executed calls, in order, equal the gold "
+                                  "sequence call by call (same length, names and normalised arguments)",
+    "e2e/call_f1": "NESTFUL-style, per request then averaged: P = matched / executed calls, R = matched / gold calls, "
+                   "F1 = 2PR / (P + R) (0 when nothing matches)",
+}
+
+
+def executed_calls(transcript):
+    """[(api name, arguments)] of the calls the executor received, in order."""
+    return [(s.api, s.arguments) for s in transcript.steps if s.token != FINISH and s.arguments is not None]
+
+
+def _walk(transcript, gold):
+    """Steps in order against one request's gold calls -> (matched gold count, tool-choice verdicts per step)."""
+    used, verdicts = set(), []
+    for s in transcript.steps:
+        left = {c.name for i, c in enumerate(gold) if i not in used}
+        verdicts.append(not left if s.token == FINISH else s.api in left)
+        if s.token != FINISH and s.arguments is not None:
+            i = match_call(s.api, s.arguments, gold, used)
+            if i is not None:
+                used.add(i)
+    return len(used), verdicts
+
+
+def success(transcript, gold):
+    matched, _ = _walk(transcript, gold)
+    calls = sum(s.token != FINISH for s in transcript.steps)
+    return matched == len(gold) and transcript.stop_reason == "finish" and calls - len(gold) <= 2
+
+
+def full_sequence(transcript, gold):
+    predicted = executed_calls(transcript)
+    return len(predicted) == len(gold) and all(
+        name == c.name and normalize(args) == normalize(gold_arguments(c)) for (name, args), c in zip(predicted, gold))
+
+
+def call_f1(transcript, gold):
+    predicted = executed_calls(transcript)
+    used = set()
+    for name, args in predicted:
+        i = match_call(name, args, gold, used)
+        if i is not None:
+            used.add(i)
+    if not used:
+        return 0.0
+    precision, recall = len(used) / len(predicted), len(used) / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _pairs(transcripts, requests):
+    if len(transcripts) != len(requests):
+        raise ValueError(f"{len(transcripts)} transcripts for {len(requests)} requests")
+    for t, r in zip(transcripts, requests):
+        if t.uid and r.uid and t.uid != r.uid:
+            raise ValueError(f"transcript {t.uid!r} paired with request {r.uid!r}: give them in the same order")
+    return list(zip(transcripts, requests))
+
+
+def e2e_metrics(transcripts, requests):
+    """Every DEFINITIONS metric over transcripts paired in order with their GoldRequests (uids checked when set)."""
+    pairs = _pairs(transcripts, requests)
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0   # noqa: E731
+    walks = [_walk(t, r.calls) for t, r in pairs]
+    verdicts = [v for _, vs in walks for v in vs]
+    turns = [s.valid_json for t, _ in pairs for s in t.steps if s.answers]
+    gold_calls = sum(len(r.calls) for _, r in pairs)
+    return {
+        "e2e/success_rate": mean([success(t, r.calls) for t, r in pairs]),
+        "e2e/call_accuracy": sum(m for m, _ in walks) / gold_calls if gold_calls else 0.0,
+        "e2e/tool_selection_accuracy": mean(verdicts),
+        "e2e/invalid_json_rate": mean([not v for v in turns]),
+        "e2e/avg_steps": mean([len(t.steps) for t, _ in pairs]),
+        "e2e/finish_rate": mean([t.stop_reason == "finish" for t, _ in pairs]),
+        "e2e/full_sequence_accuracy": mean([full_sequence(t, r.calls) for t, r in pairs]),
+        "e2e/call_f1": mean([call_f1(t, r.calls) for t, r in pairs]),
+        "e2e/requests": len(pairs),
+        "e2e/gold_calls": gold_calls,
+        "e2e/argument_turns": len(turns),
+    }

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from toolgen import baselines, decoding, metrics, models, retrieval
-from toolgen.evaluate import arguments_correct, main as evaluate_main
+from toolgen.agent_metrics import arguments_correct
+from toolgen.evaluate import main as evaluate_main
 
 L2, L3, L6 = math.log2(2), math.log2(3), math.log2(6)
 

@@ -46,6 +46,8 @@ class AgentConfig:
     thought_tokens: int = 64
     argument_tokens: int = 128
     observation_chars: int = OBSERVATION_BUDGET   # an observation is cut to this many characters (valid JSON kept)
+    tool_list: bool = False                 # list every tool (token: description) in the system turn: how an
+    #                                         untrained base is told what it can call
 
 
 class ModelPolicy:
@@ -156,7 +158,7 @@ class Agent:
         if executor is not None:
             executor.check(self.tools)
         self._current = executor or self.executor
-        t = Transcript(request, uid, [msg("system", AGENT_SYSTEM), msg("user", request)],
+        t = Transcript(request, uid, [msg("system", self._system()), msg("user", request)],
                        settings=dataclasses.asdict(self.config))
         start = time.perf_counter()
         try:
@@ -175,6 +177,12 @@ class Agent:
                 t.steps.pop()
         t.seconds = time.perf_counter() - start
         return t
+
+    def _system(self):
+        if not self.config.tool_list:
+            return AGENT_SYSTEM
+        lines = [f"{tool.token}: {tool.doc.get('description') or tool.api}" for tool in self.tools.tools.values()]
+        return AGENT_SYSTEM + "\nThe tools you can use:\n" + "\n".join(lines)
 
     def _step(self, t, step):
         cfg, messages = self.config, t.messages

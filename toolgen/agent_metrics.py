@@ -8,6 +8,11 @@ Words: an action step is one step of a transcript (a tool or Finish); a call is 
 call is a call whose arguments were valid (after at most one repair), i.e. the calls the executor received.
 """
 
+import json
+import re
+
+from toolgen import decoding
+from toolgen.data.stages import ASK_INPUT
 from toolgen.executors import gold_arguments, match_call, normalize
 from toolgen.tokens import FINISH
 
@@ -101,3 +106,62 @@ def e2e_metrics(transcripts, requests):
         "e2e/gold_calls": gold_calls,
         "e2e/argument_turns": len(turns),
     }
+
+
+# ---- step by step, with the true history (agent_test.json) ------------------------------------------------------------
+
+def _parse_json(text):
+    try:
+        value = json.loads(text)
+        return value if isinstance(value, dict) else None
+    except (json.JSONDecodeError, TypeError):
+        m = re.search(r"\{.*\}", text or "", re.S)
+        return _parse_json(m.group(0)) if m and m.group(0) != text else None
+
+
+def _norm(v):
+    return " ".join(str(v).lower().split())
+
+
+def arguments_correct(predicted_text, reference_text, documentation):
+    """Parses as a JSON object, has every required parameter, and every reference value matches (case/space-folded)."""
+    predicted, reference = _parse_json(predicted_text), _parse_json(reference_text) or {}
+    if predicted is None:
+        return False
+    required = (documentation or {}).get("required") or []
+    return all(r in predicted for r in required) and all(
+        k in predicted and _norm(predicted[k]) == _norm(v) for k, v in reference.items())
+
+
+def agent_metrics(model, tokenizer, action_tokens, trajectories):
+    """Step by step with the true history: tool choice at each action, arguments after each tool, Finish at the end."""
+    action_ids = tokenizer.convert_tokens_to_ids(action_tokens)
+    id_to_token = dict(zip(action_ids, action_tokens))
+    actions = set(action_tokens)
+    tool_right, arg_right, finish_right, complete, invalid = [], [], [], [], []
+    for ex in trajectories:
+        msgs, all_right, finish_steps = ex["messages"], True, []
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            if m["content"] in actions:                     # an action step
+                logprobs = decoding.next_token_logprobs(model, tokenizer, [msgs[:i]])
+                predicted = id_to_token[decoding.rank_tools(logprobs, action_ids, 1)[0][0]]
+                invalid.append(decoding.unconstrained_argmax(logprobs)[0] not in id_to_token)
+                finish_steps.append((predicted == FINISH, m["content"] == FINISH))
+                if m["content"] != FINISH:
+                    tool_right.append(predicted == m["content"])
+                    all_right &= tool_right[-1]
+            elif i >= 2 and msgs[i - 2]["content"] in actions - {FINISH} and m.get("loss"):
+                # the arguments of a tool call (truncated ones carry no loss)
+                doc = _parse_json(msgs[i - 1]["content"][len(ASK_INPUT):])
+                arg_right.append(arguments_correct(decoding.generate_text(model, tokenizer, msgs[:i]), m["content"], doc))
+                all_right &= arg_right[-1]
+        finish_ok = all(p == r for p, r in finish_steps)
+        finish_right.append(finish_ok)
+        complete.append(all_right and finish_ok)
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+    return {"agent/tool_selection_accuracy": mean(tool_right), "agent/argument_accuracy": mean(arg_right),
+            "agent/finish_accuracy": mean(finish_right), "agent/completion_rate": mean(complete),
+            "agent/trajectories": len(trajectories), "agent/action_steps": len(tool_right),
+            "agent/argument_steps": len(arg_right)}, invalid

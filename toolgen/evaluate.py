@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 
@@ -20,8 +19,10 @@ import torch  # noqa: E402
 
 from toolgen import baselines, decoding, metrics, models, retrieval  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
+from toolgen.data.agent_sources import READERS, e2e_requests  # noqa: E402
+from toolgen.agent_metrics import agent_metrics  # noqa: E402
+from toolgen.toolset import Toolset  # noqa: E402
 from toolgen.report import write_report
-from toolgen.data.stages import ASK_INPUT
 from toolgen.tokens import FINISH
 
 TOP = 100          # rankings are kept to the top 100: MRR is MRR@100
@@ -179,61 +180,23 @@ def hybrid_system(scores_by_set, prior, sets, candidates, retrieval_cfg):
     return result, rankings_by_set
 
 
-def _parse_json(text):
-    try:
-        value = json.loads(text)
-        return value if isinstance(value, dict) else None
-    except (json.JSONDecodeError, TypeError):
-        m = re.search(r"\{.*\}", text or "", re.S)
-        return _parse_json(m.group(0)) if m and m.group(0) != text else None
-
-
-def _norm(v):
-    return " ".join(str(v).lower().split())
-
-
-def arguments_correct(predicted_text, reference_text, documentation):
-    """Parses as a JSON object, has every required parameter, and every reference value matches (case/space-folded)."""
-    predicted, reference = _parse_json(predicted_text), _parse_json(reference_text) or {}
-    if predicted is None:
-        return False
-    required = (documentation or {}).get("required") or []
-    return all(r in predicted for r in required) and all(
-        k in predicted and _norm(predicted[k]) == _norm(v) for k, v in reference.items())
-
-
-def agent_metrics(model, tokenizer, action_tokens, trajectories):
-    """Step by step with the true history: tool choice at each action, arguments after each tool, Finish at the end."""
-    action_ids = tokenizer.convert_tokens_to_ids(action_tokens)
-    id_to_token = dict(zip(action_ids, action_tokens))
-    actions = set(action_tokens)
-    tool_right, arg_right, finish_right, complete, invalid = [], [], [], [], []
-    for ex in trajectories:
-        msgs, all_right, finish_steps = ex["messages"], True, []
-        for i, m in enumerate(msgs):
-            if m["role"] != "assistant":
-                continue
-            if m["content"] in actions:                     # an action step
-                logprobs = decoding.next_token_logprobs(model, tokenizer, [msgs[:i]])
-                predicted = id_to_token[decoding.rank_tools(logprobs, action_ids, 1)[0][0]]
-                invalid.append(decoding.unconstrained_argmax(logprobs)[0] not in id_to_token)
-                finish_steps.append((predicted == FINISH, m["content"] == FINISH))
-                if m["content"] != FINISH:
-                    tool_right.append(predicted == m["content"])
-                    all_right &= tool_right[-1]
-            elif i >= 2 and msgs[i - 2]["content"] in actions - {FINISH} and m.get("loss"):
-                # the arguments of a tool call (truncated ones carry no loss)
-                doc = _parse_json(msgs[i - 1]["content"][len(ASK_INPUT):])
-                arg_right.append(arguments_correct(decoding.generate_text(model, tokenizer, msgs[:i]), m["content"], doc))
-                all_right &= arg_right[-1]
-        finish_ok = all(p == r for p, r in finish_steps)
-        finish_right.append(finish_ok)
-        complete.append(all_right and finish_ok)
-    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
-    return {"agent/tool_selection_accuracy": mean(tool_right), "agent/argument_accuracy": mean(arg_right),
-            "agent/finish_accuracy": mean(finish_right), "agent/completion_rate": mean(complete),
-            "agent/trajectories": len(trajectories), "agent/action_steps": len(tool_right),
-            "agent/argument_steps": len(arg_right)}, invalid
+def e2e_system(model, tokenizer, requests, tools, limit, tool_scorer=None, base_tools=None):
+    """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
+    against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). base_tools {source: tokens}:
+    the untrained base, told the source's tools in its system turn (a prompt cannot hold the whole catalog) and
+    choosing among them only."""
+    from toolgen.agent import AgentConfig, run_e2e
+    from toolgen.toolset import Toolset
+    result, transcripts = {}, {}
+    for source, rows in requests.items():
+        rows = rows[:limit] if limit else rows
+        subset = tools if base_tools is None else Toolset(
+            [tools.tools[t] for t in tools.tokens if t in base_tools[source]], tools.source)
+        found, m = run_e2e(model, tokenizer, rows, subset, AgentConfig(tool_list=base_tools is not None), think=False,
+                           tool_scorer=tool_scorer)
+        result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
+        transcripts[source] = [t.to_dict() for t in found]
+    return result, transcripts
 
 
 def choose_views(documents, val_rows):
@@ -280,6 +243,8 @@ def main(argv=None):
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-base", action="store_true", help="skip the untrained base model (the floor)")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end agent runs (agent_e2e_test.json)")
+    p.add_argument("--e2e-limit", type=int, default=0, help="the first N held-out requests per agent source (0: all)")
     p.add_argument("--config", help="a config whose `retrieval` section sets the prior and fusion (default: built-in)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set retrieval.prior=bm25 --set retrieval.tune=false")
@@ -305,40 +270,66 @@ def evaluate(args):
     tool_tokens = load_json(os.path.join(args.data, "tool_tokens.json"))
     tools, candidates = tool_tokens["tools"], [t for t in tool_tokens["tokens"] if t != FINISH]
     documents = {t: v["documentation"] for t, v in tools.items()}
-    sets = query_sets(args.data, args.queries, tools)
-    memorization = load_json(os.path.join(args.data, STAGES["memorization"].file))
-    agent_test = load_json(os.path.join(args.data, "agent_test.json"))
+    inputs = {"sets": query_sets(args.data, args.queries, tools), "candidates": candidates,
+              "memorization": load_json(os.path.join(args.data, STAGES["memorization"].file)),
+              "agent_test": load_json(os.path.join(args.data, "agent_test.json")),
+              "e2e": {} if args.no_e2e else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
+              "source_tokens": {s: {t for t, v in tools.items() if v["category"].lower() == s} for s in READERS}}
+    sets = inputs["sets"]
     views, view_table = choose_views(documents, sets.get(VAL))
-    systems, rankings = {}, {}
+    systems, rankings, extra = {}, {}, {}
     if not args.no_baselines:
         systems, rankings = baseline_systems(documents, sets, views)
     prior = None
     if args.model and retrieval_cfg.prior != "none":
         prior = retrieval.Prior(retrieval_cfg.prior, documents, candidates, views).compute(
             {name: [r[0] for r in rows] for name, rows in sets.items()})
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     for i, stage_dir in enumerate(args.model):
-        tokenizer, model, _ = models.load_stage(stage_dir)
-        if set(candidates) - set(tokenizer.get_vocab()):
-            raise EvalError(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
-        model.to(device).eval()
-        if i == 0 and not args.no_base:
-            with model.disable_adapter():   # the same base with the same initial tool rows, no training
-                systems["base"], rankings["base"], _ = model_system(model, tokenizer, candidates, sets, memorization,
-                                                                    [], False)
-        name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
-        is_agent = load_json(os.path.join(stage_dir, "stage.json"))["stage"] == "agent"
-        systems[name], rankings[name], scores = model_system(model, tokenizer, candidates, sets, memorization,
-                                                             agent_test, is_agent)
-        if prior is not None:
-            systems[name + "+prior"], rankings[name + "+prior"] = hybrid_system(scores, prior, sets, candidates,
-                                                                                retrieval_cfg)
-        del model
+        found = evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base=i == 0 and not args.no_base)
+        for name, (metrics_of, rankings_of, transcripts) in found.items():
+            systems[name], rankings[name] = metrics_of, rankings_of
+            extra.update({f"transcripts/{name.replace('/', '_')}_{s}.json": t for s, t in transcripts.items()})
     runs = args.runs or (os.path.join(os.path.dirname(os.path.normpath(args.model[0])), "runs") if args.model else None)
     reported = {name: rows for name, rows in sets.items() if name != VAL}
     write_report(args.out, systems, rankings, reported, runs,
-                 {"doc_views": views, "doc_view_val_ndcg@5": view_table, "validation_queries": len(sets.get(VAL, []))})
+                 {"doc_views": views, "doc_view_val_ndcg@5": view_table, "validation_queries": len(sets.get(VAL, []))},
+                 extra)
     print(open(os.path.join(args.out, "metrics.md")).read())
+
+
+def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
+    """The rows of one stage folder: the model, its +prior row, and (for the first folder) the untrained base.
+    -> {system name: (metrics, rankings, {source: e2e transcripts})}."""
+    sets, candidates, e2e = inputs["sets"], inputs["candidates"], inputs["e2e"]
+    tokenizer, model, _ = models.load_stage(stage_dir)
+    if set(candidates) - set(tokenizer.get_vocab()):
+        raise EvalError(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    toolset = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if e2e else None
+    rows = {}
+    if with_base:
+        with model.disable_adapter():   # the same base with the same initial tool rows, no training
+            found, ranked, _ = model_system(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
+            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit,
+                                            base_tools=inputs["source_tokens"]) if e2e else ({}, {})
+            rows["base"] = ({**found, **agent}, ranked, transcripts)
+    name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
+    stage = load_json(os.path.join(stage_dir, "stage.json"))["stage"]
+    found, ranked, scores = model_system(model, tokenizer, candidates, sets, inputs["memorization"],
+                                         inputs["agent_test"], stage == "agent")
+    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit) \
+        if e2e and stage != "memorization" else ({}, {})
+    rows[name] = ({**found, **agent}, ranked, transcripts)
+    if prior is not None:
+        found, ranked = hybrid_system(scores, prior, sets, candidates, retrieval_cfg)
+        fusion = retrieval.Fusion(**found["prior/choice"]["fusion"])
+        agent, transcripts = ({}, {})
+        if e2e and stage != "memorization" and fusion.prior != "none":
+            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit,
+                                            retrieval.agent_scorer(prior, fusion, FINISH))
+        rows[name + "+prior"] = ({**found, **agent}, ranked, transcripts)
+    del model
+    return rows
 
 
 if __name__ == "__main__":

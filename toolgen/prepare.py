@@ -193,7 +193,9 @@ def _tool_tokens(apis, names, collisions, extra_tokens):
     return {"tokens": [names[k] for k in sorted(apis)] + distractors + [FINISH],
             "distractors": len(distractors),
             "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
-                                 "documentation": stages.api_documentation(apis[k])} for k in sorted(apis)},
+                                 "documentation": stages.api_documentation(apis[k]),
+                                 # what the agent shows before the arguments turn, as in training
+                                 "input_doc": json.loads(stages.api_input_doc(apis[k]))} for k in sorted(apis)},
             "collisions": collisions}
 
 

@@ -75,9 +75,10 @@ def _fmt(v):
     return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
-def write_report(out_dir, systems, rankings, sets, runs_dir=None, choices=None):
+def write_report(out_dir, systems, rankings, sets, runs_dir=None, choices=None, extra=None):
     """metrics.json, metrics.md and the plots, as one atomic folder: a report is complete or absent.
-    choices: what was chosen on the validation split (baselines' document views), recorded beside the numbers."""
+    choices: what was chosen on the validation split (baselines' document views), recorded beside the numbers.
+    extra: {relative path: JSON object} written beside them (e.g. the agent transcripts)."""
     curves = training_losses(runs_dir) if runs_dir and os.path.isdir(runs_dir) else {}
     report = {"systems": systems, "definitions": DEFINITIONS, "not_measured": NOT_MEASURED,
               "query_sets": {name: len(rows) for name, rows in sets.items()}, "choices": choices or {}}
@@ -85,6 +86,9 @@ def write_report(out_dir, systems, rankings, sets, runs_dir=None, choices=None):
         write_json(os.path.join(tmp, "metrics.json"), report)
         _markdown(tmp, report, systems)
         _plots(tmp, rankings, sets, curves)
+        for path, obj in (extra or {}).items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, path)), exist_ok=True)
+            write_json(os.path.join(tmp, path), obj, indent=None)
 
 
 def _markdown(out_dir, report, systems):

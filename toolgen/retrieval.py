@@ -129,3 +129,20 @@ def tune(model_scores, prior_scores, relevant, candidates, kinds=PRIORS, at=5):
             if score > best_score + 1e-12:
                 best, best_score = setting, score
     return best, best_score, table
+
+
+def agent_scorer(prior, fusion, finish):
+    """A tool_scorer for toolgen.agent: the prior (from the request, and the thought when there is one) re-ranks the
+    tools by `fusion`; whether to finish stays the model's call (a prior knows tools, not when a task is done)."""
+    column = {t: i for i, t in enumerate(prior.candidates)}
+
+    def score(request, thought, candidates, logprobs):
+        model = logprobs.float().numpy()
+        at = np.array([column.get(t, -1) for t in candidates])
+        raw = prior.scores([f"{request} {thought}" if thought else request])
+        aligned = {k: np.where(at >= 0, v[0, np.clip(at, 0, None)], np.nan)[None] for k, v in raw.items()}
+        fused = fuse(model[None], aligned, fusion)[0]
+        stop = candidates.index(finish)
+        fused[stop] = fused.max() + 1.0 if model.argmax() == stop else -np.inf
+        return torch.from_numpy(fused)
+    return score

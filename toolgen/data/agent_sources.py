@@ -94,6 +94,17 @@ def e2e_record(name, request, keys, names, apis):
             "finish": finish_arguments(request), "origin": request.source}
 
 
+def e2e_requests(records):
+    """agent_e2e_test.json records -> {source: [GoldRequest]}: the inverse of e2e_record, for the replay evaluation."""
+    out = {}
+    for r in records:
+        calls = [gold.GoldCall(c["name"], c["arguments"], c["resolved_arguments"], c["response"], c["has_response"],
+                               c.get("label", ""), [tuple(p) for p in c.get("used_paths", [])],
+                               list(c.get("ambiguous_references", []))) for c in r["calls"]]
+        out.setdefault(r["source"], []).append(gold.GoldRequest(r["uid"], r["request"], calls, r["answer"], r["origin"]))
+    return out
+
+
 def _count_requests(counts, source, train, test):
     counts["apis"] = len(source.apis)
     dropped = sum(not reason.startswith("answer_dropped_") for reason, _ in source.skips)

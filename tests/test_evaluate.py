@@ -178,3 +178,42 @@ def test_quality_report_picks_the_best_standard_run_and_its_agent_stage(tmp_path
     assert set(result["overall"]) == {"bm25", "minilm", "base", "toolgen"}
     assert result["agent_tool_selection_accuracy"] == 0.2 and result["memorization_accuracy"] == 0.99
     assert result["distractors"]["toolgen/distractors/retrieval_training"]["ndcg@5"] == 0.9
+
+
+def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_path):
+    """agent_e2e_test.json -> the loop with the replay executor, for the agent stage and for the base told its tools:
+    the metrics per source, the transcripts beside them; the numbers are the transcripts' (recomputed here)."""
+    import shutil
+
+    from toolgen.agent_metrics import e2e_metrics
+    from toolgen.data.agent_sources import e2e_requests
+    from toolgen.transcript import Transcript
+    data = tmp_path / "data"
+    shutil.copytree(trained["data_dir"], data)
+
+    def call(name, token, args, response):
+        return {"name": name, "token": token, "tool": name, "api": name, "label": "", "arguments": args,
+                "resolved_arguments": args, "has_response": True, "response": response, "used_paths": [],
+                "ambiguous_references": []}
+    records = [{"source": "weather", "uid": f"w{i}", "query_id": f"weather_w{i}", "request": text, "tools": [],
+                "calls": [call("current weather", "<<SkyCast&&current weather>>", {"city": city}, {"temp": 20 + i})],
+                "answer": None, "finish": {"return_type": "give_answer"}, "origin": "hand-made"}
+               for i, (text, city) in enumerate([("How warm is it in Lisbon now?", "Lisbon"),
+                                                 ("Is it windy in Oslo right now?", "Oslo")])]
+    (data / "agent_e2e_test.json").write_text(json.dumps(records))
+    out = tmp_path / "eval"
+    evaluate_main(["--model", os.path.join(trained["output_dir"], "agent_tuning"), "--data", str(data),
+                   "--out", str(out), "--no-baselines", "--set", "retrieval.prior=none"])
+    systems = json.load(open(out / "metrics.json"))["systems"]
+    for name in ("base", "toolgen/agent_tuning"):
+        path = out / "transcripts" / f"{name.replace('/', '_')}_weather.json"
+        transcripts = [Transcript.from_dict(t) for t in json.load(open(path))]
+        assert len(transcripts) == 2
+        expected = e2e_metrics(transcripts, e2e_requests(records)["weather"])
+        for key in ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps"):
+            assert systems[name][f"agent_e2e/weather/{key}"] == pytest.approx(expected[f"e2e/{key}"])
+    # the base was told its tools (this source's only) in the system turn; the trained model was not
+    assert "The tools you can use:" in transcripts[0].messages[0]["content"] or name != "base"
+    base = [Transcript.from_dict(t) for t in json.load(open(out / "transcripts" / "base_weather.json"))]
+    assert "<<SkyCast&&current weather>>" in base[0].messages[0]["content"]
+    assert "The tools you can use:" not in transcripts[0].messages[0]["content"]

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from toolgen import baselines, decoding, metrics, models, retrieval  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
-from toolgen.data.agent_sources import READERS, e2e_requests  # noqa: E402
+from toolgen.data.agent_sources import e2e_requests  # noqa: E402
 from toolgen.agent_metrics import agent_metrics  # noqa: E402
 from toolgen.toolset import Toolset  # noqa: E402
 from toolgen.report import write_report
@@ -180,6 +180,14 @@ def hybrid_system(scores_by_set, prior, sets, candidates, retrieval_cfg):
     return result, rankings_by_set
 
 
+def source_tokens(tools):
+    """{source: its tool tokens}: an agent source's APIs are the catalog entries of its category (data/gold.py)."""
+    out = {}
+    for token, entry in tools.items():
+        out.setdefault(entry["category"].lower(), set()).add(token)
+    return out
+
+
 def e2e_system(model, tokenizer, requests, tools, limit, tool_scorer=None, base_tools=None):
     """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
     against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). base_tools {source: tokens}:
@@ -191,7 +199,7 @@ def e2e_system(model, tokenizer, requests, tools, limit, tool_scorer=None, base_
     for source, rows in requests.items():
         rows = rows[:limit] if limit else rows
         subset = tools if base_tools is None else Toolset(
-            [tools.tools[t] for t in tools.tokens if t in base_tools[source]], tools.source)
+            [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
         found, m = run_e2e(model, tokenizer, rows, subset, AgentConfig(tool_list=base_tools is not None), think=False,
                            tool_scorer=tool_scorer)
         result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
@@ -273,8 +281,9 @@ def evaluate(args):
     inputs = {"sets": query_sets(args.data, args.queries, tools), "candidates": candidates,
               "memorization": load_json(os.path.join(args.data, STAGES["memorization"].file)),
               "agent_test": load_json(os.path.join(args.data, "agent_test.json")),
-              "e2e": {} if args.no_e2e else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
-              "source_tokens": {s: {t for t, v in tools.items() if v["category"].lower() == s} for s in READERS}}
+              "e2e": {} if args.no_e2e or not os.path.exists(os.path.join(args.data, "agent_e2e_test.json"))
+              else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
+              "source_tokens": source_tokens(tools)}
     sets = inputs["sets"]
     views, view_table = choose_views(documents, sets.get(VAL))
     systems, rankings, extra = {}, {}, {}

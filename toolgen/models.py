@@ -140,6 +140,9 @@ def load_tokenizer(path):
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     if tokenizer.pad_token is None:   # padding is always masked out of attention and loss; any id will do
         tokenizer.pad_token = tokenizer.eos_token
+    # Our tokenizers are BPE: the "clean up" of decoding (meant for WordPiece) would strip spaces before punctuation in
+    # generated arguments, and transformers warns about it on every decode when a tokenizer file asks for it.
+    tokenizer.clean_up_tokenization_spaces = False
     return tokenizer
 
 

@@ -103,7 +103,8 @@ def _lower_first(text):
 def task_clause(api, max_words=20):
     """What the API does as an imperative clause: 'get the latitude and longitude of an address', 'verify a single
     email address'. From the API description, else the tool description, else the API's name."""
-    text = _first_sentence(api.api_description) or _first_sentence(api.tool_description) or name_words(api.api)
+    text = (_first_sentence(api.api_description) or _first_sentence(api.tool_description) or name_words(api.api)
+            or name_words(api.tool) or "data")   # an API named "/" by a tool named "!!!" still gets a clause
     text = _LEAD.sub("", _LEAD.sub("", text)) or text   # "This endpoint is used to ..." has two openings
     words = text.split()[:max_words]
     while len(words) > 1 and words[-1].lower().strip(",;:") in _DANGLING:   # a cut sentence: "... in a season for"
@@ -121,9 +122,12 @@ def task_clause(api, max_words=20):
 
 def _usable_value(value):
     """An example value a user could type: short, one line, not a JSON blob."""
-    text = value if isinstance(value, str) else "" if value is None else str(value).lower() if isinstance(value, bool) \
-        else str(value) if isinstance(value, (int, float)) else ""
-    text = text.strip()
+    if isinstance(value, bool):
+        text = str(value).lower()        # JSON true, as a user would type it
+    elif isinstance(value, (str, int, float)):
+        text = str(value).strip()
+    else:
+        text = ""                        # null, lists, objects
     return text if 0 < len(text) <= 60 and "\n" not in text and not text.startswith(("{", "[")) else ""
 
 

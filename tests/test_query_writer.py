@@ -20,7 +20,7 @@ TINY = WriterOptions("tiny", queries_per_api=3, temperature=1.0, seed=0, max_new
 
 def test_parse_answer_strips_numbers_bullets_and_quotes():
     answer = ('Here are 3 requests:\n\n1. What is the weather in Oslo right now?\n2) "Is it raining in Rome?"\n'
-              '- **Do I need an umbrella in Paris today?**\n* How warm is it in Cairo?\n\u2022 Windy in Bergen?\n')
+              '- **Do I need an umbrella in Paris today?**\n* How warm is it in Cairo?\n# 3. Windy in Bergen?\n')
     assert parse_answer(answer) == ["Here are 3 requests:", "What is the weather in Oslo right now?",
                                     "Is it raining in Rome?", "Do I need an umbrella in Paris today?",
                                     "How warm is it in Cairo?", "Windy in Bergen?"]
@@ -38,12 +38,15 @@ def test_filter_drops_and_counts_each_reason():
         "6. what's the weather like in lisbon right now",    # the same request again
         "7. Should I take a jacket in Oslo tonight?",        # kept
         "8. Is it sunny in Madrid at the moment?",           # kept
-        "9. Any rain in Porto this afternoon?"])             # a fourth: beyond n = 3
+        "9. Any rain in Porto this afternoon?",              # a fourth: beyond n = 3
+        "GET https://api.skycast.example/now?city=Oslo",     # an HTTP call, not a user's request
+        "These are all different requests for the weather.",    # the writer commenting its answer
+        "Here's how you can ask for it"])
     kept, drops = filter_answer(WEATHER, answer, 3)
     assert kept == ["What's the weather like in Lisbon right now?", "Should I take a jacket in Oslo tonight?",
                     "Is it sunny in Madrid at the moment?"]
-    assert dict(drops) == {"preamble": 1, "only_api_name": 1, "copies_documentation": 2, "too_short": 1,
-                           "duplicate": 1, "beyond_n": 1}
+    assert dict(drops) == {"preamble": 3, "only_api_name": 1, "copies_documentation": 2, "too_short": 1,
+                           "duplicate": 1, "beyond_n": 1, "code_or_url": 1}
     assert filter_answer(WEATHER, "  \n\n", 3) == ([], {"empty_answer": 1})
     assert filter_answer(WEATHER, "current weather", 3)[1] == {"only_api_name": 1}
 

@@ -27,10 +27,11 @@ from toolgen.data import SAMPLE_DIR, stages
 from toolgen.data.toolbench import Catalog, DataError, read_api_jsonl, read_text, read_tools_dir
 
 CACHE_FILE = "query_writer.jsonl"
-SYSTEM = "You write the requests that real users type to an assistant that can call web APIs."
+SYSTEM = "You write the messages that real users type to a chat assistant that can call web APIs for them."
+# "requests" alone made SmolLM2-135M write HTTP calls and URLs: the instruction says plain sentences, not code.
 INSTRUCTION = ("Here is the documentation of an API:\n\n{doc}\n\nWrite {n} different requests that a real user would "
-               "type to get this done, each on its own line. Do not name the tool or the API. Write only the "
-               "requests.")
+               "type to get this done, each on its own line, as plain sentences a person types into a chat (not code, "
+               "URLs or HTTP calls). Do not name the tool or the API. Write only the requests.")
 
 
 @dataclasses.dataclass
@@ -59,7 +60,11 @@ def prompt_hash(messages):
 
 # ---- parsing and filtering an answer --------------------------------------------------------------------------------
 
-_BULLET = re.compile(r"^\s*(?:\(?\d{1,2}[.):]|[-*\u2022\u2023\u2013]|#+|request\s*\d*\s*:)\s*", re.I)
+# Lines that are code, a URL or an HTTP call, and the writer's comments on its own answer: not a user's request.
+_CODE = re.compile(r"://|^(?:GET|POST|PUT|DELETE|PATCH)\b|^(?:def|return|import|curl)\b|[{}]|^/\w|```")
+_COMMENT = re.compile(r"^(?:here(?:'s| is| are)|these (?:are|requests)|this is (?:a|the)\b|this request|note\b|"
+                      r"sure\b)", re.I)
+_BULLET = re.compile(r"^\s*(?:(?:\(?\d{1,2}[.):]|[-*\u2022\u2023\u2013]|#+|request\s*\d*\s*:)\s*)+", re.I)   # "# 1. ..."
 
 
 def parse_answer(text):
@@ -96,8 +101,10 @@ def drop_reason(query, api, seen=()):
     """Why a parsed line is not kept, or None. Copied: equal to the API or tool description, or at least 80% of its
     words in one contiguous span of the documentation text (stages.api_documentation)."""
     words = _words(query)
-    if query.endswith(":"):
-        return "preamble"          # "Here are 3 requests:"
+    if query.endswith(":") or _COMMENT.match(query):
+        return "preamble"          # "Here are 3 requests:", "These are all the same request, ..."
+    if _CODE.search(query):
+        return "code_or_url"
     names = {tuple(_words(n)) for n in (api.api, api.tool, f"{api.tool} {api.api}", f"{api.api} {api.tool}")}
     if words and tuple(words) in names:
         return "only_api_name"

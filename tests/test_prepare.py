@@ -30,6 +30,7 @@ def test_sample_counts_match_inputs(sample_data):
     # every relevant API of every training query is a target, once per (query, API)
     names = {(v["tool"], v["api"]): t for t, v in tokens["tools"].items()}
     test_texts = {r["messages"][0]["content"] for r in load(sample_data, "retrieval_test.json")}
+    test_texts |= {r["messages"][0]["content"] for r in load(sample_data, "retrieval_val.json")}   # held out too
     expected = []
     for path in sorted(glob.glob(os.path.join(SAMPLE_DIR, "instruction", "*.json"))):
         for q in json.load(open(path)):

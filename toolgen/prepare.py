@@ -14,15 +14,17 @@ import json
 import os
 import sys
 
+from toolgen import prepare_views, query_writer
 from toolgen.checkpoint import atomic_folder
-from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, stages
+from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, stages, views as view_lib
 from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
                                     read_tools_dir, read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
 
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
-                "agent_test.json", "tool_tokens.json", "prepare_report.json",
+                "agent_test.json", "tool_tokens.json", "prepare_report.json", "retrieval_val.json",
                 "agent_e2e_test.json", "retrieval_test_agent_sources.json")   # these two: --complexfuncbench/--nestful
+CACHE_FILES = (query_writer.CACHE_FILE,)   # written only with the llm view; carried from the old --out to the new
 # What --toolbench DIR is searched for, in DIR and in DIR/data (a ToolBench download keeps everything under data/).
 LAYOUTS = ("ToolBench raw (toolenv/tools/<Category>/<tool>.json, instruction/*.json, answer/**/*.json)",
            "StableToolBench (solvable_queries/test_instruction/*.json)",
@@ -33,6 +35,12 @@ def is_test(text, seed, fraction):
     """Deterministic split by query text: the same text always lands on the same side, so no text is shared."""
     digest = hashlib.sha256(f"{seed}\0{' '.join(text.lower().split())}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def is_val(text, seed, fraction):
+    """The validation split of the non-test queries: the same hash under another salt, so that it is independent of
+    the test split and does not move it (a query is test first; of the rest, `fraction` is validation)."""
+    return is_test(text, f"val{seed}", fraction)
 
 
 def detect_layout(root):
@@ -117,9 +125,10 @@ def _read_catalog(api_catalog, tools_dir, raw_queries):
             for i, r in enumerate(recs) for j, a in enumerate(r.get("api_list", []))], "queries' api_lists"
 
 
-def _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report):
-    """One training example per (training query, relevant API), as the ToolGen paper does; test queries as records."""
-    train, test = [], []
+def _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report, val_fraction=0.0):
+    """One training example per (training query, relevant API), as the ToolGen paper does; test and validation
+    queries as records (the same format)."""
+    train, test, val = [], [], []
     for path, stem, records in raw_queries:
         for q in resolve_queries(stem, records, catalog, path):
             for label in q.missing:
@@ -129,9 +138,11 @@ def _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report
                 continue
             if is_test(q.text, seed, test_fraction):
                 test.append(stages.retrieval_test_record(q, names))
+            elif is_val(q.text, seed, val_fraction):
+                val.append(stages.retrieval_test_record(q, names))
             elif q.relevant:
                 train += [stages.retrieval_example(q.text, names[k]) for k in q.relevant]
-    return train, test
+    return train, test, val
 
 
 def _resolve_steps(trajectory, catalog, names):
@@ -201,7 +212,8 @@ def _tool_tokens(apis, names, collisions, extra_tokens):
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
             seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
-            observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0):
+            observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0, val_fraction=0.1, views=(), multi_rounds=1,
+            writer=None, writer_cache=()):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
 
     complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py)."""
@@ -228,14 +240,18 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
 
     # Stage 1: every API of the catalog, also those no query names.
     memorization = [stages.memorization_example(all_apis[k], names[k]) for k in sorted(all_apis)]
-    retrieval_train, retrieval_test = _retrieval_examples(raw_queries, catalog, names, seed, test_fraction, report)
-    # Optional: queries per catalog API written from its documentation (never from a test query), so that retrieval
-    # training also covers the tools no training query names (views: stages.synthetic_queries).
-    if synthetic_queries:
-        for k in sorted(all_apis):
-            for text in stages.synthetic_queries(all_apis[k], synthetic_queries):
-                retrieval_train.append({**stages.retrieval_example(text, names[k]), "synthetic": True})
-        report.read["synthetic_queries"] = len(all_apis) * synthetic_queries
+    retrieval_train, retrieval_test, retrieval_val = _retrieval_examples(raw_queries, catalog, names, seed,
+                                                                         test_fraction, report, val_fraction)
+    # Optional: queries written from the catalog (never from a query), so that retrieval training also covers the
+    # tools no training query names (views: toolgen/data/views.py; --synthetic-queries N = the views name[,ask]).
+    views = tuple(v for v in view_lib.VIEWS if v in set(views) | set(view_lib.synthetic_query_views(synthetic_queries)))
+    view_counts = writer_records = writer_report = None
+    if views:
+        held_out = {view_lib.normalize(r["messages"][0]["content"]) for r in retrieval_test + retrieval_val}
+        examples, view_counts, writer_records, writer_report = prepare_views.view_examples(
+            Catalog(list(all_apis.values())), names, views, seed, multi_rounds, writer, writer_cache, held_out, report)
+        retrieval_train += examples
+        report.read["synthetic_queries"] = sum(c["queries"] for c in view_counts.values())
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
                                               min_complete)
     options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
@@ -246,14 +262,17 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
 
     outputs = {"tool_memorization.json": memorization, "retrieval_training.json": retrieval_train,
                "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
-               "agent_test.json": agent_test,
+               "agent_test.json": agent_test, "retrieval_val.json": retrieval_val,
                "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens),
                "agent_e2e_test.json": extra["agent_e2e_test"],
                "retrieval_test_agent_sources.json": extra["retrieval_test_agent_sources"]}
+    if writer_records is not None:
+        outputs[query_writer.CACHE_FILE] = writer_records
     outputs["prepare_report.json"] = {
-        "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction,
+        "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
         "min_complete": min_complete, "observation_budget": observation_budget,
         "sources": {name: dict(counts) for name, counts in report.sources.items()},
+        **({"views": view_counts} if views else {}), **({"query_writer": writer_report} if writer_report else {}),
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
                                                for name, obj in outputs.items()},
         "skipped": dict(report.skipped), "skipped_examples": dict(report.examples),
@@ -267,7 +286,8 @@ def check_out_dir(out_dir):
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise DataError(f"{out_dir}: --out is not a folder")
     if os.path.isdir(out_dir):
-        others = sorted(n for n in os.listdir(out_dir) if n not in OUTPUT_FILES and not n.startswith(".prepare-"))
+        others = sorted(n for n in os.listdir(out_dir)
+                        if n not in OUTPUT_FILES + CACHE_FILES and not n.startswith(".prepare-"))
         if others:
             raise DataError(f"{out_dir}: --out holds files prepare does not write ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}); the folder is replaced whole, so give a new one")
@@ -280,7 +300,10 @@ def write_atomically(outputs, out_dir):
     with atomic_folder(out_dir) as tmp:
         for name, obj in outputs.items():
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                json.dump(obj, f, ensure_ascii=False, indent=None if isinstance(obj, list) else 1)
+                if name.endswith(".jsonl"):   # the query writer's cache: one record a line
+                    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in obj)
+                else:
+                    json.dump(obj, f, ensure_ascii=False, indent=None if isinstance(obj, list) else 1)
 
 
 def _fraction(text):
@@ -324,6 +347,7 @@ def parse_args(argv):
     p.add_argument("--min-complete", type=_fraction, default=0.0, metavar="FRACTION",
                    help="drop trajectories whose share of tool calls with complete arguments is below FRACTION "
                         "(0..1; default 0 keeps all; counted in prepare_report.json)")
+    prepare_views.add_arguments(p)
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
     if args.config:
@@ -335,20 +359,30 @@ def parse_args(argv):
                             + list(argv if argv is not None else sys.argv[1:]))
     if not (args.toolbench or args.tools_dir or args.api_catalog or args.queries):
         args.toolbench = SAMPLE_DIR
+    prepare_views.check_arguments(p, args)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.query_writer:
+            query_writer.check_model(args.query_writer)   # a model that cannot load stops here, before any work
         check_out_dir(args.out)   # before the work, not after it
         inputs = find_inputs(args.toolbench, args.tools_dir, args.api_catalog, args.queries, args.trajectories)
         for line in describe_inputs(inputs):
             print(f"toolgen-prepare: {line}", flush=True)
+        old_cache = prepare_views.read_old_cache(args.out)   # --out is replaced whole: the writer's answers are carried across
         outputs = prepare(None, **inputs, test_fraction=args.test_fraction, seed=args.seed, strict=args.strict,
                           extra_tokens=args.extra_tokens, synthetic_queries=args.synthetic_queries,
                           complexfuncbench=args.complexfuncbench, nestful=args.nestful,
-                          observation_budget=args.observation_budget, min_complete=args.min_complete)
+                          observation_budget=args.observation_budget, min_complete=args.min_complete,
+                          val_fraction=args.val_fraction, views=args.views, multi_rounds=args.multi_queries_per_api,
+                          writer=prepare_views.writer_options(args), writer_cache=(
+                              query_writer.read_cache(args.query_writer_cache) if args.query_writer_cache else [])
+                          + old_cache)
+        if old_cache and query_writer.CACHE_FILE not in outputs:
+            outputs[query_writer.CACHE_FILE] = old_cache   # unused this time (no llm view): kept, not lost
         write_atomically(outputs, args.out)
     except (DataError, OSError) as e:   # OSError: a missing or unreadable file, named by the message
         sys.exit(f"toolgen-prepare: error: {e}")

@@ -94,7 +94,10 @@ def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
     test = json.load(open(os.path.join(data, "retrieval_test.json")))
     relevant = [set(r["relevant"]) | set(r["missing_relevant"]) for r in test]
     queries = [r["messages"][-1]["content"] for r in test]
-    bm25 = baselines.bm25_rank({t: v["documentation"] for t, v in tools["tools"].items()}, queries, 100)
+    views = report["choices"]["doc_views"]   # each retriever's documentation view, chosen on retrieval_val.json
+    assert systems["bm25"]["doc_view"] == views["bm25"] and report["choices"]["validation_queries"] > 0
+    docs = {t: v["documentation"] for t, v in tools["tools"].items()}
+    bm25 = baselines.bm25_rank({t: baselines.doc_text(d, views["bm25"]) for t, d in docs.items()}, queries, 100)
     expected = metrics.retrieval_metrics(bm25, relevant)
     for key in ("ndcg@1", "ndcg@5", "mrr", "recall@5"):
         assert systems["bm25"][f"retrieval/{key}"] == pytest.approx(expected[key])
@@ -110,9 +113,9 @@ def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
         assert agent[f"retrieval/{key}"] == pytest.approx(expected[key])
     # the hybrid row: the same model scores fused with the BM25 + MiniLM prior, as the report says it chose
     choice = systems["toolgen/agent_tuning+prior"]["prior/choice"]
-    assert choice["tuned_on"] is None   # the sample was prepared without a validation split: the config's fusion
+    assert choice["tuned_on"].startswith("retrieval_val.json")   # chosen on validation, never on test
     logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": q}] for q in queries])
-    prior = retrieval.Prior("bm25+dense", {t: v["documentation"] for t, v in tools["tools"].items()}, candidates)
+    prior = retrieval.Prior("bm25+dense", docs, candidates, views)
     fused = retrieval.rank(retrieval.fuse(logprobs[:, ids], prior.scores(queries), retrieval.Fusion(**choice["fusion"])),
                            candidates, 100)
     expected = metrics.retrieval_metrics(fused, relevant)

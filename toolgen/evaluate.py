@@ -207,14 +207,15 @@ def e2e_system(model, tokenizer, requests, tools, limit, tool_scorer=None, base_
     return result, transcripts
 
 
-def choose_views(documents, val_rows):
-    """Each retriever indexes the documentation view (baselines.DOC_VIEWS) with the best NDCG@5 on the validation
-    split, as a careful user would tune a baseline; "full" when there is no validation split."""
+def choose_views(documents, val_rows, kinds):
+    """Each retriever (of kinds) indexes the documentation view (baselines.DOC_VIEWS) with the best NDCG@5 on the
+    validation split, as a careful user would tune a baseline; "full" when there is no validation split."""
     if not val_rows:
-        return {kind: "full" for kind in baselines.INDEXES}, {}
+        return {kind: "full" for kind in kinds}, {}
     items, queries, relevant = list(documents), [r[0] for r in val_rows], [r[1] for r in val_rows]
     chosen, table = {}, {}
-    for kind, index in baselines.INDEXES.items():
+    for kind in kinds:
+        index = baselines.INDEXES[kind]
         for view in baselines.DOC_VIEWS:
             scores = index([baselines.doc_text(documents[t], view) for t in items]).scores(queries)
             ranked = baselines.top_k(scores, items, 5)
@@ -285,7 +286,10 @@ def evaluate(args):
               else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
               "source_tokens": source_tokens(tools)}
     sets = inputs["sets"]
-    views, view_table = choose_views(documents, sets.get(VAL))
+    kinds = set() if args.no_baselines else set(baselines.INDEXES)
+    if args.model and retrieval_cfg.prior != "none":
+        kinds |= set(retrieval_cfg.prior.split("+"))
+    views, view_table = choose_views(documents, sets.get(VAL), sorted(kinds))
     systems, rankings, extra = {}, {}, {}
     if not args.no_baselines:
         systems, rankings = baseline_systems(documents, sets, views)

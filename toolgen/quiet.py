@@ -6,6 +6,8 @@ evaluate, agent), so that a stage prints its own lines and a progress bar, not t
 - DeepSpeed warns "Setting accelerator to CPU" when it has to guess: we tell it (DS_ACCELERATOR) when there is no GPU.
 - accelerate notes at every checkpoint that it stored the tied embedding / LM head once ("Removed shared tensor"):
   expected, since they are one tensor; reloading restores the tie.
+- JAX, where installed and imported by a library, takes 75 % of the GPU's memory at its first use: we never use
+  JAX, so it may not pre-allocate (three evaluation processes on one GPU failed with out-of-memory before this).
 - transformers and datasets draw a progress bar for every load, save, split and map of a few milliseconds.
 """
 
@@ -14,6 +16,8 @@ import os
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 logging.getLogger("accelerate.utils.other").addFilter(lambda r: "Removed shared tensor" not in r.getMessage())
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import torch  # noqa: E402
 

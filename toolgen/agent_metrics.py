@@ -147,7 +147,7 @@ def agent_metrics(model, tokenizer, action_tokens, trajectories):
             if m["content"] in actions:                     # an action step
                 logprobs = decoding.next_token_logprobs(model, tokenizer, [msgs[:i]])
                 predicted = id_to_token[decoding.rank_tools(logprobs, action_ids, 1)[0][0]]
-                invalid.append(decoding.unconstrained_argmax(logprobs)[0] not in id_to_token)
+                invalid.append(logprobs.argmax(-1).tolist()[0] not in id_to_token)
                 finish_steps.append((predicted == FINISH, m["content"] == FINISH))
                 if m["content"] != FINISH:
                     tool_right.append(predicted == m["content"])

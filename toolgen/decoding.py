@@ -36,10 +36,6 @@ def rank_tools(logprobs, allowed_ids, k=None):
     return allowed[order].tolist()
 
 
-def unconstrained_argmax(logprobs):
-    return logprobs.argmax(-1).tolist()
-
-
 @torch.no_grad()
 def beam_search_tools(model, tokenizer, messages, allowed_ids, k):
     """Beam search (num_beams=k, one new token) restricted to allowed_ids: the reference the ranking must match."""

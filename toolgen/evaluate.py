@@ -113,7 +113,7 @@ def tool_scores(model, tokenizer, tool_ids, rows):
     t0 = time.time()
     logprobs = decoding.next_token_logprobs(model, tokenizer, [[{"role": "user", "content": r[0]}] for r in rows])
     allowed = set(tool_ids)
-    return logprobs[:, tool_ids], time.time() - t0, [i not in allowed for i in decoding.unconstrained_argmax(logprobs)]
+    return logprobs[:, tool_ids], time.time() - t0, [i not in allowed for i in logprobs.argmax(-1).tolist()]
 
 
 def model_system(model, tokenizer, candidates, sets, memorization, agent_test, do_agent):
@@ -142,7 +142,7 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
         result["memorization/accuracy"] = metrics.accuracy(predicted, gold)
         result["memorization/f1"] = metrics.macro_f1(predicted, gold)
         allowed = set(tool_ids)
-        invalid += [i not in allowed for i in decoding.unconstrained_argmax(logprobs)]
+        invalid += [i not in allowed for i in logprobs.argmax(-1).tolist()]
     if do_agent and agent_test:
         agent, agent_invalid = agent_metrics(model, tokenizer, tool_list + [FINISH], agent_test)
         result.update(agent)

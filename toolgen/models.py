@@ -215,12 +215,6 @@ def lora_model(model, lora_cfg, tool_ids):
     return get_peft_model(model, config)
 
 
-def continue_adapter(model, parent_dir):
-    """The parent stage's adapter (LoRA + tool rows) on the base, trainable: the next stage continues it."""
-    from peft import PeftModel
-    return PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
-
-
 def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     """A finished stage folder -> (tokenizer, peft model, tool ids). The model config defaults to the one it ran with."""
     from peft import PeftModel

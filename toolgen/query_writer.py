@@ -24,7 +24,7 @@ import re
 import sys
 
 from toolgen.data import SAMPLE_DIR, stages
-from toolgen.data.toolbench import Catalog, DataError, read_api_jsonl, read_text, read_tools_dir
+from toolgen.data.toolbench import Catalog, DataError, read_api_jsonl, read_jsonl, read_tools_dir
 
 CACHE_FILE = "query_writer.jsonl"
 SYSTEM = "You write the messages that real users type to a chat assistant that can call web APIs for them."
@@ -148,13 +148,7 @@ def cache_record(api, model, messages, generation, answer, n):
 def read_cache(path):
     """The records of a cache file; a line that is not a record is an error naming the file and line."""
     records = []
-    for n, line in enumerate(read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {n}: not valid JSON ({e})") from None
+    for n, r in read_jsonl(path):
         if not (isinstance(r, dict) and isinstance(r.get("api"), list) and len(r["api"]) == 3
                 and all(isinstance(r.get(k), str) for k in ("model", "prompt_hash", "answer"))):
             raise DataError(f"{path} line {n}: not a query-writer record (needs api [category, tool, api], model, "

@@ -163,7 +163,11 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing
                                         or sc.gradient_checkpointing)
         tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map(accelerator, cfg.model))
-        model = models.continue_adapter(model, parent_dir) if parent_dir else models.lora_model(model, cfg.lora, tool_ids)
+        if parent_dir:   # the parent stage's adapter (LoRA + tool rows), trainable: this stage continues it
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
+        else:
+            model = models.lora_model(model, cfg.lora, tool_ids)
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)

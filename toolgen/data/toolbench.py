@@ -151,17 +151,22 @@ def read_tools_dir(tools_dir):
     return apis
 
 
-def read_api_jsonl(path):
-    """A JSON Lines catalog: one API object a line (api_from_record's fields); blank lines are allowed."""
-    apis = []
+def read_jsonl(path):
+    """[(line number, value)] of a JSON Lines file; blank lines are allowed, a bad line is a DataError naming it."""
+    out = []
     for n, line in enumerate(read_text(path).split("\n"), 1):   # not splitlines(): U+2028 is valid inside a string
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            out.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{path} line {n}: not valid JSON ({e})") from None
-        apis.append(api_from_record(record, f"{path} line {n}"))
+    return out
+
+
+def read_api_jsonl(path):
+    """A JSON Lines catalog: one API object a line (api_from_record's fields)."""
+    apis = [api_from_record(record, f"{path} line {n}") for n, record in read_jsonl(path)]
     if not apis:
         raise DataError(f"{path}: empty API catalog")
     return apis

@@ -10,7 +10,7 @@
 #               main's memorization (the views ablation)
 #   e2e         the agent loop end to end on held-out ComplexFuncBench / NESTFUL requests (replayed responses):
 #               main's retrieval and agent stages, the untrained base told its tools; the prior from BM25 only
-#               (E2E_LIMIT requests per source, default 30)
+#               (E2E_LIMIT requests per source; default all)
 #   evaluate    retrieval, memorization, step-wise agent metrics, baselines, hybrid rows (no e2e: see e2e)
 #   report      benchmarks/results/quality.{json,md}
 set -euo pipefail
@@ -48,7 +48,7 @@ if part train; then
   stage views_base data_views_base retrieval
 fi
 if part e2e; then   # three processes share the GPU: the loop is launch-bound on a 135M model
-  limit=${E2E_LIMIT:-25}
+  limit=${E2E_LIMIT:-0}   # 0: every held-out request (the loops run batched: --e2e-width)
   retrieval=$RUN/main/$($PY -m toolgen.config folder retrieval) agent=$RUN/main/$($PY -m toolgen.config folder agent)
   $PY -m toolgen.evaluate --no-baselines --no-base --set retrieval.prior=bm25 --e2e-limit "$limit" --model "$agent" \
     --data "$RUN/data" --out "$RUN/eval_e2e_agent" > "$RUN/eval_e2e_agent.log" 2>&1 &

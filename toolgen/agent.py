@@ -65,7 +65,11 @@ class ModelPolicy:
         self._index[tuple(tokens)] = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(tokens)))
 
     def action_logprobs(self, messages, tokens):
-        return decoding.next_token_logprobs(self.model, self.tokenizer, [messages])[0, self._index[tuple(tokens)]]
+        return self.pick(decoding.next_token_logprobs(self.model, self.tokenizer, [messages])[0], tokens)
+
+    def pick(self, logprobs, tokens):
+        """The candidates' entries of a row of next-token log-probabilities (tokens checked by check_tokens)."""
+        return logprobs[self._index[tuple(tokens)]]
 
     def generate(self, messages, max_new_tokens):
         return decoding.generate_text(self.model, self.tokenizer, messages, max_new_tokens)
@@ -276,16 +280,24 @@ class Agent:
             step.observation = json.dumps({"error": step.error}, ensure_ascii=False)
 
 
-def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None):
+def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None, width=1):
     """The loop on held-out GoldRequests, each replayed against its own gold calls -> (transcripts, metrics): what
     toolgen.evaluate calls. tools: a Toolset or a path Toolset.load reads; think replaces config.think (the
-    layout the model was trained with); policy: instead of ModelPolicy(model, tokenizer)."""
+    layout the model was trained with); policy: instead of ModelPolicy(model, tokenizer); width > 1: that many
+    requests at once, their model calls batched (toolgen/batching.py), the same loop and transcripts."""
     from toolgen.agent_metrics import e2e_metrics
     tools = tools if isinstance(tools, Toolset) else Toolset.load(tools)
     policy = policy or ModelPolicy(model, tokenizer)
     config = dataclasses.replace(config or AgentConfig(), think=think)
-    agent = Agent(policy, tools, NoExecutor(), config, tool_scorer)
-    transcripts = [agent.run(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars)) for r in requests]
+    jobs = [(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars)) for r in requests]
+    if width > 1:
+        from toolgen.batching import BatchingPolicy, run_batched
+        batched = BatchingPolicy(policy)
+        transcripts = run_batched(lambda: Agent(batched, tools, NoExecutor(), config, tool_scorer), jobs, batched,
+                                  width)
+    else:
+        agent = Agent(policy, tools, NoExecutor(), config, tool_scorer)
+        transcripts = [agent.run(*job) for job in jobs]
     return transcripts, e2e_metrics(transcripts, requests)
 
 

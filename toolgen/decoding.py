@@ -56,3 +56,16 @@ def generate_text(model, tokenizer, messages, max_new_tokens=96):
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompts, max_new_tokens):
+    """generate_text for several conversations at once: left-padded, greedy; each row stops at its end of turn (the
+    rest of its row is padding) -> one text per prompt."""
+    device = next(model.parameters()).device
+    batch = LeftPadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": ids}
+                                                     for ids in (prompt_ids(tokenizer, m) for m in prompts)])
+    out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    width = batch["input_ids"].shape[1]
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]

@@ -208,7 +208,7 @@ def source_tokens(tools):
     return out
 
 
-def e2e_system(model, tokenizer, requests, tools, limit, tool_scorer=None, base_tools=None):
+def e2e_system(model, tokenizer, requests, tools, limit, width, tool_scorer=None, base_tools=None):
     """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
     against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). base_tools {source: tokens}:
     the untrained base, told the source's tools in its system turn (a prompt cannot hold the whole catalog) and
@@ -221,7 +221,7 @@ def e2e_system(model, tokenizer, requests, tools, limit, tool_scorer=None, base_
         subset = tools if base_tools is None else Toolset(
             [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
         found, m = run_e2e(model, tokenizer, rows, subset, AgentConfig(tool_list=base_tools is not None), think=False,
-                           tool_scorer=tool_scorer)
+                           tool_scorer=tool_scorer, width=width)
         result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
         transcripts[source] = [t.to_dict() for t in found]
     return result, transcripts
@@ -276,6 +276,8 @@ def main(argv=None):
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end agent runs (agent_e2e_test.json)")
     p.add_argument("--e2e-limit", type=int, default=0, help="the first N held-out requests per agent source (0: all)")
+    p.add_argument("--e2e-width", type=int, default=16,
+                   help="requests run at once, their model calls batched (1: one at a time; the same transcripts)")
     p.add_argument("--config", help="a config whose `retrieval` section sets the prior and fusion (default: built-in)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set retrieval.prior=bm25 --set retrieval.tune=false")
@@ -345,7 +347,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     if with_base or args.base_only:
         with model.disable_adapter():   # the same base with the same initial tool rows, no training
             found, ranked, _ = model_system(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
-            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit,
+            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width,
                                             base_tools=inputs["source_tokens"]) if e2e else ({}, {})
             rows["base"] = ({**found, **agent}, ranked, transcripts)
     if args.base_only:
@@ -354,7 +356,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     stage = load_json(os.path.join(stage_dir, "stage.json"))["stage"]
     found, ranked, scores = model_system(model, tokenizer, candidates, sets, inputs["memorization"],
                                          inputs["agent_test"], stage == "agent")
-    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit) \
+    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width) \
         if e2e and stage != "memorization" else ({}, {})
     rows[name] = ({**found, **agent}, ranked, transcripts)
     if prior is not None:
@@ -362,7 +364,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
         fusion = retrieval.Fusion(**found["prior/choice"]["fusion"])
         agent, transcripts = ({}, {})
         if e2e and stage == "agent" and fusion.prior != "none":   # the prior at the agent's tool step
-            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit,
+            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width,
                                             retrieval.agent_scorer(prior, fusion, FINISH))
         rows[name + "+prior"] = ({**found, **agent}, ranked, transcripts)
     del model

@@ -1,0 +1,39 @@
+"""Batched end-to-end runs (toolgen/batching.py): several requests at once, their model calls batched, give the same
+transcripts and metrics as one request at a time."""
+
+import os
+
+from toolgen import models
+from toolgen.agent import AgentConfig, run_e2e
+from toolgen.data.gold import GoldCall, GoldRequest
+from toolgen.toolset import Toolset
+
+
+def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
+    from toolgen import decoding
+    sizes, real = [], decoding.generate_texts
+
+    def spy(model, tokenizer, prompts, max_new_tokens):
+        sizes.append(len(prompts))
+        return real(model, tokenizer, prompts, max_new_tokens)
+    monkeypatch.setattr(decoding, "generate_texts", spy)
+    tokenizer, model, _ = models.load_stage(os.path.join(trained["output_dir"], "agent_tuning"))
+    model.eval()
+    tools = Toolset.load(os.path.join(trained["data_dir"], "tool_tokens.json"))
+    requests = [GoldRequest(f"r{i}", text, [GoldCall("current weather", {"city": city}, {"city": city}, {"t": i}, True)],
+                            None, "hand-made")
+                for i, (text, city) in enumerate([("How warm is it in Lisbon?", "Lisbon"),
+                                                  ("Weather in Oslo right now, please", "Oslo"),
+                                                  ("Is it raining in Porto?", "Porto"),
+                                                  ("Current temperature in Kyoto", "Kyoto"),
+                                                  ("Wind in Dublin today?", "Dublin")])]
+    config = AgentConfig(max_steps=3, argument_tokens=24)
+    one, m1 = run_e2e(model, tokenizer, requests, tools, config)
+    many, m2 = run_e2e(model, tokenizer, requests, tools, config, width=3)
+    assert [t.uid for t in many] == [r.uid for r in requests]
+    for a, b in zip(one, many):
+        assert [(s.token, s.answers, s.observation) for s in a.steps] == [(s.token, s.answers, s.observation)
+                                                                         for s in b.steps]
+        assert a.stop_reason == b.stop_reason
+    assert m1 == m2
+    assert max(sizes) > 1 and max(sizes) <= 3   # really batched, never wider than asked

@@ -234,20 +234,27 @@ def test_train_refuses_data_prepared_for_another_parent(parent, tmp_path):
 
 def test_pipeline_runs_an_addition_when_asked(tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(["bash", os.path.join(ROOT, "launch", "pipeline.sh"), "--dry-run", "--config",
-                             "launch/configs/tiny.yaml", "--output-dir", str(out), "--stages", "add_tools",
-                             "--new-catalog", "new.jsonl", "--accelerate-config", "launch/accelerate/cpu.yaml"],
-                            cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
-    assert result.returncode != 0 and "agent" in result.stderr   # the default parent is the chain's last stage
-    os.makedirs(out / "agent_tuning")
+    command = ["bash", os.path.join(ROOT, "launch", "pipeline.sh"), "--dry-run", "--config", "launch/configs/tiny.yaml",
+               "--output-dir", str(out), "--stages", "add_tools", "--accelerate-config", "launch/accelerate/cpu.yaml"]
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "--new-catalog" in result.stderr and result.stdout == ""
+    command += ["--new-catalog", "new.jsonl", "--new-queries", "q.json"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "agent_tuning is missing" in result.stderr   # the default parent: the chain's end
+    (out / "agent_tuning").mkdir(parents=True)
     (out / "agent_tuning" / "stage.json").write_text("{}")
-    result = subprocess.run(result.args, cwd=tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "PYTHON": sys.executable})
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
-    lines = [shlex.split(line) for line in result.stdout.splitlines()[1:]]
-    prepare_line, train_line, eval_line = [line for line in lines if "--data" not in line[:3]][-3:]
-    assert "toolgen.add_tools" in prepare_line and "--prepare-only" in prepare_line
-    assert prepare_line[prepare_line.index("--api-catalog") + 1] == str(tmp_path / "new.jsonl")
-    assert train_line[train_line.index("--stage") + 1] == "add_tools"
-    assert train_line[train_line.index("--data-dir") + 1] == str(out / "added_tools.data")
-    assert eval_line[eval_line.index("--model") + 1] == str(out / "added_tools")
+    lines = [shlex.split(line) for line in result.stdout.splitlines()]
+    prepare_line = next(line for line in lines if "toolgen.add_tools" in line)
+    train_line = next(line for line in lines if "--stage" in line)
+    eval_line = lines[-1]
+
+    def flag(line, name):
+        return line[line.index(name) + 1]
+    assert "--prepare-only" in prepare_line and flag(prepare_line, "--model") == str(out / "agent_tuning")
+    assert flag(prepare_line, "--api-catalog") == str(tmp_path / "new.jsonl")
+    assert flag(prepare_line, "--queries") == str(tmp_path / "q.json")
+    assert flag(train_line, "--stage") == "add_tools" and flag(train_line, "--data-dir") == str(out / "added_tools.data")
+    assert flag(eval_line, "--model") == str(out / "added_tools") and flag(eval_line, "--data") == f"{out}/added_tools.data"

@@ -5,8 +5,8 @@
 #   bash benchmarks/add_tools.sh            # -> benchmarks/results/add_tools.{json,md}
 #   PARTS="split train80" bash benchmarks/add_tools.sh   # some parts (a part keeps what an earlier run finished)
 # Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | add (toolgen-add-tools,
-#   timed) | full (prepare + the chain on 100 %, timed) | evaluate (before, after, full; baselines on the full catalog) |
-#   report. Delete $RUN (default add_tools_run) to start over.
+#   timed) | full (prepare + the chain on 100 %, timed) | evaluate (before, after, full; baselines on the full
+#   catalog) | report. Delete $RUN (default add_tools_run) to start over.
 # Inputs: ../shared/toolbench or TOOLBENCH=DIR (StableToolBench queries, the derived catalog, ToolBench trajectories);
 # CATALOG, QUERIES (space-separated), TRAJECTORIES (space-separated) override them, CONFIG the training config,
 # UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split, RESULTS

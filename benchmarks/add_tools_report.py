@@ -77,7 +77,8 @@ def testsets(args):
             sets["mixed"] += 1
     for name in ("test_new", "test_old"):
         write_json(os.path.join(args.out, f"{name}.json"), sets[name])
-    print(f"testsets: {len(sets['test_new'])} new-only, {len(sets['test_old'])} old-only, {sets['mixed']} mixed (left out)")
+    print(f"testsets: {len(sets['test_new'])} new-only, {len(sets['test_old'])} old-only, {sets['mixed']} mixed "
+          "(left out)")
 
 
 def systems(path):
@@ -112,14 +113,16 @@ def targets(rows, memorization, seconds_add, seconds_full):
            else 100 * (prior["full_retrain_new_tools_ndcg@5"] - prior["new_tools_ndcg@5"]))
     out = {"new tools within 5 NDCG@5 points of the full retrain (with the prior)":
            met(gap, lambda v: v <= TARGETS["new_tools_gap_to_full_retrain_points"]),
-           "new tools memorization >= 0.95": met(memorization, lambda v: v >= TARGETS["new_tools_memorization_accuracy"]),
+           "new tools memorization >= 0.95":
+           met(memorization, lambda v: v >= TARGETS["new_tools_memorization_accuracy"]),
            "addition <= 25 % of the full retrain's time": met(
                seconds_add / seconds_full if seconds_add and seconds_full else None,
                lambda v: v <= TARGETS["add_over_full_retrain"])}
     for variant, row in rows.items():
         drop = (None if None in (row["old_tools_ndcg@5_before"], row["old_tools_ndcg@5_after"])
                 else 100 * (row["old_tools_ndcg@5_before"] - row["old_tools_ndcg@5_after"]))
-        out[f"old tools drop <= 1 NDCG@5 point ({variant})"] = met(drop, lambda v: v <= TARGETS["old_tools_drop_points"])
+        out[f"old tools drop <= 1 NDCG@5 point ({variant})"] = met(drop,
+                                                                    lambda v: v <= TARGETS["old_tools_drop_points"])
     return out
 
 
@@ -137,7 +140,8 @@ def report(args):
               "seconds_full_retrain": seconds_full, "baselines_full_catalog": baselines,
               "targets": targets(rows, memorization, seconds_add, seconds_full), "stage": args.stage,
               "card": args.card, "config": args.config,
-              "split": {k: v for k, v in split_info.items() if k != "new_tools"} | {"new_tools": len(split_info["new_tools"])},
+              "split": {**{k: v for k, v in split_info.items() if k != "new_tools"},
+                        "new_tools": len(split_info["new_tools"])},
               "query_sets": {k: len(json.load(open(os.path.join(args.run, "testsets", f"{k}.json"))))
                              for k in ("test_new", "test_old")}}
     out = args.out or os.path.join(HERE, "results", "add_tools")

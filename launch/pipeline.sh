@@ -51,7 +51,8 @@ check_config "$CONFIG"
 IFS=, read -ra STAGE_LIST <<< "$STAGES"
 CHAIN=" $("$PY" -m toolgen.config stages) "
 for stage in "${STAGE_LIST[@]}"; do
-  [[ "$CHAIN" == *" $stage "* ]] || [ -n "$NEW_CATALOG" ] || die "--stages $stage adds tools: give --new-catalog; nothing started"
+  [[ "$CHAIN" == *" $stage "* ]] || [ -n "$NEW_CATALOG" ] \
+    || die "--stages $stage adds tools: give --new-catalog; nothing started"
 done
 check_stages "$OUT" "" "${STAGE_LIST[@]}"
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import ROOT, TINY, run_stage
 from toolgen import add_tools, decoding, models
-from toolgen.add_tools_data import name_new_tools, tool_tokens_json
+from toolgen.add_tools_data import AddToolsError, name_new_tools, tool_tokens_json
 from toolgen.config import load_config
 from toolgen.data import SAMPLE_DIR
 from toolgen.data.toolbench import Api
@@ -46,7 +46,7 @@ def write_catalog(path, lines):
 
 @pytest.fixture(scope="module")
 def parent(tmp_path_factory):
-    """A retrieval stage trained on the sample without two batches of tools (every 6th tool from the 1st and the 4th)."""
+    """A retrieval stage trained on the sample without two batches of tools (every 6th tool from the 1st, the 4th)."""
     root = tmp_path_factory.mktemp("add_tools")
     with open(os.path.join(SAMPLE_DIR, "catalog.jsonl"), encoding="utf-8") as f:
         lines = [json.loads(line) for line in f if line.strip()]
@@ -156,7 +156,9 @@ def test_two_additions_in_a_row(parent, tmp_path):
     for out, report in ((out1, report_a), (out2, report_b)):
         ranks = memorization_ranks(out, f"{out}.data", report["tools_added"])
         assert (ranks == 0).float().mean() >= 0.9 and ranks.max() <= 2, ranks.tolist()
-    # evaluate reads the last addition as any stage, with its prepared folder of the whole catalog
+    # the agent's tools and evaluate read the last addition as any stage, with its prepared folder of the whole catalog
+    from toolgen.toolset import Toolset
+    assert set(report_a["tools_added"] + report_b["tools_added"]) <= set(Toolset.load(str(out2)).tokens)
     from toolgen import evaluate
     evaluate.main(["--model", str(out2), "--data", f"{out2}.data", "--out", str(tmp_path / "eval"),
                    "--no-baselines", "--no-e2e", "--set", "retrieval.prior=none"])
@@ -212,6 +214,10 @@ def test_new_names_never_take_a_models_token_but_may_take_a_distractor():
     out, added, promoted = tool_tokens_json(prepared, new, names, replaced, collisions)
     assert out["tokens"][:3] == prepared["tokens"] and promoted == ["<<Extra&&thing>>"] and out["distractors"] == 0
     assert added == ["<<Fresh&&one>>", "<<SkyCast@Weather2&&current weather>>"]
+    # one token cannot take two new documentations, even with --replace-docs
+    twice = {k: Api(*k) for k in [("Weather", "SkyCast", "current weather"), ("Other", "SkyCast", "current weather")]}
+    with pytest.raises(AddToolsError, match="<<SkyCast&&current weather>>: keep one"):
+        name_new_tools(prepared, twice, True, "new.jsonl")
 
 
 def test_train_refuses_data_prepared_for_another_parent(parent, tmp_path):
@@ -256,5 +262,6 @@ def test_pipeline_runs_an_addition_when_asked(tmp_path):
     assert "--prepare-only" in prepare_line and flag(prepare_line, "--model") == str(out / "agent_tuning")
     assert flag(prepare_line, "--api-catalog") == str(tmp_path / "new.jsonl")
     assert flag(prepare_line, "--queries") == str(tmp_path / "q.json")
-    assert flag(train_line, "--stage") == "add_tools" and flag(train_line, "--data-dir") == str(out / "added_tools.data")
-    assert flag(eval_line, "--model") == str(out / "added_tools") and flag(eval_line, "--data") == f"{out}/added_tools.data"
+    assert flag(train_line, "--stage") == "add_tools"
+    assert flag(train_line, "--data-dir") == flag(eval_line, "--data") == str(out / "added_tools.data")
+    assert flag(eval_line, "--model") == str(out / "added_tools")

@@ -48,6 +48,9 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.prepare_only:   # every process would write the data
+        p.error("several processes: write the data once with --prepare-only, then accelerate launch toolgen/train.py "
+                "--stage add_tools --parent STAGE_DIR --data-dir DATA_OUT (README: Adding tools to a trained model)")
     args.out = os.path.normpath(args.out)
     args.data_out = os.path.normpath(args.data_out or args.out + ".data")
     if os.path.abspath(args.data_out).startswith(os.path.abspath(args.out) + os.sep):
@@ -75,10 +78,13 @@ def read_parent(model_dir, parent_data=None):
     tokens = _load(os.path.join(model_dir, "tool_tokens.json"), needed)
     if not os.path.isfile(os.path.join(model_dir, "adapter", "adapter_config.json")):
         raise AddToolsError(f"{model_dir}/adapter/adapter_config.json is missing: {needed}")
-    data_dir = parent_data or os.path.dirname(str(info.get("data_file", "")))
+    data_dir = parent_data or os.path.dirname(str(info.get("data_file") or ""))
+    if not data_dir:
+        raise AddToolsError(f"{model_dir}/stage.json names no data file: pass the parent's prepared folder with "
+                            "--parent-data")
+    named_by = "given by --parent-data" if parent_data else f"named by {model_dir}/stage.json"
     prepared = _load(os.path.join(data_dir, "tool_tokens.json"),
-                     f"the parent's prepared folder ({'--parent-data' if parent_data else f'named by {model_dir}/stage.json'}) "
-                     "has moved or is gone: pass it with --parent-data")
+                     f"the parent's prepared folder ({named_by}) has moved or is gone: pass it with --parent-data")
     if prepared.get("tokens") != tokens:
         raise AddToolsError(f"{data_dir}/tool_tokens.json does not list the tokens {model_dir} was trained with: "
                             "not its prepared folder (pass the right one with --parent-data)")
@@ -95,8 +101,16 @@ def check_earlier_run(args):
         checkpoint.earlier_run(args.out, ckpt_root, ADD_TOOLS.name, {}, False, args.overwrite)
 
 
-def check_data_out(data_out):
-    """--data-out is replaced whole: it may hold only what this command writes (or be absent)."""
+def check_paths(args, parent):
+    """--out and --data-out are replaced whole: never the parent's folders, and --data-out may hold only what this
+    command writes (or be absent)."""
+    data_out = args.data_out
+    same = os.path.samefile if os.path.exists(args.out) else (lambda a, b: False)
+    if same(args.out, parent["dir"]):
+        raise AddToolsError(f"--out {args.out} is the --model folder: the addition is a new stage folder")
+    if os.path.isdir(data_out) and os.path.samefile(data_out, parent["data_dir"]):
+        raise AddToolsError(f"--data-out {data_out} is the parent's prepared folder, which the parent still needs: "
+                            "give another")
     if os.path.exists(data_out) and not os.path.isdir(data_out):
         raise AddToolsError(f"--data-out {data_out}: not a folder")
     others = sorted(set(os.listdir(data_out)) - set(DATA_FILES)) if os.path.isdir(data_out) else []
@@ -132,7 +146,7 @@ def prepare_data(args):
     parent = read_parent(args.model, args.parent_data)
     config, cfg = training_config(args, parent)
     check_earlier_run(args)
-    check_data_out(args.data_out)
+    check_paths(args, parent)
     apis = read_api_jsonl(args.api_catalog)   # an empty catalog is a DataError naming the file
     outputs = build_outputs(parent, apis, args, cfg.add_tools)
     write_data(outputs, args.data_out)

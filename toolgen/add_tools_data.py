@@ -17,8 +17,8 @@ import random
 from toolgen import prepare
 from toolgen.config import STAGES
 from toolgen.data import stages, views as view_lib
-from toolgen.data.toolbench import Api, Catalog, read_queries, resolve_queries
-from toolgen.tokens import FINISH, tool_token_names
+from toolgen.data.toolbench import Api, Catalog, DataError, read_queries, resolve_queries
+from toolgen.tokens import tool_token_names
 
 STAGE_FILE = "add_tools.json"   # config.ADD_TOOLS.file
 # The prepared folder of the whole catalog: prepare's files (old examples + the new tools'), the stage file, a report.
@@ -63,6 +63,11 @@ def name_new_tools(prepared, new_apis, replace_docs, where):
     tools = prepared["tools"]
     by_tool_api = {(e["tool"], e["api"]): (t, (e["category"], e["tool"], e["api"])) for t, e in tools.items()}
     clashes = {k: by_tool_api[k[1:]] for k in sorted(new_apis) if k[1:] in by_tool_api}
+    twice = sorted({token for k, (token, _) in clashes.items()
+                    if [t for t, _ in clashes.values()].count(token) > 1})
+    if twice:   # one token cannot carry two documentations
+        raise AddToolsError(f"{where}: several new APIs (in other categories) have the tool and API name of "
+                            f"{', '.join(twice)}: keep one of them")
     if clashes and not replace_docs:
         listed = "; ".join(f"{token} ({'/'.join(k)})" for k, (token, _) in clashes.items())
         raise AddToolsError(f"{where}: {len(clashes)} new API(s) have the tool and API name of a tool the model "
@@ -158,16 +163,20 @@ def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, r
         raise AddToolsError(f"--queries: {args.model} is a {chain[-1]} stage, which does not retrieve from queries")
     if args.trajectories and STAGES["agent"].name not in chain:
         raise AddToolsError(f"--trajectories: {args.model} is a {chain[-1]} stage, not an agent stage")
-    views = view_lib.parse_views(add_cfg.views) if add_cfg.views else ()
+    try:
+        views = view_lib.parse_views(add_cfg.views) if add_cfg.views else ()
+    except DataError as e:
+        raise AddToolsError(f"add_tools.views: {e}") from None
     if "llm" in views:
         raise AddToolsError("add_tools.views: the llm view needs a query writer; write its queries with "
                             "python -m toolgen.query_writer and add them with --queries")
     old_apis, old_names = old_catalog(parent["prepared"]["tools"])
-    for k, old_key in replaced.items():
-        old_apis.pop(old_key, None), old_names.pop(old_key, None)
+    for old_key in replaced.values():   # the new record of a re-documented API stands for it
+        old_apis.pop(old_key, None)
+        old_names.pop(old_key, None)
     catalog, all_names = Catalog(list(old_apis.values()) + list(new_apis.values())), {**old_names, **names}
-    train = {STAGES["memorization"].file: [stages.memorization_example(new_apis[k], names[k]) for k in sorted(new_apis)],
-             STAGES["retrieval"].file: [], STAGES["agent"].file: []}
+    memorization = [stages.memorization_example(new_apis[k], names[k]) for k in sorted(new_apis)]
+    train = {STAGES["memorization"].file: memorization, STAGES["retrieval"].file: [], STAGES["agent"].file: []}
     held = {name: [] for name in HELD_OUT}
     counts = {}
     if STAGES["retrieval"].name in chain:

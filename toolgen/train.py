@@ -105,8 +105,8 @@ def main(argv=None):
                                  if stage.parent and not args.from_scratch else None)
     ckpt_root, data_file = out_dir + ".checkpoints", os.path.join(data_dir, stage.file)
     # What this run is: a resumed run must be the same one (checkpoint.MAY_CHANGE_ON_RESUME lists the exceptions).
-    run = {"config": cfg.to_dict(), "from_scratch": args.from_scratch, **({"parent": parent_dir} if args.parent else {}),
-           "processes": int(os.environ.get("WORLD_SIZE", "1")),
+    run = {"config": cfg.to_dict(), "from_scratch": args.from_scratch,
+           **({"parent": parent_dir} if args.parent else {}), "processes": int(os.environ.get("WORLD_SIZE", "1")),
            "data_sha256": checkpoint.file_sha256(data_file) if os.path.exists(data_file) else None}
     resume_from = check_start(args, run, (stage, data_dir, out_dir, parent_dir, ckpt_root))
 

@@ -97,25 +97,34 @@ def memorization_ranks(stage_dir, data_dir, tokens):
     return (scores > scores[torch.arange(len(gold)), gold][:, None]).sum(1)
 
 
-def test_continued_adapter_keeps_every_old_id_and_row(parent, tmp_path):
+@pytest.mark.parametrize("tied", [True, False])
+def test_continued_adapter_keeps_every_old_id_and_row(parent, tmp_path, tied):
+    parent_dir = parent["dir"]
+    if not tied:   # an untied head has its own trainable tool rows: a short stage 1 of that model
+        run_stage("memorization", tmp_path, parent["data"], "stages.memorization.max_steps=2",
+                  "model.tie_word_embeddings=false")
+        parent_dir = str(tmp_path / "tool_memorization")
     out = tmp_path / "added"
-    add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out, "--prepare-only")
+    add("--model", parent_dir, "--api-catalog", parent["a"], "--out", out, "--prepare-only")
     tokens = read(f"{out}.data/tool_tokens.json")["tokens"]
-    old = read(os.path.join(parent["dir"], "tool_tokens.json"))
+    old = read(os.path.join(parent_dir, "tool_tokens.json"))
     assert tokens[:len(old)] == old and len(tokens) > len(old)   # the parent's tokens first, in order
     # the model as train.py builds it for the stage, before any update
-    tokenizer, base, tool_ids = models.load_base(load_config(TINY).model, tokens)
+    model_cfg = load_config(TINY, [f"model.tie_word_embeddings={str(tied).lower()}"]).model
+    tokenizer, base, tool_ids = models.load_base(model_cfg, tokens)
     new_ids = torch.tensor(tool_ids[len(old):])
     init = base.get_input_embeddings().weight[new_ids].detach().clone()   # the mean of their words (tokens.py)
-    model = models.extend_adapter(base, os.path.join(parent["dir"], "adapter"), tool_ids, len(old))
-    old_tokenizer, old_model, old_ids = models.load_stage(parent["dir"])
+    assert models.is_tied(base) == tied
+    model = models.extend_adapter(base, os.path.join(parent_dir, "adapter"), tool_ids, len(old))
+    old_tokenizer, old_model, old_ids = models.load_stage(parent_dir)
     assert tool_ids[:len(old)] == old_ids
     assert tokenizer.convert_tokens_to_ids(old) == old_tokenizer.convert_tokens_to_ids(old)
     with torch.no_grad():
         embed, old_embed = model.get_input_embeddings(), old_model.get_input_embeddings()
         assert torch.equal(embed(torch.tensor(old_ids)), old_embed(torch.tensor(old_ids)))   # trained rows as they were
         assert torch.equal(embed(new_ids), init)
-        # the same LoRA weights too: on a prompt without new tokens, the old vocabulary's logits are the parent's
+        # the same LoRA weights and head rows too: on a prompt without new tokens, the logits of the old vocabulary
+        # (the old tool tokens included) are the parent's
         ids = old_tokenizer("What is the weather like right now in Lisbon?", return_tensors="pt")["input_ids"]
         n = len(old_tokenizer)
         torch.testing.assert_close(model.eval()(input_ids=ids).logits[..., :n],
@@ -124,7 +133,7 @@ def test_continued_adapter_keeps_every_old_id_and_row(parent, tmp_path):
     stage = tmp_path / "untrained"
     model.save_pretrained(stage / "adapter")
     for name in ("stage.json", "config.json"):
-        shutil.copy(os.path.join(parent["dir"], name), stage)
+        shutil.copy(os.path.join(parent_dir, name), stage)
     with open(stage / "tool_tokens.json", "w") as f:
         json.dump(tokens, f)
     ranks = memorization_ranks(stage, f"{out}.data", tokens[len(old):])

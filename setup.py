@@ -38,5 +38,6 @@ setup(
         "toolgen-train=toolgen.train:cli",
         "toolgen-evaluate=toolgen.evaluate:main",
         "toolgen-agent=toolgen.agent:main",
+        "toolgen-add-tools=toolgen.add_tools:main",
     ]},
 )

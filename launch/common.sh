@@ -41,14 +41,15 @@ print(" ".join(m for m in ("yaml", "torch", "accelerate", "transformers", "peft"
 # The config must load (toolgen/config.py prints the file and the key when it does not), before anything starts.
 check_config() { "$PY" -m toolgen.config check "$1" || die "bad config $1: nothing started"; }
 
-# check_stages OUTPUT_DIR EXTRA_WORDS STAGE...: each stage is one of the table in toolgen/config.py (or one of the
+# check_stages OUTPUT_DIR EXTRA_WORDS STAGE...: each stage is one of the table in toolgen/config.py (the chain or a
+# stage run on demand, `stages --all`; or one of the
 # EXTRA_WORDS, e.g. eval), and each training stage's parent is earlier in the list or already complete in OUTPUT_DIR.
 # Checked before the first step, so that a typo or a missing stage 1 fails now rather than after earlier stages ran.
 check_stages() {
   local out=$1 extra=" $2 " names stage parent folder before=" "
   shift 2
   [ $# -gt 0 ] || die "--stages is empty"
-  names=" $("$PY" -m toolgen.config stages)$extra"
+  names=" $("$PY" -m toolgen.config stages --all)$extra"
   for stage in "$@"; do
     [ -n "$stage" ] || die "an empty name in --stages; nothing started"
     [[ "$names" == *" $stage "* ]] || die "unknown stage '$stage' in --stages (known:${names% }); nothing started"

@@ -5,6 +5,10 @@
 #        [--accelerate-config launch/accelerate/1gpu.yaml] [--stages memorization,retrieval,agent] [--no-eval]
 #        [--data-dir DIR (prepared stage files; default: prepare into DIR/data)] [--set KEY=VALUE ...] [--dry-run]
 #        [--resume (continue each stage from its newest checkpoint) | --overwrite (train finished stages again)]
+#        [--new-catalog NEW.jsonl [--new-queries FILE ...] [--new-trajectories PATH ...] [--replace-docs]]
+# A stage outside the chain (`python -m toolgen.config stages --all`: add_tools) runs only when --stages names it: new
+# tools (--new-catalog) into the finished stage its table entry names, DIR/<its folder> + DIR/<its folder>.data,
+# evaluated into DIR/eval_<its folder> (toolgen/add_tools.py; README: Adding tools to a trained model).
 # Stops at the first failing step. Output: DIR/data, DIR/{tool_memorization,retrieval_training,agent_tuning},
 # DIR/runs (TensorBoard: tensorboard --logdir DIR/runs), DIR/eval/metrics.{json,md}.
 # Relative paths are relative to the directory this is run from (a config shipped in the repository is found from
@@ -16,7 +20,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/launch/common.sh"
 
 CONFIG=launch/configs/smollm2-135m.yaml OUT=finetuned_toolgen_model ACC_CONFIG="" STAGES=""
-EVAL=1 OVERRIDES=() DATA="" DRY=0 RUN_FLAGS=()
+EVAL=1 OVERRIDES=() DATA="" DRY=0 RUN_FLAGS=() NEW_ARGS=() NEW_CATALOG=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) CONFIG=$2; shift 2 ;;
@@ -28,7 +32,11 @@ while [ $# -gt 0 ]; do
     --set) OVERRIDES+=(--set "$2"); shift 2 ;;
     --dry-run) DRY=1; shift ;;
     --resume|--overwrite) RUN_FLAGS+=("$1"); shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --new-catalog) NEW_CATALOG=$(caller_path "$2"); shift 2 ;;
+    --new-queries) NEW_ARGS+=(--queries "$(caller_path "$2")"); shift 2 ;;
+    --new-trajectories) NEW_ARGS+=(--trajectories "$(caller_path "$2")"); shift 2 ;;
+    --replace-docs) NEW_ARGS+=(--replace-docs); shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -41,6 +49,11 @@ resolve_python
 check_config "$CONFIG"
 [ -n "$STAGES" ] || STAGES=$("$PY" -m toolgen.config stages | tr ' ' ,)
 IFS=, read -ra STAGE_LIST <<< "$STAGES"
+CHAIN=" $("$PY" -m toolgen.config stages) "
+for stage in "${STAGE_LIST[@]}"; do
+  [[ "$CHAIN" == *" $stage "* ]] || [ -n "$NEW_CATALOG" ] \
+    || die "--stages $stage adds tools: give --new-catalog; nothing started"
+done
 check_stages "$OUT" "" "${STAGE_LIST[@]}"
 
 # One step: its title and the command, or with --dry-run only the command, shell-quoted so that the lines can be
@@ -69,12 +82,26 @@ THREADS=()
 if [ "$(basename "$ACC_CONFIG")" = cpu.yaml ]; then
   THREADS=(--num_cpu_threads_per_process "$("$PY" -c 'import psutil; print(psutil.cpu_count(logical=False) or 1)')")
 fi
+ADDED=()   # the additions' folders, evaluated with their own data (the whole catalog)
 for stage in "${STAGE_LIST[@]}"; do
+  data=$DATA
+  if [[ "$CHAIN" != *" $stage "* ]]; then   # new tools into the parent's finished folder: their data first
+    folder=$OUT/$("$PY" -m toolgen.config folder "$stage") data=$OUT/$("$PY" -m toolgen.config folder "$stage").data
+    step "data of $stage -> $data" "$PY" -m toolgen.add_tools --prepare-only --config "$CONFIG" \
+      --model "$OUT/$("$PY" -m toolgen.config folder "$("$PY" -m toolgen.config parent "$stage")")" \
+      --api-catalog "$NEW_CATALOG" ${NEW_ARGS[@]+"${NEW_ARGS[@]}"} --out "$folder" --data-out "$data" \
+      ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    ADDED+=("$folder")
+  fi
   step "stage $stage ($ACC_CONFIG)" "$PY" -m accelerate.commands.launch --config_file "$ACC_CONFIG" \
     ${THREADS[@]+"${THREADS[@]}"} toolgen/train.py --config "$CONFIG" --stage "$stage" --output-dir "$OUT" \
-    --data-dir "$DATA" ${OVERRIDES[@]+"${OVERRIDES[@]}"} ${RUN_FLAGS[@]+"${RUN_FLAGS[@]}"}
+    --data-dir "$data" ${OVERRIDES[@]+"${OVERRIDES[@]}"} ${RUN_FLAGS[@]+"${RUN_FLAGS[@]}"}
 done
 if [ "$EVAL" = 1 ]; then
   step "evaluate -> $OUT/eval" "$PY" -m toolgen.evaluate --output-dir "$OUT" --data "$DATA"
+  for folder in ${ADDED[@]+"${ADDED[@]}"}; do
+    step "evaluate -> $OUT/eval_$(basename "$folder")" "$PY" -m toolgen.evaluate --model "$folder" \
+      --data "$folder.data" --out "$OUT/eval_$(basename "$folder")"
+  done
 fi
 [ "$DRY" = 1 ] || echo "== done: $OUT"

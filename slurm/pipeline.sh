@@ -12,6 +12,8 @@
 #   bash slurm/pipeline.sh --dry-run ...                         # print the sbatch commands (pasteable), submit nothing
 # Options: --config FILE, --output-dir DIR, --nodes N, --gpus-per-node G (0 = CPU), --partition P, --time T,
 #   --account A, --cpus-per-task C, --stages LIST, --accelerate-config FILE, --dry-run; after `--`: train.py arguments.
+#   A stage outside the chain (`python -m toolgen.config stages --all`: add_tools) runs only when --stages names it:
+#   --new-catalog FILE [--new-queries FILE ...] [--new-trajectories PATH ...] [--replace-docs] (toolgen-add-tools).
 # Relative paths are relative to the directory this is run from (a config shipped in the repository is found from
 # anywhere). The jobs run the Python that runs this script ($PYTHON, else python3 on PATH), by its absolute path.
 set -euo pipefail
@@ -24,7 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 source "$ROOT/launch/common.sh"
 
 CONFIG=launch/configs/smollm2-135m.yaml OUT=finetuned_toolgen_model NODES=1 GPN=0 STAGES=""
-PARTITION="" TIME="" ACCOUNT="" CPUS="" ACC="" DRY=0 EXTRA=()
+PARTITION="" TIME="" ACCOUNT="" CPUS="" ACC="" DRY=0 EXTRA=() NEW=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) CONFIG=$2; shift 2 ;;       --output-dir) OUT=$2; shift 2 ;;
@@ -33,7 +35,9 @@ while [ $# -gt 0 ]; do
     --account) ACCOUNT=$2; shift 2 ;;     --cpus-per-task) CPUS=$2; shift 2 ;;
     --stages) STAGES=$2; shift 2 ;;       --accelerate-config) ACC=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;            --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '6,16p' "$0"; exit 0 ;;
+    --new-catalog|--new-queries|--new-trajectories) NEW+=("$1" "$(caller_path "$2")"); shift 2 ;;
+    --replace-docs) NEW+=("$1"); shift ;;
+    -h|--help) sed -n '6,18p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done
@@ -51,6 +55,11 @@ check_config "$CONFIG"
 [[ "$OUT" != *\\* ]] || die "the output dir contains a backslash, which Slurm's log file names cannot take: $OUT"
 [ -n "$STAGES" ] || STAGES="$("$PY" -m toolgen.config stages | tr ' ' ,),eval"
 IFS=, read -ra STAGE_LIST <<< "$STAGES"
+CHAIN=" $("$PY" -m toolgen.config stages) eval "
+for stage in "${STAGE_LIST[@]}"; do
+  [[ "$CHAIN" == *" $stage "* ]] || [[ " ${NEW[*]-} " == *" --new-catalog "* ]] \
+    || die "--stages $stage adds tools: give --new-catalog; nothing submitted"
+done
 check_stages "$OUT" eval "${STAGE_LIST[@]}"
 
 if [ "$DRY" = 1 ]; then
@@ -73,6 +82,7 @@ for stage in "${STAGE_LIST[@]}"; do
   job=("$ROOT/slurm/stage.sbatch" --stage "$stage" --config "$CONFIG" --output-dir "$OUT" --python "$PY"
        --gpus-per-node "$GPN")
   [ -n "$ACC" ] && job+=(--accelerate-config "$ACC")
+  [[ "$CHAIN" == *" $stage "* ]] || job+=(${NEW[@]+"${NEW[@]}"})   # only an addition reads the new tools
   job+=(-- ${EXTRA[@]+"${EXTRA[@]}"})
   # sbatch --parsable prints "id" or "id;cluster"; the next job depends on the id. A dry run prints lines that keep it
   # in job_<stage>, so that pasted they submit the chain.

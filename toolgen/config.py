@@ -1,7 +1,8 @@
 """Configuration: one dataclass per concern, loaded from YAML, every key overridable as `section.key=value`.
 
 Also THE stage table: the only place that names the stages, their files, folders and parents. The shell scripts ask
-it through `python -m toolgen.config ...` (see `_cli` at the bottom).
+it through `python -m toolgen.config ...` (see `_cli` at the bottom). STAGES is the chain that the pipelines run by
+default; ALL_STAGES adds the stages run on demand (add_tools: new tools into a trained model, toolgen/add_tools.py).
 """
 
 import dataclasses
@@ -27,6 +28,11 @@ STAGES = {s.name: s for s in (
     Stage("retrieval", "retrieval_training.json", "retrieval_training", "memorization"),
     Stage("agent", "agent_tuning.json", "agent_tuning", "retrieval"),
 )}
+# Not in the chain: a pipeline runs it only when --stages names it. Its parent here is the default one (the chain's last
+# stage, in a pipeline's output folder); toolgen-add-tools and train.py --parent continue any finished stage folder,
+# an earlier addition included.
+ADD_TOOLS = Stage("add_tools", "add_tools.json", "added_tools", "agent")
+ALL_STAGES = {**STAGES, ADD_TOOLS.name: ADD_TOOLS}
 
 
 class ConfigError(ValueError):
@@ -102,13 +108,23 @@ class RetrievalConfig:
 
 
 @dataclass
+class AddToolsConfig:
+    """The data of the add_tools stage (toolgen/add_tools.py); its steps and learning rate are stages.add_tools."""
+    replay_fraction: float = 0.5      # share of the stage's examples drawn from the parent's stage files (forgetting)
+    memorization_repeats: int = 3     # each new tool's documentation example this many times (one short stage)
+    views: str = "name,ask,params,multi_tool,multi_category"   # retrieval views of the new tools (multi: new only)
+    multi_queries_per_api: int = 1
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    stages: dict = field(default_factory=lambda: {s: StageConfig() for s in STAGES})
+    add_tools: AddToolsConfig = field(default_factory=AddToolsConfig)
+    stages: dict = field(default_factory=lambda: {s: StageConfig() for s in ALL_STAGES})
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -126,8 +142,10 @@ CHOICES = {
 }
 # Numbers that must be positive (> 0) or not negative (>= 0).
 POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
-            "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight"}
+            "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight", "memorization_repeats",
+            "multi_queries_per_api"}
 NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed"}
+BELOW_ONE = {"add_tools.replay_fraction"}   # a share in [0, 1): 1 would leave no room for the new tools' examples
 
 
 def _check(value, kind, key, where):
@@ -160,6 +178,8 @@ def _check(value, kind, key, where):
         raise bad("a value > 0")
     if short in NOT_NEGATIVE and not value >= 0:
         raise bad("a value >= 0")
+    if key in BELOW_ONE and not 0 <= value < 1:
+        raise bad("a fraction in [0, 1)")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: {key}={value!r}: allowed values are {', '.join(CHOICES[key])}")
     return value
@@ -208,7 +228,8 @@ def load_config(path=None, overrides=()):
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, lora, data, train, retrieval, stages)")
+            raise ConfigError(f"{path}: expected a mapping of sections (model, lora, data, train, retrieval, add_tools, "
+                              "stages)")
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
@@ -222,11 +243,11 @@ def load_config(path=None, overrides=()):
     stages = raw.pop("stages", {}) or {}
     if not isinstance(stages, dict):
         raise ConfigError(f"{where}: stages: expected a mapping of stage names")
-    unknown = set(stages) - set(STAGES)
+    unknown = set(stages) - set(ALL_STAGES)
     if unknown:
-        raise ConfigError(f"{where}: unknown stage(s) {sorted(unknown)}; known: {list(STAGES)}")
+        raise ConfigError(f"{where}: unknown stage(s) {sorted(unknown)}; known: {list(ALL_STAGES)}")
     cfg = _build(Config, raw, where)
-    cfg.stages = {s: _build(StageConfig, stages.get(s) or {}, where, f"stages.{s}.") for s in STAGES}
+    cfg.stages = {s: _build(StageConfig, stages.get(s) or {}, where, f"stages.{s}.") for s in ALL_STAGES}
     return cfg
 
 
@@ -245,9 +266,11 @@ def data_dir(cfg, output_dir):
 
 def _cli(argv):
     """For the shell scripts, so that they never spell a stage themselves:
-        python -m toolgen.config stages                   -> memorization retrieval agent
+        python -m toolgen.config stages                   -> memorization retrieval agent (the chain)
+        python -m toolgen.config stages --all             -> the chain, then the stages run on demand (add_tools)
         python -m toolgen.config folder STAGE             -> its output folder
         python -m toolgen.config parent STAGE             -> its parent stage (empty line when none)
+        python -m toolgen.config file STAGE               -> its stage file in a prepared folder
         python -m toolgen.config check CONFIG             -> nothing; exit 2 with the error when the config is bad
         python -m toolgen.config data-dir CONFIG OUT_DIR  -> the stage files' folder
     """
@@ -256,12 +279,12 @@ def _cli(argv):
         sys.exit(usage)
     verb, rest = argv[0], argv[1:]
     try:
-        if verb == "stages" and not rest:
-            print(" ".join(STAGES))
-        elif verb in ("folder", "parent") and len(rest) == 1:
-            if rest[0] not in STAGES:
-                raise ConfigError(f"unknown stage {rest[0]!r}; known: {', '.join(STAGES)}")
-            print(getattr(STAGES[rest[0]], verb) or "")
+        if verb == "stages" and rest in ([], ["--all"]):
+            print(" ".join(ALL_STAGES if rest else STAGES))
+        elif verb in ("folder", "parent", "file") and len(rest) == 1:
+            if rest[0] not in ALL_STAGES:
+                raise ConfigError(f"unknown stage {rest[0]!r}; known: {', '.join(ALL_STAGES)}")
+            print(getattr(ALL_STAGES[rest[0]], verb) or "")
         elif verb == "check" and len(rest) == 1:
             load_config(rest[0])
         elif verb == "data-dir" and len(rest) == 2:

@@ -116,9 +116,10 @@ def tool_scores(model, tokenizer, tool_ids, rows):
     return logprobs[:, tool_ids], time.time() - t0, [i not in allowed for i in logprobs.argmax(-1).tolist()]
 
 
-def model_system(model, tokenizer, candidates, sets, memorization, agent_test, do_agent):
+def model_system(model, tokenizer, candidates, sets, memorization, agent_test, do_agent, new_tools=()):
     """Every metric of one model: retrieval on each query set, memorization, and (optionally) the agent steps.
     candidates: the tool tokens a prediction may be (the catalog, plus distractors where prepared with them).
+    new_tools: the tools an add_tools stage documented (stage.json): their memorization accuracy is reported apart.
     Also returns {set: (tool scores, seconds)} for the hybrid rows."""
     tool_list = list(candidates)
     tool_ids = tokenizer.convert_tokens_to_ids(tool_list)
@@ -141,6 +142,10 @@ def model_system(model, tokenizer, candidates, sets, memorization, agent_test, d
         gold = [ex["messages"][-1]["content"] for ex in memorization]
         result["memorization/accuracy"] = metrics.accuracy(predicted, gold)
         result["memorization/f1"] = metrics.macro_f1(predicted, gold)
+        new = [i for i, g in enumerate(gold) if g in set(new_tools)]
+        if new:
+            result["memorization/new_tools_accuracy"] = metrics.accuracy([predicted[i] for i in new],
+                                                                         [gold[i] for i in new])
         allowed = set(tool_ids)
         invalid += [i not in allowed for i in logprobs.argmax(-1).tolist()]
     if do_agent and agent_test:
@@ -353,9 +358,11 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     if args.base_only:
         return rows
     name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
-    stage = load_json(os.path.join(stage_dir, "stage.json"))["stage"]
+    info = load_json(os.path.join(stage_dir, "stage.json"))
+    stage = info.get("chain_stage") or info["stage"]   # an add_tools stage does what its chain stage did
+    new_tools = info.get("tools_added", []) + info.get("tools_replaced", [])
     found, ranked, scores = model_system(model, tokenizer, candidates, sets, inputs["memorization"],
-                                         inputs["agent_test"], stage == "agent")
+                                         inputs["agent_test"], stage == "agent", new_tools)
     agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width) \
         if e2e and stage != "memorization" else ({}, {})
     rows[name] = ({**found, **agent}, ranked, transcripts)

@@ -231,3 +231,37 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     tokenizer, model, tool_ids = load_base(model_cfg, tokens, device_map)
     model = PeftModel.from_pretrained(model, os.path.join(stage_dir, "adapter"), is_trainable=trainable)
     return tokenizer, model, tool_ids
+
+
+def extend_adapter(model, parent_adapter, tool_ids, n_old):
+    """A stage folder's adapter continued with more tool tokens (toolgen/add_tools.py): a fresh adapter of the same
+    LoRA config whose trainable rows are all `tool_ids` (the parent's first, at the same ids), loaded with the parent's
+    weights. The parent's rows keep their trained values and the new rows their initialisation (the mean of their
+    words, set by add_tool_tokens): peft cannot grow the rows of a saved adapter, so the delta is rebuilt whole."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    config = LoraConfig.from_pretrained(parent_adapter)
+    old = config.trainable_token_indices
+    old_lists = old if isinstance(old, dict) else {"": old}
+    for layer, ids in old_lists.items():
+        if list(ids) != list(tool_ids[:n_old]):   # the tool tokens moved: the parent's rows would land on other tokens
+            raise ValueError(f"{parent_adapter}: its tool rows{' of ' + layer if layer else ''} are ids "
+                             f"{ids[:3]}... but the parent's tokens now have ids {list(tool_ids[:3])}...")
+    config.trainable_token_indices = ({k: list(tool_ids) for k in old} if isinstance(old, dict) else list(tool_ids))
+    config.inference_mode = False
+    model = get_peft_model(model, config)
+    fresh = get_peft_model_state_dict(model, save_embedding_layers=False)   # the keys save_stage writes
+    state = load_file(os.path.join(parent_adapter, "adapter_model.safetensors"))
+    if set(state) != set(fresh):
+        raise ValueError(f"{parent_adapter}: its weights do not fit the rebuilt adapter (parent only: "
+                         f"{sorted(set(state) - set(fresh))[:3]}, new only: {sorted(set(fresh) - set(state))[:3]})")
+    for key, value in state.items():
+        if "trainable_tokens_delta" in key:   # [old rows] -> [old rows from the parent; new rows as initialised]
+            state[key] = torch.cat([value.to(fresh[key].dtype), fresh[key][n_old:].to(value.device)])
+    set_peft_model_state_dict(model, state)
+    # Read back rather than trust load_state_dict's key lists (a tied head's rows are the embedding's, reported missing)
+    loaded = get_peft_model_state_dict(model, save_embedding_layers=False)
+    wrong = [k for k in state if not torch.equal(loaded[k].cpu(), state[k].to(loaded[k].dtype).cpu())]
+    if wrong:
+        raise ValueError(f"{parent_adapter}: weights not loaded into the rebuilt adapter: {wrong[:3]}")
+    return model

@@ -14,6 +14,8 @@ DEFINITIONS = {
     "retrieval/recall@5": "share of a query's relevant APIs in its top 5, averaged over queries",
     "memorization/accuracy": "constrained top-1 tool token from the API's documentation == its own token, over the catalog",
     "memorization/f1": "macro-F1 over tools of those top-1 predictions (each tool token a class)",
+    "memorization/new_tools_accuracy": "memorization/accuracy over the tools an add_tools stage added or re-documented "
+                                       "(its stage.json's tools_added + tools_replaced)",
     "agent/tool_selection_accuracy": "right tool token at each non-final action step, true history given",
     "agent/argument_accuracy": "generated arguments parse as a JSON object, have the required parameters and match every "
                                "reference value (case/space-folded); steps whose reference was truncated are not scored",
@@ -29,6 +31,7 @@ NOT_MEASURED = {"response relevance (human-evaluated)": "not measured: it needs 
 COLUMNS = ["retrieval/ndcg@1", "retrieval/ndcg@3", "retrieval/ndcg@5", "retrieval/mrr", "retrieval/recall@5",
            "memorization/accuracy", "memorization/f1", "agent/tool_selection_accuracy", "agent/argument_accuracy",
            "agent/finish_accuracy", "agent/completion_rate", "invalid_tool_rate_unconstrained"]
+OPTIONAL_COLUMNS = ["memorization/new_tools_accuracy"]
 
 
 def training_losses(runs_dir):
@@ -92,11 +95,13 @@ def write_report(out_dir, systems, rankings, sets, runs_dir=None, choices=None, 
 
 
 def _markdown(out_dir, report, systems):
+    # a column that only some evaluations have (an add_tools stage's new tools) is shown when a system has it
+    columns = COLUMNS + [c for c in OPTIONAL_COLUMNS if any(c in m for m in systems.values())]
     lines = ["# Evaluation", "", f"Query sets: {report['query_sets']}", "",
-             "| system | " + " | ".join(c.split("/")[-1] if c.startswith("retrieval") else c for c in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+             "| system | " + " | ".join(c.split("/")[-1] if c.startswith("retrieval") else c for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for name, m in systems.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in columns) + " |")
     extra = sorted({k.split("/")[1] for m in systems.values() for k in m if k.startswith("queries/")})
     for set_name in extra:
         lines += ["", f"## --queries {set_name}", "", "| system | ndcg@1 | ndcg@3 | ndcg@5 | mrr | recall@5 | missing from catalog |",

@@ -13,14 +13,15 @@ def _ascii(text):
     return re.sub(r"\s+", " ", re.sub(r"[\x00-\x1f]", " ", text)).strip()
 
 
-def tool_token_names(keys):
+def tool_token_names(keys, reserved=None):
     """Map each (category, tool, api) to a unique '<<tool&&api>>'.
 
     Collisions (one tool name in several categories, or names equal once made ASCII) are resolved deterministically:
     keys are visited in sorted order, the first keeps the plain name, later ones get '@<category>' and then '#<n>'.
+    reserved: {token: key} already taken (a trained model's tools, when tools are added to it): never given again.
     Returns (names: {key: token}, collisions: [{key, token, clashed_with}]).
     """
-    names, taken, collisions = {}, {}, []
+    names, taken, collisions = {}, dict(reserved or {}), []
     for key in sorted(keys):
         category, tool, api = key
         base_tool, base_api = _ascii(tool) or "tool", _ascii(api) or "api"

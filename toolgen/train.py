@@ -3,6 +3,8 @@
     accelerate launch toolgen/train.py --config launch/configs/smollm2-135m.yaml --stage memorization
     accelerate launch toolgen/train.py --config ... --stage retrieval    # starts from tool_memorization/
     accelerate launch toolgen/train.py --config ... --stage agent        # starts from retrieval_training/
+    accelerate launch toolgen/train.py --config ... --stage add_tools --parent DIR/agent_tuning --data-dir ADDED
+                                       # new tools into a finished stage: ADDED from toolgen-add-tools --prepare-only
 
 Each stage continues the previous stage's LoRA adapter (and tool-token rows) rather than merging it into the base:
 merging into a 4-bit QLoRA base would round the update away, and one adapter then carries all three stages.
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from toolgen import checkpoint, models  # noqa: E402
 from toolgen.collate import num_tokens, stage_loader  # noqa: E402
-from toolgen.config import STAGES, ConfigError, flatten, load_config  # noqa: E402
+from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, load_config  # noqa: E402
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import build_accelerator, device_map, unpartitioned, uses_deepspeed  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
@@ -41,7 +43,7 @@ class StageError(RuntimeError):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", required=True, choices=list(STAGES))
+    p.add_argument("--stage", required=True, choices=list(ALL_STAGES))
     p.add_argument("--config", help="YAML config (launch/configs/*.yaml)")
     p.add_argument("--output-dir", default="finetuned_toolgen_model")
     p.add_argument("--data-dir", help="stage files (default: config data.dir, else <output-dir>/data)")
@@ -50,11 +52,29 @@ def parse_args(argv):
                    help="start over: delete this stage's checkpoints, replace its finished folder")
     p.add_argument("--from-scratch", action="store_true",
                    help="start from a fresh adapter instead of the previous stage's (ablations, e.g. no memorization)")
+    p.add_argument("--parent", metavar="STAGE_DIR",
+                   help="the finished stage folder to continue (default: the parent stage's folder under --output-dir)")
+    p.add_argument("--folder", help="this stage's folder under --output-dir (default: the stage table's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     if args.resume and args.overwrite:
         p.error("--resume and --overwrite exclude each other")
+    if args.from_scratch and (args.parent or args.stage == ADD_TOOLS.name):
+        p.error(f"--from-scratch starts without a parent: not with --parent or --stage {ADD_TOOLS.name}")
     return args
+
+
+def parent_tokens(parent_dir, data_dir):
+    """add_tools: the data's tool tokens begin with the parent's, in the same order, so that no old token changes its
+    id (toolgen-add-tools writes them so) -> how many tokens the parent has."""
+    with open(os.path.join(parent_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        old = json.load(f)
+    with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        new = json.load(f)["tokens"]
+    if new[:len(old)] != old:
+        raise StageError(f"{data_dir}/tool_tokens.json does not begin with the tokens of {parent_dir} in their order: "
+                         f"prepared for another parent? (toolgen-add-tools --prepare-only --model {parent_dir})")
+    return len(old)
 
 
 def check_start(args, run, paths):
@@ -62,27 +82,31 @@ def check_start(args, run, paths):
     earlier run of this stage (finished folder, checkpoints) given --resume / --overwrite -> the checkpoint to resume."""
     stage, data_dir, out_dir, parent_dir, ckpt_root = paths
     if parent_dir and not os.path.exists(os.path.join(parent_dir, "stage.json")):
+        fix = "give --parent a finished stage folder" if args.parent else f"run stage '{stage.parent}' first"
         raise StageError(f"stage '{stage.name}' starts from {parent_dir}, which is missing or incomplete "
-                         f"(no stage.json): run stage '{stage.parent}' first")
+                         f"(no stage.json): {fix}")
+    prepare = ("toolgen-add-tools --prepare-only" if stage is ADD_TOOLS else "toolgen-prepare") + f" --out {data_dir}"
     for needed in ("tool_tokens.json", stage.file):
         if not os.path.exists(os.path.join(data_dir, needed)):
             raise StageError(f"{os.path.join(data_dir, needed)} is missing: prepare the data first "
-                             f"(toolgen-prepare --out {data_dir}) or pass --data-dir")
+                             f"({prepare}) or pass --data-dir")
+    if stage is ADD_TOOLS:
+        parent_tokens(parent_dir, data_dir)
     return checkpoint.earlier_run(out_dir, ckpt_root, stage.name, run, args.resume, args.overwrite)
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    stage, sc = STAGES[args.stage], cfg.stages[args.stage]
+    stage, sc = ALL_STAGES[args.stage], cfg.stages[args.stage]
     data_dir = args.data_dir or config_data_dir(cfg, args.output_dir)
-    out_dir = os.path.join(args.output_dir, stage.folder)
-    parent_dir = (os.path.join(args.output_dir, STAGES[stage.parent].folder) if stage.parent and not args.from_scratch
-                  else None)
+    out_dir = os.path.join(args.output_dir, args.folder or stage.folder)
+    parent_dir = args.parent or (os.path.join(args.output_dir, STAGES[stage.parent].folder)
+                                 if stage.parent and not args.from_scratch else None)
     ckpt_root, data_file = out_dir + ".checkpoints", os.path.join(data_dir, stage.file)
     # What this run is: a resumed run must be the same one (checkpoint.MAY_CHANGE_ON_RESUME lists the exceptions).
     run = {"config": cfg.to_dict(), "from_scratch": args.from_scratch,
-           "processes": int(os.environ.get("WORLD_SIZE", "1")),
+           **({"parent": parent_dir} if args.parent else {}), "processes": int(os.environ.get("WORLD_SIZE", "1")),
            "data_sha256": checkpoint.file_sha256(data_file) if os.path.exists(data_file) else None}
     resume_from = check_start(args, run, (stage, data_dir, out_dir, parent_dir, ckpt_root))
 
@@ -103,7 +127,7 @@ def main(argv=None):
         step, epoch, skip, history = progress["step"], progress["epoch"], progress["batches_done"], progress["history"]
         accelerator.print(f"[{stage.name}] resumed from {resume_from} at step {step}")
     # purge_step: TensorBoard drops what an interrupted run logged after the checkpoint, so no step appears twice
-    accelerator.init_trackers(f"{os.path.basename(os.path.abspath(args.output_dir))}/{stage.folder}",
+    accelerator.init_trackers(f"{os.path.basename(os.path.abspath(args.output_dir))}/{os.path.basename(out_dir)}",
                               config={k: str(v) for k, v in flatten(cfg.to_dict()).items()},
                               init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else {})
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=stage.name)
@@ -148,7 +172,7 @@ def main(argv=None):
 
 def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     """The Accelerator, the model (base + tool tokens + a fresh or the parent's adapter), the data, the optimizer."""
-    data_file = os.path.join(data_dir, STAGES[args.stage].file)
+    data_file = os.path.join(data_dir, ALL_STAGES[args.stage].file)
     accelerator = build_accelerator(cfg.train, sc.gradient_accumulation_steps, args.output_dir)
     if args.overwrite and accelerator.is_main_process:
         shutil.rmtree(ckpt_root, ignore_errors=True)
@@ -163,7 +187,10 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing
                                         or sc.gradient_checkpointing)
         tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map(accelerator, cfg.model))
-        if parent_dir:   # the parent stage's adapter (LoRA + tool rows), trainable: this stage continues it
+        if parent_dir and args.stage == ADD_TOOLS.name:   # the parent's adapter, with rows for the new tools too
+            model = models.extend_adapter(model, os.path.join(parent_dir, "adapter"), tool_ids,
+                                          parent_tokens(parent_dir, data_dir))
+        elif parent_dir:   # the parent stage's adapter (LoRA + tool rows), trainable: this stage continues it
             from peft import PeftModel
             model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
         else:
@@ -192,13 +219,25 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
     metrics = {"loss_first": history[0], "loss_last": history[-1], "loss_history": history, "steps": step,
                "seconds": seconds, **speed}
     info = {"stage": stage.name, "base_model": cfg.model.name, "model": cfg.to_dict()["model"],
-            "parent_stage": stage.parent if parent_dir else None, "data_file": data_file,
+            "parent_stage": parent_stage(parent_dir), "data_file": data_file,
             "data_sha256": run["data_sha256"], "steps": step, "seconds": round(seconds, 1),
             "processes": accelerator.num_processes}
+    if stage is ADD_TOOLS:   # the parent, the tools added and the hashes of what made the data (toolgen/add_tools.py)
+        with open(os.path.join(os.path.dirname(data_file), "add_tools_report.json"), encoding="utf-8") as f:
+            added = json.load(f)
+        info.update({k: added[k] for k in ("parent", "chain_stage", "tools_added", "tools_replaced", "data_hashes")})
     checkpoint.save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, cfg.to_dict(), metrics, info)
     accelerator.print(f"[{stage.name}] {step} steps in {seconds:.0f}s ({speed['tokens_per_s']:.0f} tokens/s): "
                       f"loss {history[0]:.4f} -> {history[-1]:.4f}; saved {out_dir}")
     accelerator.end_training()   # last: it also ends the process group
+
+
+def parent_stage(parent_dir):
+    """The stage name of the folder this one continued (--parent may name any finished stage folder)."""
+    if not parent_dir:
+        return None
+    with open(os.path.join(parent_dir, "stage.json"), encoding="utf-8") as f:
+        return json.load(f)["stage"]
 
 
 def cli():

@@ -1,0 +1,200 @@
+"""The inputs and the report of benchmarks/add_tools.sh (adding tools vs retraining on the whole catalog).
+
+    python benchmarks/add_tools_report.py split --catalog CATALOG.jsonl --queries FILE ... --out DIR [--new-share 0.2]
+        [--seed 0]      -> DIR/old.jsonl, DIR/new.jsonl (the tools split by tool name, seeded), DIR/old_queries/ and
+                           DIR/new_queries/ (each query file cut in two: queries whose relevant APIs are all old, and
+                           those naming a new tool; same file names, so query ids and the test split do not move),
+                           DIR/split.json (the counts and the new tools)
+    python benchmarks/add_tools_report.py testsets --data FULL_DATA --split DIR --out DIR
+                        -> test_new.json (held-out queries whose relevant APIs are all new), test_old.json (all old),
+                           in the ToolBench query format that toolgen.evaluate --queries reads
+    python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
+                        -> benchmarks/results/add_tools.{json,md}
+"""
+
+import argparse
+import json
+import os
+import random
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGETS = {"new_tools_gap_to_full_retrain_points": 5.0, "new_tools_memorization_accuracy": 0.95,
+           "old_tools_drop_points": 1.0, "add_over_full_retrain": 0.25}
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_json(path, obj):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+
+
+def split(args):
+    lines = read_jsonl(args.catalog)
+    tools = sorted({line["tool_name"] for line in lines})
+    random.Random(args.seed).shuffle(tools)
+    new = set(tools[:round(len(tools) * args.new_share)])
+    for name, keep in (("old", lambda t: t not in new), ("new", new.__contains__)):
+        with open(os.path.join(args.out, f"{name}.jsonl"), "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines if keep(line["tool_name"]))
+    counts = {}
+    for path in args.queries:
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+        names_new = [any(label[0] in new for label in r.get("relevant APIs", [])) for r in records]
+        for part, wanted in (("old_queries", False), ("new_queries", True)):
+            write_json(os.path.join(args.out, part, os.path.basename(path)),
+                       [r for r, is_new in zip(records, names_new) if is_new == wanted])
+        counts[os.path.basename(path)] = {"old": names_new.count(False), "new": names_new.count(True)}
+    write_json(os.path.join(args.out, "split.json"), {
+        "seed": args.seed, "new_share": args.new_share, "tools": len(tools), "new_tools": sorted(new),
+        "apis": {"old": sum(line["tool_name"] not in new for line in lines),
+                 "new": sum(line["tool_name"] in new for line in lines)}, "queries": counts})
+    print(f"split: {len(new)} of {len(tools)} tools new; queries {counts}")
+
+
+def testsets(args):
+    """The full data's held-out queries, by whether their relevant APIs are all new or all old (mixed: neither)."""
+    with open(os.path.join(args.data, "tool_tokens.json"), encoding="utf-8") as f:
+        tools = json.load(f)["tools"]
+    with open(os.path.join(args.data, "retrieval_test.json"), encoding="utf-8") as f:
+        records = json.load(f)
+    with open(os.path.join(args.split, "split.json"), encoding="utf-8") as f:
+        new = set(json.load(f)["new_tools"])
+    sets = {"test_new": [], "test_old": [], "mixed": 0}
+    for r in records:
+        labels = [[tools[t]["tool"], tools[t]["api"]] for t in r["relevant"]]
+        labels += [m.split("&&", 1) for m in r["missing_relevant"]]
+        kinds = {label[0] in new for label in labels}
+        if kinds == {True} or kinds == {False}:
+            sets["test_new" if kinds == {True} else "test_old"].append(
+                {"query": r["messages"][-1]["content"], "query_id": r["query_id"], "relevant APIs": labels})
+        else:
+            sets["mixed"] += 1
+    for name in ("test_new", "test_old"):
+        write_json(os.path.join(args.out, f"{name}.json"), sets[name])
+    print(f"testsets: {len(sets['test_new'])} new-only, {len(sets['test_old'])} old-only, {sets['mixed']} mixed "
+          "(left out)")
+
+
+def systems(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["systems"]
+
+
+def variant_rows(run, stage):
+    """{variant: {key: value}} for the model alone and with the prior, from the three evaluations."""
+    before = systems(os.path.join(run, "eval_before", "metrics.json"))
+    added = systems(os.path.join(run, "eval_added", "metrics.json"))
+    full = systems(os.path.join(run, "eval_full", "metrics.json"))
+    out = {}
+    for variant, suffix in (("model", ""), ("model+prior", "+prior")):
+        out[variant] = {
+            "new_tools_ndcg@5": added[f"toolgen/added{suffix}"].get("queries/test_new/ndcg@5"),
+            "full_retrain_new_tools_ndcg@5": full[f"toolgen/{stage}{suffix}"].get("queries/test_new/ndcg@5"),
+            "old_tools_ndcg@5_before": before[f"toolgen/{stage}{suffix}"].get("queries/test_old/ndcg@5"),
+            "old_tools_ndcg@5_after": added[f"toolgen/added{suffix}"].get("queries/test_old/ndcg@5"),
+            "full_retrain_old_tools_ndcg@5": full[f"toolgen/{stage}{suffix}"].get("queries/test_old/ndcg@5")}
+    baselines = {name: {k: full[name].get(f"queries/{k}/ndcg@5") for k in ("test_new", "test_old")}
+                 for name in ("bm25", "minilm") if name in full}
+    return out, added["toolgen/added"].get("memorization/new_tools_accuracy"), baselines
+
+
+def targets(rows, memorization, seconds_add, seconds_full):
+    """Each target of the issue: its value and whether it is met (None where a number is missing)."""
+    def met(value, ok):
+        return {"value": value, "met": None if value is None else ok(value)}
+    prior = rows["model+prior"]
+    gap = (None if None in (prior["new_tools_ndcg@5"], prior["full_retrain_new_tools_ndcg@5"])
+           else 100 * (prior["full_retrain_new_tools_ndcg@5"] - prior["new_tools_ndcg@5"]))
+    out = {"new tools within 5 NDCG@5 points of the full retrain (with the prior)":
+           met(gap, lambda v: v <= TARGETS["new_tools_gap_to_full_retrain_points"]),
+           "new tools memorization >= 0.95":
+           met(memorization, lambda v: v >= TARGETS["new_tools_memorization_accuracy"]),
+           "addition <= 25 % of the full retrain's time": met(
+               seconds_add / seconds_full if seconds_add and seconds_full else None,
+               lambda v: v <= TARGETS["add_over_full_retrain"])}
+    for variant, row in rows.items():
+        drop = (None if None in (row["old_tools_ndcg@5_before"], row["old_tools_ndcg@5_after"])
+                else 100 * (row["old_tools_ndcg@5_before"] - row["old_tools_ndcg@5_after"]))
+        out[f"old tools drop <= 1 NDCG@5 point ({variant})"] = met(drop,
+                                                                    lambda v: v <= TARGETS["old_tools_drop_points"])
+    return out
+
+
+def seconds(run, name):
+    path = os.path.join(run, f"seconds_{name}")
+    return float(open(path).read()) if os.path.exists(path) else None
+
+
+def report(args):
+    rows, memorization, baselines = variant_rows(args.run, args.stage)
+    seconds_add, seconds_full = seconds(args.run, "add"), seconds(args.run, "full_retrain")
+    with open(os.path.join(args.run, "split", "split.json"), encoding="utf-8") as f:
+        split_info = json.load(f)
+    result = {**rows, "new_tools_memorization_accuracy": memorization, "seconds_add": seconds_add,
+              "seconds_full_retrain": seconds_full, "baselines_full_catalog": baselines,
+              "targets": targets(rows, memorization, seconds_add, seconds_full), "stage": args.stage,
+              "card": args.card, "config": args.config,
+              "split": {**{k: v for k, v in split_info.items() if k != "new_tools"},
+                        "new_tools": len(split_info["new_tools"])},
+              "query_sets": {k: len(json.load(open(os.path.join(args.run, "testsets", f"{k}.json"))))
+                             for k in ("test_new", "test_old")}}
+    out = args.out or os.path.join(HERE, "results", "add_tools")
+    write_json(out + ".json", result)
+    with open(out + ".md", "w", encoding="utf-8") as f:
+        f.write(markdown(result) + "\n")
+    print(markdown(result))
+
+
+def fmt(v):
+    return "—" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def markdown(r):
+    keys = ["new_tools_ndcg@5", "full_retrain_new_tools_ndcg@5", "old_tools_ndcg@5_before", "old_tools_ndcg@5_after",
+            "full_retrain_old_tools_ndcg@5"]
+    lines = ["# Adding tools vs retraining", "",
+             f"Card: {r['card']}; stage: {r['stage']}; config: {r['config']}; split: {r['split']}; "
+             f"held-out queries: {r['query_sets']} (NDCG@5, standard).", "",
+             "| | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {v} | " + " | ".join(fmt(r[v][k]) for k in keys) + " |" for v in ("model", "model+prior")]
+    lines += ["", f"new_tools_memorization_accuracy: {fmt(r['new_tools_memorization_accuracy'])}; seconds_add: "
+              f"{fmt(r['seconds_add'])}; seconds_full_retrain: {fmt(r['seconds_full_retrain'])}", "",
+              f"BM25 / MiniLM on the full catalog: {r['baselines_full_catalog']}", "", "| target | value | met |",
+              "|---|---|---|"]
+    lines += [f"| {name} | {fmt(t['value'])} | {fmt(t['met'])} |" for name, t in r["targets"].items()]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("split")
+    s.add_argument("--catalog", required=True)
+    s.add_argument("--queries", nargs="+", default=[])
+    s.add_argument("--out", required=True)
+    s.add_argument("--new-share", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("testsets")
+    t.add_argument("--data", required=True)
+    t.add_argument("--split", required=True)
+    t.add_argument("--out", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--run", required=True)
+    r.add_argument("--stage", required=True, help="the stage folder compared (e.g. agent_tuning)")
+    r.add_argument("--card", default="")
+    r.add_argument("--config", default="")
+    r.add_argument("--out", help="results path without extension (default benchmarks/results/add_tools)")
+    args = p.parse_args(argv)
+    if args.command != "report":
+        os.makedirs(args.out, exist_ok=True)
+    {"split": split, "testsets": testsets, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

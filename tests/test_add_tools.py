@@ -1,0 +1,276 @@
+"""toolgen-add-tools on the tiny model: the shipped sample's tools split in three, a retrieval stage trained on the
+first part, the two others added one after the other. Old token ids and rows are kept, the new tokens are predicted
+from their documentation, evaluate runs on the result; collisions, a folder that is no stage and an empty catalog stop
+the command before any work."""
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, run_stage
+from toolgen import add_tools, decoding, models
+from toolgen.add_tools_data import AddToolsError, name_new_tools, tool_tokens_json
+from toolgen.config import load_config
+from toolgen.data import SAMPLE_DIR
+from toolgen.data.toolbench import Api
+from toolgen.prepare import prepare, write_atomically
+from toolgen.tokens import FINISH
+
+QUERIES = [os.path.join(SAMPLE_DIR, "instruction", f) for f in ("G1_query.json", "G2_query.json")]
+# One short stage that makes a 64-wide random model learn 12-13 new tokens: a high rate, many passes, little replay.
+FAST = ["stages.add_tools.learning_rate=5e-3", "stages.add_tools.epochs=40", "add_tools.replay_fraction=0.25",
+        "add_tools.memorization_repeats=6",
+        "add_tools.views=name,multi_tool"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The 2 test cores are shared: two threads per process oversubscribe them (a tiny step then takes seconds)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_catalog(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(line) + "\n" for line in lines)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """A retrieval stage trained on the sample without two batches of tools (every 6th tool from the 1st, the 4th)."""
+    root = tmp_path_factory.mktemp("add_tools")
+    with open(os.path.join(SAMPLE_DIR, "catalog.jsonl"), encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    tools = sorted({line["tool_name"] for line in lines})
+    batch_a, batch_b = set(tools[::6]), set(tools[3::6])
+    catalogs = {name: write_catalog(root / f"{name}.jsonl", [line for line in lines if keep(line["tool_name"])])
+                for name, keep in (("old", lambda t: t not in batch_a | batch_b), ("a", batch_a.__contains__),
+                                   ("b", batch_b.__contains__))}
+    data = str(root / "data")
+    write_atomically(prepare(api_catalog=catalogs["old"], queries=QUERIES,
+                             trajectories=[os.path.join(SAMPLE_DIR, "answer")]), data)
+    for stage in ("memorization", "retrieval"):
+        run_stage(stage, root / "out", data, f"stages.{stage}.max_steps=4")
+    return {"root": root, "dir": str(root / "out" / "retrieval_training"), "data": data, **catalogs,
+            "lines": lines}
+
+
+def add(*argv):
+    from accelerate.state import AcceleratorState, GradientState
+    try:
+        return add_tools.main([str(a) for a in argv])
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
+def error_of(*argv):
+    with pytest.raises(SystemExit) as e:
+        add(*argv)
+    return str(e.value.code)
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def memorization_ranks(stage_dir, data_dir, tokens):
+    """The rank (0 = top-1) of each tool's own token among all tools, from its documentation, constrained as evaluate
+    does."""
+    tokenizer, model, _ = models.load_stage(stage_dir)
+    candidates = [t for t in read(os.path.join(data_dir, "tool_tokens.json"))["tokens"] if t != FINISH]
+    examples = [ex for ex in read(os.path.join(data_dir, "tool_memorization.json"))
+                if ex["messages"][-1]["content"] in tokens]
+    scores = decoding.next_token_logprobs(model.eval(), tokenizer, [ex["messages"][:-1] for ex in examples])
+    scores = scores[:, tokenizer.convert_tokens_to_ids(candidates)]
+    gold = torch.tensor([candidates.index(ex["messages"][-1]["content"]) for ex in examples])
+    return (scores > scores[torch.arange(len(gold)), gold][:, None]).sum(1)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_continued_adapter_keeps_every_old_id_and_row(parent, tmp_path, tied):
+    parent_dir = parent["dir"]
+    if not tied:   # an untied head has its own trainable tool rows: a short stage 1 of that model
+        run_stage("memorization", tmp_path, parent["data"], "stages.memorization.max_steps=2",
+                  "model.tie_word_embeddings=false")
+        parent_dir = str(tmp_path / "tool_memorization")
+    out = tmp_path / "added"
+    add("--model", parent_dir, "--api-catalog", parent["a"], "--out", out, "--prepare-only")
+    tokens = read(f"{out}.data/tool_tokens.json")["tokens"]
+    old = read(os.path.join(parent_dir, "tool_tokens.json"))
+    assert tokens[:len(old)] == old and len(tokens) > len(old)   # the parent's tokens first, in order
+    # the model as train.py builds it for the stage, before any update
+    model_cfg = load_config(TINY, [f"model.tie_word_embeddings={str(tied).lower()}"]).model
+    tokenizer, base, tool_ids = models.load_base(model_cfg, tokens)
+    new_ids = torch.tensor(tool_ids[len(old):])
+    init = base.get_input_embeddings().weight[new_ids].detach().clone()   # the mean of their words (tokens.py)
+    assert models.is_tied(base) == tied
+    model = models.extend_adapter(base, os.path.join(parent_dir, "adapter"), tool_ids, len(old))
+    old_tokenizer, old_model, old_ids = models.load_stage(parent_dir)
+    assert tool_ids[:len(old)] == old_ids
+    assert tokenizer.convert_tokens_to_ids(old) == old_tokenizer.convert_tokens_to_ids(old)
+    with torch.no_grad():
+        embed, old_embed = model.get_input_embeddings(), old_model.get_input_embeddings()
+        assert torch.equal(embed(torch.tensor(old_ids)), old_embed(torch.tensor(old_ids)))   # trained rows as they were
+        assert torch.equal(embed(new_ids), init)
+        # the same LoRA weights and head rows too: on a prompt without new tokens, the logits of the old vocabulary
+        # (the old tool tokens included) are the parent's
+        ids = old_tokenizer("What is the weather like right now in Lisbon?", return_tensors="pt")["input_ids"]
+        n = len(old_tokenizer)
+        torch.testing.assert_close(model.eval()(input_ids=ids).logits[..., :n],
+                                   old_model.eval()(input_ids=ids).logits[..., :n], rtol=0, atol=0)
+    # untrained, the new tokens are not predicted from their documentation: what the stage must teach
+    stage = tmp_path / "untrained"
+    model.save_pretrained(stage / "adapter")
+    for name in ("stage.json", "config.json"):
+        shutil.copy(os.path.join(parent_dir, name), stage)
+    with open(stage / "tool_tokens.json", "w") as f:
+        json.dump(tokens, f)
+    ranks = memorization_ranks(stage, f"{out}.data", tokens[len(old):])
+    assert (ranks == 0).float().mean() < 0.5 and ranks.float().mean() > 5, ranks.tolist()
+
+
+def test_two_additions_in_a_row(parent, tmp_path):
+    out1, out2 = tmp_path / "added_a", tmp_path / "added_b"
+    # A, with the sample's real queries (those naming a new tool are kept), then B on top of A
+    add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out1, "--queries", QUERIES[0],
+        "--queries", QUERIES[1], *[a for s in FAST for a in ("--set", s)])
+    add("--model", out1, "--api-catalog", parent["b"], "--out", out2, *[a for s in FAST for a in ("--set", s)])
+    old = read(os.path.join(parent["dir"], "tool_tokens.json"))
+    report_a, report_b = read(f"{out1}.data/add_tools_report.json"), read(f"{out2}.data/add_tools_report.json")
+    assert report_a["skipped"]["query_names_no_new_tool"] > 0 and report_a["examples"]["replay"] > 0
+    tokens1, tokens2 = read(os.path.join(out1, "tool_tokens.json")), read(os.path.join(out2, "tool_tokens.json"))
+    assert tokens1[:len(old)] == old and tokens2[:len(tokens1)] == tokens1
+    assert tokens1[len(old):] == report_a["tools_added"] and tokens2[len(tokens1):] == report_b["tools_added"]
+    ids = [models.load_tokenizer(os.path.join(d, "tokenizer")).convert_tokens_to_ids(old)
+           for d in (parent["dir"], out1, out2)]
+    assert ids[0] == ids[1] == ids[2]
+    stage = read(os.path.join(out2, "stage.json"))
+    assert stage["stage"] == "add_tools" and stage["chain_stage"] == "retrieval"
+    assert stage["parent"]["path"] == str(out1) and stage["parent"]["stage"] == "add_tools"
+    assert stage["tools_added"] == report_b["tools_added"] and stage["data_file"] == f"{out2}.data/add_tools.json"
+    assert set(stage["data_hashes"]["inputs"]["catalog"]) == {parent["b"]}
+    # each addition predicts its new tokens from their documentation (constrained, among all 60 / 72 tools; before
+    # the stage they rank about in the middle: test_continued_adapter_keeps_every_old_id_and_row)
+    for out, report in ((out1, report_a), (out2, report_b)):
+        ranks = memorization_ranks(out, f"{out}.data", report["tools_added"])
+        assert (ranks == 0).float().mean() >= 0.9 and ranks.max() <= 2, ranks.tolist()
+    # the agent's tools and evaluate read the last addition as any stage, with its prepared folder of the whole catalog
+    from toolgen.toolset import Toolset
+    assert set(report_a["tools_added"] + report_b["tools_added"]) <= set(Toolset.load(str(out2)).tokens)
+    from toolgen import evaluate
+    evaluate.main(["--model", str(out2), "--data", f"{out2}.data", "--out", str(tmp_path / "eval"),
+                   "--no-baselines", "--no-e2e", "--set", "retrieval.prior=none"])
+    row = read(tmp_path / "eval" / "metrics.json")["systems"]["toolgen/added_b"]
+    assert row["memorization/new_tools_accuracy"] >= 0.9 and "retrieval/ndcg@5" in row
+
+
+def test_a_collision_is_listed_and_nothing_is_trained(parent, tmp_path):
+    known = next(line for line in parent["lines"] if line["tool_name"] == "SkyCast")
+    changed = {**known, "api_description": "Weather now, rewritten."}
+    catalog = write_catalog(tmp_path / "new.jsonl", [changed, *[line for line in parent["lines"]
+                                                                 if line["tool_name"] == "VisaCheck"]])
+    out = tmp_path / "added"
+    message = error_of("--model", parent["dir"], "--api-catalog", catalog, "--out", out)
+    assert f"<<SkyCast&&{known['api_name']}>>" in message and "--replace-docs" in message
+    assert not os.path.exists(out) and not os.path.exists(f"{out}.data")
+    # --replace-docs: the token is kept, its documentation replaced, the old text neither kept nor replayed
+    add("--model", parent["dir"], "--api-catalog", catalog, "--out", out, "--replace-docs", "--prepare-only")
+    token = f"<<SkyCast&&{known['api_name']}>>"
+    report, tools = read(f"{out}.data/add_tools_report.json"), read(f"{out}.data/tool_tokens.json")
+    assert report["tools_replaced"] == [token] and token not in report["tools_added"]
+    assert tools["tokens"].count(token) == 1 and "rewritten" in tools["tools"][token]["documentation"]
+    for name in ("tool_memorization.json", "add_tools.json"):
+        docs = [ex["messages"][0]["content"] for ex in read(f"{out}.data/{name}")
+                if ex["messages"][-1]["content"] == token]
+        assert docs and all("rewritten" in d for d in docs), name
+
+
+def test_errors_before_any_work(parent, tmp_path):
+    out = tmp_path / "added"
+    no_stage = tmp_path / "not_a_stage"
+    no_stage.mkdir()
+    assert "stage.json is missing" in error_of("--model", no_stage, "--api-catalog", parent["a"], "--out", out)
+    shutil.copy(os.path.join(parent["dir"], "stage.json"), no_stage)
+    assert "tool_tokens.json is missing" in error_of("--model", no_stage, "--api-catalog", parent["a"], "--out", out)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert f"{empty}: empty API catalog" in error_of("--model", parent["dir"], "--api-catalog", empty, "--out", out)
+    assert not os.path.exists(out) and not os.path.exists(f"{out}.data")
+
+
+def test_new_names_never_take_a_models_token_but_may_take_a_distractor():
+    doc = {"description": "", "required": [], "optional": []}
+    prepared = {"tokens": ["<<SkyCast&&current weather>>", "<<Extra&&thing>>", FINISH], "distractors": 1,
+                "tools": {"<<SkyCast&&current weather>>": {"category": "Weather", "tool": "SkyCast",
+                                                           "api": "current weather", "input_doc": doc}},
+                "collisions": []}
+    new = {k: Api(*k, api_description="d") for k in [("Weather2", "SkyCâst", "current weather"),   # folds to SkyCast
+                                                     ("Misc", "Extra", "thing"), ("Misc", "Fresh", "one")]}
+    names, replaced, collisions = name_new_tools(prepared, new, False, "new.jsonl")
+    assert names[("Weather2", "SkyCâst", "current weather")] == "<<SkyCast@Weather2&&current weather>>"
+    assert [c["clashed_with"] for c in collisions] == [["Weather", "SkyCast", "current weather"]] and not replaced
+    out, added, promoted = tool_tokens_json(prepared, new, names, replaced, collisions)
+    assert out["tokens"][:3] == prepared["tokens"] and promoted == ["<<Extra&&thing>>"] and out["distractors"] == 0
+    assert added == ["<<Fresh&&one>>", "<<SkyCast@Weather2&&current weather>>"]
+    # one token cannot take two new documentations, even with --replace-docs
+    twice = {k: Api(*k) for k in [("Weather", "SkyCast", "current weather"), ("Other", "SkyCast", "current weather")]}
+    with pytest.raises(AddToolsError, match="<<SkyCast&&current weather>>: keep one"):
+        name_new_tools(prepared, twice, True, "new.jsonl")
+
+
+def test_train_refuses_data_prepared_for_another_parent(parent, tmp_path):
+    from accelerate.state import AcceleratorState
+
+    from toolgen import train
+    from toolgen.train import StageError
+    add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", tmp_path / "x", "--prepare-only")
+    tokens = read(tmp_path / "x.data" / "tool_tokens.json")
+    tokens["tokens"] = tokens["tokens"][1:]   # not the parent's list followed by the new tokens: ids would move
+    with open(tmp_path / "x.data" / "tool_tokens.json", "w") as f:
+        json.dump(tokens, f)
+    with pytest.raises(StageError, match="does not begin with the tokens of"):
+        try:
+            train.main(["--stage", "add_tools", "--parent", parent["dir"], "--config", TINY, "--output-dir",
+                        str(tmp_path), "--folder", "x", "--data-dir", str(tmp_path / "x.data")])
+        finally:
+            AcceleratorState._reset_state(True)
+
+
+def test_pipeline_runs_an_addition_when_asked(tmp_path):
+    out = tmp_path / "run"
+    command = ["bash", os.path.join(ROOT, "launch", "pipeline.sh"), "--dry-run", "--config", "launch/configs/tiny.yaml",
+               "--output-dir", str(out), "--stages", "add_tools", "--accelerate-config", "launch/accelerate/cpu.yaml"]
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "--new-catalog" in result.stderr and result.stdout == ""
+    command += ["--new-catalog", "new.jsonl", "--new-queries", "q.json"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "agent_tuning is missing" in result.stderr   # the default parent: the chain's end
+    (out / "agent_tuning").mkdir(parents=True)
+    (out / "agent_tuning" / "stage.json").write_text("{}")
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    lines = [shlex.split(line) for line in result.stdout.splitlines()]
+    prepare_line = next(line for line in lines if "toolgen.add_tools" in line)
+    train_line = next(line for line in lines if "--stage" in line)
+    eval_line = lines[-1]
+
+    def flag(line, name):
+        return line[line.index(name) + 1]
+    assert "--prepare-only" in prepare_line and flag(prepare_line, "--model") == str(out / "agent_tuning")
+    assert flag(prepare_line, "--api-catalog") == str(tmp_path / "new.jsonl")
+    assert flag(prepare_line, "--queries") == str(tmp_path / "q.json")
+    assert flag(train_line, "--stage") == "add_tools"
+    assert flag(train_line, "--data-dir") == flag(eval_line, "--data") == str(out / "added_tools.data")
+    assert flag(eval_line, "--model") == str(out / "added_tools")

@@ -233,13 +233,13 @@ def test_train_refuses_data_prepared_for_another_parent(parent, tmp_path):
     from accelerate.state import AcceleratorState
 
     from toolgen import train
-    from toolgen.train import StageError
+    from toolgen.tokens import TokenOrderError
     add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", tmp_path / "x", "--prepare-only")
     tokens = read(tmp_path / "x.data" / "tool_tokens.json")
     tokens["tokens"] = tokens["tokens"][1:]   # not the parent's list followed by the new tokens: ids would move
     with open(tmp_path / "x.data" / "tool_tokens.json", "w") as f:
         json.dump(tokens, f)
-    with pytest.raises(StageError, match="does not begin with the tokens of"):
+    with pytest.raises(TokenOrderError, match="does not begin with the tokens of"):
         try:
             train.main(["--stage", "add_tools", "--parent", parent["dir"], "--config", TINY, "--output-dir",
                         str(tmp_path), "--folder", "x", "--data-dir", str(tmp_path / "x.data")])

@@ -13,7 +13,6 @@ What goes into it: toolgen/add_tools_data.py.
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -59,13 +58,7 @@ def parse_args(argv):
 
 
 def _load(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise AddToolsError(f"{path} is missing: {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AddToolsError(f"{path}: not valid JSON ({e})") from None
+    return checkpoint.read_json(path, AddToolsError, f" is missing: {what}")
 
 
 def read_parent(model_dir, parent_data=None):

@@ -12,7 +12,6 @@ tool observation. Model calls go through a policy (ModelPolicy: the real model; 
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -26,8 +25,8 @@ from toolgen.collate import prompt_ids
 from toolgen.data import references
 from toolgen.data.gold import OBSERVATION_BUDGET
 from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT
-from toolgen.executors import (CallableExecutor, CallTimeout, HttpExecutor, NoExecutor, Prepared, ReplayExecutor,
-                               ToolError, call_with_timeout, read_replay_file)
+from toolgen.executors import (CallTimeout, NoExecutor, Prepared, ReplayExecutor, ToolError, build_executor,
+                               call_with_timeout)
 from toolgen.toolset import FINISH_TOOL, AgentError, Toolset
 from toolgen.transcript import Step, Transcript
 from toolgen.tokens import FINISH
@@ -333,37 +332,6 @@ def parse_args(argv=None):
     if args.context_budget < 0:
         p.error(f"--context-budget {args.context_budget}: must be positive (0: no limit)")
     return args
-
-
-def load_callables(target):
-    """module.attr (a dict of callables) imported from the current directory or the installed packages."""
-    module, _, attr = target.rpartition(".")
-    if not module or not attr:
-        raise AgentError(f"--executor callables:{target}: give module.attr (e.g. my_tools.FUNCTIONS)")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = importlib.import_module(module)
-    except Exception as e:   # noqa: BLE001  (whatever the user's module raises, one line names it)
-        raise AgentError(f"--executor callables:{target}: cannot import {module} ({type(e).__name__}: {e})") from None
-    if not hasattr(obj, attr):
-        raise AgentError(f"--executor callables:{target}: {module} has no attribute {attr!r}")
-    return CallableExecutor(getattr(obj, attr), what=f"--executor callables:{target}")
-
-
-def build_executor(spec, timeout):
-    """--executor -> (executor, the replay record's request text or None)."""
-    kind, _, value = spec.partition(":")
-    if spec == "none":
-        return NoExecutor(), None
-    if spec == "http":
-        return HttpExecutor(timeout=timeout), None
-    if kind == "callables" and value:
-        return load_callables(value), None
-    if kind == "replay" and value:
-        text, calls = read_replay_file(value)
-        return ReplayExecutor(calls), text
-    raise AgentError(f"--executor {spec!r}: use callables:module.attr, http, replay:FILE or none")
 
 
 def check_inputs(args):

@@ -43,6 +43,25 @@ def atomic_folder(final):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def stage_of(stage_dir):
+    """The stage name a finished stage folder records (None for no folder)."""
+    if not stage_dir:
+        return None
+    with open(os.path.join(stage_dir, "stage.json"), encoding="utf-8") as f:
+        return json.load(f)["stage"]
+
+
+def read_json(path, error=ValueError, missing=": not found"):
+    """A JSON file, or `error` naming the file: missing (path + `missing`) or not valid JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}{missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+
+
 def write_json(path, obj, indent=1):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=indent)

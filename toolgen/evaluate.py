@@ -8,7 +8,6 @@ Writes metrics.json, metrics.md, ndcg_at_k.png and training_loss.png into --out.
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ from toolgen import quiet  # noqa: F401  (first: it silences start-up notices be
 import torch  # noqa: E402
 
 from toolgen import baselines, decoding, metrics, models, retrieval  # noqa: E402
+from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
 from toolgen.data.agent_sources import e2e_requests  # noqa: E402
 from toolgen.agent_metrics import agent_metrics  # noqa: E402
@@ -35,13 +35,7 @@ class EvalError(ValueError):
 
 
 def load_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise EvalError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvalError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path, EvalError)
 
 
 def read_query_file(path):

@@ -12,9 +12,11 @@ observation and goes on. The loop runs every call in a worker thread with the pe
   NoExecutor        calls nothing: shows what the model would call
 """
 
+import importlib
 import json
 import os
 import re
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -300,3 +302,36 @@ def _resolve(gold, var, keys, path, j):
     if found is None:
         raise AgentError(f"--executor replay:{path} call {j + 1}: $var{var}.{'.'.join(keys)}$ reaches nothing")
     return found[1]
+
+
+# ---- --executor of the command line -------------------------------------------------------------------------------
+
+def load_callables(target):
+    """module.attr (a dict of callables) imported from the current directory or the installed packages."""
+    module, _, attr = target.rpartition(".")
+    if not module or not attr:
+        raise AgentError(f"--executor callables:{target}: give module.attr (e.g. my_tools.FUNCTIONS)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module)
+    except Exception as e:   # noqa: BLE001  (whatever the user's module raises, one line names it)
+        raise AgentError(f"--executor callables:{target}: cannot import {module} ({type(e).__name__}: {e})") from None
+    if not hasattr(obj, attr):
+        raise AgentError(f"--executor callables:{target}: {module} has no attribute {attr!r}")
+    return CallableExecutor(getattr(obj, attr), what=f"--executor callables:{target}")
+
+
+def build_executor(spec, timeout):
+    """--executor -> (executor, the replay record's request text or None)."""
+    kind, _, value = spec.partition(":")
+    if spec == "none":
+        return NoExecutor(), None
+    if spec == "http":
+        return HttpExecutor(timeout=timeout), None
+    if kind == "callables" and value:
+        return load_callables(value), None
+    if kind == "replay" and value:
+        text, calls = read_replay_file(value)
+        return ReplayExecutor(calls), text
+    raise AgentError(f"--executor {spec!r}: use callables:module.attr, http, replay:FILE or none")

@@ -215,6 +215,17 @@ def lora_model(model, lora_cfg, tool_ids):
     return get_peft_model(model, config)
 
 
+def stage_adapter(model, lora_cfg, tool_ids, parent_dir, old_tokens=None):
+    """The adapter a stage trains: a fresh one (stage 1), the parent stage's (LoRA + tool rows) continued, or, adding
+    tools (old_tokens = how many the parent has), the parent's with trainable rows for the new tools too."""
+    if parent_dir and old_tokens is not None:
+        return extend_adapter(model, os.path.join(parent_dir, "adapter"), tool_ids, old_tokens)
+    if parent_dir:
+        from peft import PeftModel
+        return PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
+    return lora_model(model, lora_cfg, tool_ids)
+
+
 def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     """A finished stage folder -> (tokenizer, peft model, tool ids). The model config defaults to the one it ran with."""
     from peft import PeftModel

@@ -1,5 +1,6 @@
 """Tool tokens: names in ToolGen's atomic style, adding them to a tokenizer, initialising their embedding rows."""
 
+import json
 import re
 import unicodedata
 
@@ -76,3 +77,21 @@ def add_tool_tokens(tokenizer, model, tokens, pad_to_multiple_of=64):
                 table[tokenizer.convert_tokens_to_ids(t)] = table[sub].float().mean(0).to(table.dtype)
             table[len(tokenizer):] = 0   # padding rows: never trained, never predicted
     return ids
+
+
+class TokenOrderError(ValueError):
+    """A prepared folder whose tool tokens do not extend the parent stage's: old tokens would change their ids."""
+
+
+def parent_token_count(parent_dir, data_dir):
+    """add_tools: the data's tool tokens begin with the parent's, in the same order, so that no old token changes its
+    id (toolgen-add-tools writes them so) -> how many tokens the parent has."""
+    import os
+    with open(os.path.join(parent_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        old = json.load(f)
+    with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
+        new = json.load(f)["tokens"]
+    if new[:len(old)] != old:
+        raise TokenOrderError(f"{data_dir}/tool_tokens.json does not begin with the tokens of {parent_dir} in their "
+                              f"order: prepared for another parent? (toolgen-add-tools --prepare-only --model {parent_dir})")
+    return len(old)

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from toolgen import checkpoint, models  # noqa: E402
+from toolgen import checkpoint, models, tokens  # noqa: E402
 from toolgen.collate import num_tokens, stage_loader  # noqa: E402
 from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, load_config  # noqa: E402
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
@@ -64,19 +64,6 @@ def parse_args(argv):
     return args
 
 
-def parent_tokens(parent_dir, data_dir):
-    """add_tools: the data's tool tokens begin with the parent's, in the same order, so that no old token changes its
-    id (toolgen-add-tools writes them so) -> how many tokens the parent has."""
-    with open(os.path.join(parent_dir, "tool_tokens.json"), encoding="utf-8") as f:
-        old = json.load(f)
-    with open(os.path.join(data_dir, "tool_tokens.json"), encoding="utf-8") as f:
-        new = json.load(f)["tokens"]
-    if new[:len(old)] != old:
-        raise StageError(f"{data_dir}/tool_tokens.json does not begin with the tokens of {parent_dir} in their order: "
-                         f"prepared for another parent? (toolgen-add-tools --prepare-only --model {parent_dir})")
-    return len(old)
-
-
 def check_start(args, run, paths):
     """Everything that can be wrong, checked before any work: parent stage, stage files, and what to do with an
     earlier run of this stage (finished folder, checkpoints) given --resume / --overwrite -> the checkpoint to resume."""
@@ -91,7 +78,7 @@ def check_start(args, run, paths):
             raise StageError(f"{os.path.join(data_dir, needed)} is missing: prepare the data first "
                              f"({prepare}) or pass --data-dir")
     if stage is ADD_TOOLS:
-        parent_tokens(parent_dir, data_dir)
+        tokens.parent_token_count(parent_dir, data_dir)
     return checkpoint.earlier_run(out_dir, ckpt_root, stage.name, run, args.resume, args.overwrite)
 
 
@@ -187,14 +174,8 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         model_cfg = dataclasses.replace(cfg.model, gradient_checkpointing=cfg.model.gradient_checkpointing
                                         or sc.gradient_checkpointing)
         tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map(accelerator, cfg.model))
-        if parent_dir and args.stage == ADD_TOOLS.name:   # the parent's adapter, with rows for the new tools too
-            model = models.extend_adapter(model, os.path.join(parent_dir, "adapter"), tool_ids,
-                                          parent_tokens(parent_dir, data_dir))
-        elif parent_dir:   # the parent stage's adapter (LoRA + tool rows), trainable: this stage continues it
-            from peft import PeftModel
-            model = PeftModel.from_pretrained(model, os.path.join(parent_dir, "adapter"), is_trainable=True)
-        else:
-            model = models.lora_model(model, cfg.lora, tool_ids)
+        old = tokens.parent_token_count(parent_dir, data_dir) if args.stage == ADD_TOOLS.name else None
+        model = models.stage_adapter(model, cfg.lora, tool_ids, parent_dir, old)
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)
@@ -219,7 +200,7 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
     metrics = {"loss_first": history[0], "loss_last": history[-1], "loss_history": history, "steps": step,
                "seconds": seconds, **speed}
     info = {"stage": stage.name, "base_model": cfg.model.name, "model": cfg.to_dict()["model"],
-            "parent_stage": parent_stage(parent_dir), "data_file": data_file,
+            "parent_stage": checkpoint.stage_of(parent_dir), "data_file": data_file,
             "data_sha256": run["data_sha256"], "steps": step, "seconds": round(seconds, 1),
             "processes": accelerator.num_processes}
     if stage is ADD_TOOLS:   # the parent, the tools added and the hashes of what made the data (toolgen/add_tools.py)
@@ -232,18 +213,10 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
     accelerator.end_training()   # last: it also ends the process group
 
 
-def parent_stage(parent_dir):
-    """The stage name of the folder this one continued (--parent may name any finished stage folder)."""
-    if not parent_dir:
-        return None
-    with open(os.path.join(parent_dir, "stage.json"), encoding="utf-8") as f:
-        return json.load(f)["stage"]
-
-
 def cli():
     try:
         main()
-    except (StageError, ConfigError, checkpoint.CheckpointError) as e:
+    except (StageError, ConfigError, checkpoint.CheckpointError, tokens.TokenOrderError) as e:
         sys.exit(f"toolgen-train: error: {e}")
 
 

@@ -11,6 +11,7 @@ documentation on one split and lose on another), so the text is a choice made on
 knob: `doc_text(documentation, view)` gives each view from the documentation that prepare wrote.
 """
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -78,14 +79,21 @@ def minilm_path():
     return os.path.join(spec.submodule_search_locations[0], "model")
 
 
+@functools.lru_cache(maxsize=2)
+def _encoder(model_path):
+    """One sentence encoder per model for the whole process: an evaluation builds an index per documentation view,
+    for the baselines and for the prior, and each would otherwise load the model again."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(model_path, device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 class DenseIndex:
     """Cosine similarity of normalised sentence embeddings."""
 
     def __init__(self, texts, model_path=None, batch_size=64):
-        import torch
-        from sentence_transformers import SentenceTransformer
         self.model_path, self.batch_size = model_path or minilm_path(), batch_size
-        self.encoder = SentenceTransformer(self.model_path, device="cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = _encoder(self.model_path)
         path = os.path.join(_cache_dir("dense", list(texts), os.path.basename(self.model_path)), "embeddings.npy")
         if os.path.exists(path):
             self.embeddings = np.load(path, allow_pickle=False)

@@ -2,8 +2,8 @@
 gathered and run as one batch.
 
 The loop (toolgen/agent.py) stays one readable request at a time; only the policy changes. A small model generating one
-request at a time leaves a GPU idle (the end-to-end evaluation took ~5 s a request on an H200, kernel launches, not
-arithmetic); batching the same calls over N requests costs about one request's time. `BatchingPolicy` has
+request at a time leaves a GPU idle (the end-to-end evaluation took ~5 s a request on an H200: kernel launches, not
+arithmetic), so N requests batched should cost little more than one; not yet timed on a GPU. `BatchingPolicy` has
 ModelPolicy's interface; a worker thread owns the model and runs what the loops asked for once every live loop is
 waiting on it (or after a short wait, so a loop busy in a tool call never stalls the others).
 """

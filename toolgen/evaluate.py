@@ -195,7 +195,7 @@ def fusion_ablation(table, scores_by_set, prior, sets, candidates):
     for key, (setting, score) in best.items():
         ranked = retrieval.rank(retrieval.fuse(scores, prior.scores_of("retrieval_test"), setting), candidates, 5)
         out[key] = {"setting": dataclasses.asdict(setting), "val_ndcg@5": score,
-                    "test_ndcg@5": sum(metrics.ndcg(r, rel, 5) for r, rel in zip(ranked, relevant)) / len(relevant)}
+                    "test_ndcg@5": metrics.mean_ndcg(ranked, relevant, 5)}
     return out
 
 
@@ -213,7 +213,6 @@ def e2e_system(model, tokenizer, requests, tools, limit, width, tool_scorer=None
     the untrained base, told the source's tools in its system turn (a prompt cannot hold the whole catalog) and
     choosing among them only."""
     from toolgen.agent import AgentConfig, run_e2e
-    from toolgen.toolset import Toolset
     result, transcripts = {}, {}
     for source, rows in requests.items():
         rows = rows[:limit] if limit else rows
@@ -238,7 +237,7 @@ def choose_views(documents, val_rows, kinds):
         for view in baselines.DOC_VIEWS:
             scores = index([baselines.doc_text(documents[t], view) for t in items]).scores(queries)
             ranked = baselines.top_k(scores, items, 5)
-            table[f"{kind}/{view}"] = sum(metrics.ndcg(r, rel, 5) for r, rel in zip(ranked, relevant)) / len(ranked)
+            table[f"{kind}/{view}"] = metrics.mean_ndcg(ranked, relevant, 5)
         chosen[kind] = max(baselines.DOC_VIEWS, key=lambda v: table[f"{kind}/{v}"])   # ties: the earlier view
     return chosen, table
 
@@ -308,6 +307,7 @@ def evaluate(args):
               "e2e": {} if args.no_e2e or not os.path.exists(os.path.join(args.data, "agent_e2e_test.json"))
               else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
               "source_tokens": source_tokens(tools)}
+    inputs["toolset"] = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if inputs["e2e"] else None
     sets = inputs["sets"]
     kinds = set() if args.no_baselines else set(baselines.INDEXES)
     if args.model and retrieval_cfg.prior != "none":
@@ -341,7 +341,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     if set(candidates) - set(tokenizer.get_vocab()):
         raise EvalError(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    toolset = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if e2e else None
+    toolset = inputs["toolset"]
     rows = {}
     if with_base or args.base_only:
         with model.disable_adapter():   # the same base with the same initial tool rows, no training

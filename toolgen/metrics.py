@@ -33,6 +33,11 @@ def recall(ranked, relevant, k):
     return len(set(ranked[:k]) & set(relevant)) / len(relevant) if relevant else 0.0
 
 
+def mean_ndcg(rankings, relevants, k):
+    """Standard NDCG@k averaged over queries (0 for no queries)."""
+    return sum(ndcg(r, rel, k) for r, rel in zip(rankings, relevants)) / len(rankings) if rankings else 0.0
+
+
 def retrieval_metrics(rankings, relevants, ks=(1, 3, 5)):
     """Mean metrics over queries. rankings: ranked item lists; relevants: sets of all relevant items."""
     n = len(rankings)
@@ -40,7 +45,7 @@ def retrieval_metrics(rankings, relevants, ks=(1, 3, 5)):
         return {}
     out = {}
     for k in ks:
-        out[f"ndcg@{k}"] = sum(ndcg(r, rel, k) for r, rel in zip(rankings, relevants)) / n
+        out[f"ndcg@{k}"] = mean_ndcg(rankings, relevants, k)
     for k in ks:
         out[f"ndcg@{k}_retrieved_only"] = sum(ndcg_retrieved_only(r, rel, k) for r, rel in zip(rankings, relevants)) / n
     out["mrr"] = sum(reciprocal_rank(r, rel) for r, rel in zip(rankings, relevants)) / n

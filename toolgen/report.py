@@ -55,7 +55,7 @@ def _plots(out_dir, rankings, sets, curves):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, by_set in rankings.items():
         ranked = by_set["retrieval_test"]
-        ys = [sum(metrics.ndcg(r, row[1], k) for r, row in zip(ranked, rows)) / max(len(rows), 1) for k in range(1, 11)]
+        ys = [metrics.mean_ndcg(ranked, [row[1] for row in rows], k) for k in range(1, 11)]
         ax.plot(range(1, 11), ys, marker="o", label=name)
     ax.set(xlabel="k", ylabel="NDCG@k (standard)", title="Retrieval on retrieval_test.json")
     ax.legend(fontsize=8)

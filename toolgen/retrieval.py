@@ -45,8 +45,9 @@ class Prior:
     def __init__(self, kind, documents, candidates, views=None):
         self.kinds = [] if kind == "none" else kind.split("+")
         self.candidates = list(candidates)
-        documented = [t for t in self.candidates if (documents.get(t) or "").strip()]
-        self.columns = np.array([self.candidates.index(t) for t in documented], dtype=np.int64)
+        columns = [i for i, t in enumerate(self.candidates) if (documents.get(t) or "").strip()]
+        documented = [self.candidates[i] for i in columns]
+        self.columns = np.array(columns, dtype=np.int64)
         self.undocumented = len(self.candidates) - len(documented)
         views = views or {}
         self.indexes = {k: baselines.INDEXES[k]([baselines.doc_text(documents[t], views.get(k, "full"))
@@ -124,7 +125,7 @@ def tune(model_scores, prior_scores, relevant, candidates, kinds=PRIORS, at=5):
             for k, w in itertools.product(GRID[fusion]["k"], GRID[fusion]["w"])]
         for setting in settings:
             ranked = rank(fuse(model_scores, prior_scores, setting), candidates, at)
-            score = sum(metrics.ndcg(r, rel, at) for r, rel in zip(ranked, relevant)) / max(len(relevant), 1)
+            score = metrics.mean_ndcg(ranked, relevant, at)
             table.append((setting, score))
             if score > best_score + 1e-12:
                 best, best_score = setting, score

@@ -1,7 +1,7 @@
 """How the weights change: the optimizer, the learning-rate schedule, and one update over a group of micro-batches.
 
-`update` is the one function the training loop calls per optimizer step; `benchmarks/throughput.py` times the same
-function, so the speed figures are the loop's own.
+`update` is the one function the training loop calls per optimizer step, so a benchmark that times it times the loop's
+own step (benchmarks/throughput.py still times its own copy of the step; moving it here is issue 16's).
 """
 
 import math
@@ -9,6 +9,7 @@ import math
 import torch
 from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
+from toolgen.distributed import uses_deepspeed
 from toolgen.loss import count_targets, target_loss
 
 
@@ -40,7 +41,7 @@ def update(accelerator, model, optimizer, group, vocab_size, params, max_grad_no
     the weights change: a NaN/inf raises NonFiniteLoss and the last checkpoint stays the last good state. Under
     DeepSpeed the update happens inside the last backward, so there the loss is checked just before that backward.
     """
-    deepspeed = accelerator.state.deepspeed_plugin is not None
+    deepspeed = uses_deepspeed(accelerator)
     n_targets = accelerator.gather(sum(count_targets(b) for b in group)).sum()
     # backward() divides by the accumulation steps and DDP averages over processes: undo both, n_targets has them.
     scale = len(group) * accelerator.num_processes
@@ -51,24 +52,25 @@ def update(accelerator, model, optimizer, group, vocab_size, params, max_grad_no
             loss_sum = target_loss(model, batch, vocab_size)
             step_loss += loss_sum.detach()
             if deepspeed and i == len(group) - 1:
-                loss = _checked(accelerator.gather(step_loss).sum() / n_targets)
+                loss, _ = _checked(accelerator.gather(step_loss).sum() / n_targets)
             accelerator.backward(loss_sum / n_targets * scale)
     if accelerator.sync_gradients:
         grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
     if loss is None:   # one host sync per update: loss and gradient norm together
-        loss = accelerator.gather(step_loss).sum() / n_targets
-        loss = _checked(loss, grad_norm)
+        loss, grad_norm = _checked(accelerator.gather(step_loss).sum() / n_targets, grad_norm)
+    elif grad_norm is not None:
+        grad_norm = float(grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss, None if grad_norm is None else float(grad_norm)
+    return loss, grad_norm
 
 
 def _checked(loss, grad_norm=None):
-    """The loss as a float (the update's one host sync, with the gradient norm read in the same transfer)."""
+    """(loss, gradient norm or None) as floats: the update's one host sync reads both in the same transfer."""
     values = [loss] + ([grad_norm] if grad_norm is not None else [])
     loss_value, *norm = torch.stack([torch.as_tensor(v, device=loss.device).float().reshape(()) for v in values]).tolist()
     if not math.isfinite(loss_value):
         raise NonFiniteLoss(f"loss is {loss_value}")
     if norm and not math.isfinite(norm[0]):
         raise NonFiniteLoss(f"gradient norm is {norm[0]}")
-    return loss_value
+    return loss_value, (norm[0] if norm else None)

@@ -1,357 +1,254 @@
-"""Training throughput: this project's training step against the HF Trainer + peft baseline, same card, same examples.
+"""Training speed of the loop users run (toolgen/train.py) against the HF Trainer, each system in its own process.
 
-    python benchmarks/throughput.py                        # one GPU: Llama-3.2-1B shape, all three stage shapes
-    python benchmarks/throughput.py --tiny --steps 3       # CPU smoke run of the script itself
+    python benchmarks/throughput.py --out RUN                  # every GPU of this host; then:
+    python benchmarks/throughput_report.py RUN                 # -> benchmarks/results/throughput.{json,md}
+    python benchmarks/throughput.py --out /tmp/tp --tiny       # CPU smoke run of both scripts (numbers meaningless)
 
-Model: the Llama-3.2-1B architecture built from its config with random weights (the real weights cannot be downloaded
-here; speed does not depend on their values), vocabulary 128,256 + 46,985 tool tokens, bf16 weights under bf16
-autocast (as `accelerate launch --mixed_precision bf16` and the Trainer's bf16=True run them), LoRA r=16 on all linear
-layers plus trainable tool-token rows (peft trainable_token_indices).
-  baseline: transformers Trainer + peft, vocabulary resized to exactly 175,241, pad-to-longest (right) batches,
-            the default loss over full logits.
-  ours, one variant per optimisation, each adding to the one before (toolgen/train.py has each as a switch):
-    head-at-targets: vocabulary padded to a multiple of 64, left-padded length-grouped batches, the LM head only at
-                     the target positions (toolgen.loss.target_loss);
-    +sparse-rows:    gradient for the tool rows only (train.sparse_tool_rows, toolgen/tool_rows.py);
-    +packing-sdpa:   each batch packed into one row, no padding (train.packing), SDPA with the document mask;
-    +packing-flex:   the same with flex attention (model.attn_implementation=flex_attention, block-sparse mask);
-    +compile:        torch.compile of each decoder layer (train.compile, accelerate's regional compilation).
-  `ours` in the JSON is the variant named by --ours (default: the last one).
-Data: synthetic token ids with the length shapes of the stage files (memorization: a documentation prompt of
-80-320 tokens + tool token + end; retrieval: a query of 20-120 tokens + tool token + end; agent: 1,500-4,000 tokens
-with 12 answer spans of 10-60 tokens). Every system sees the same examples in the same order, the same batch size.
-Every system first runs one untimed pass over all its batches (compilation and autotuning happen there, as they
-happen once in a real run), then the timed steps.
-MFU = 6 * N * (non-pad tokens/s) / measured bf16 matmul peak of this card, N = parameters of the base model (tied
-embedding counted once); attention FLOPs are not counted.
+Systems (each job below is one process, or one `accelerate launch` of several):
+  ours         `accelerate launch --config_file launch/accelerate/1gpu.yaml toolgen/train.py --config
+               launch/configs/llama-3.2-1b.yaml --stage S` — the reference config users run (packing, flex attention,
+               sparse tool rows, compiled decoder layers, fused AdamW), in bf16 (model.quantization=none), with
+               max_steps = warmup + steps and no checkpoints; the loop's own sampler, collator, gather and logging;
+  ours-qlora   the same with the reference config's 4-bit QLoRA (as shipped);
+  plain, tuned, tuned-eager: the HF Trainer + peft (benchmarks/trainer_baseline.py says what each sets).
+Scaling (--scaling N, agent shape): `ours` on N GPUs with DDP, DeepSpeed ZeRO-2 and ZeRO-3, the same global batch as
+on one GPU (gradient accumulation / N), so the first update's loss must equal the one-GPU run's.
+Model: the Llama-3.2-1B architecture with random weights (random:llama-3.2-1b: vocabulary 128,256 + 46,985 tool
+tokens); data: benchmarks/stage_shapes.py, the same files for every system.
+Order: repeat 1 of every (stage, system), then repeat 2, ..., each job on the next free GPU (a repeat of a system
+lands on another card and at another time); scaling jobs wait for all GPUs. A job that fails or runs past
+--timeout is recorded with its error, and the rest go on.
+Steady state of a job: updates warmup+1 .. warmup+steps (the loop: from the update-end times it writes to
+metrics.json; the Trainer: a synchronized clock) — start-up and compilation are reported apart (process wall time,
+and the excess of the warmup updates over steady-state updates).
 """
 
 import argparse
-import gc
 import json
 import os
-import platform
-import random
+import subprocess
 import sys
+import threading
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from toolgen.config import STAGES  # noqa: E402
+
+SYSTEMS = ("ours", "ours-qlora", "plain", "tuned", "tuned-eager")
+WARMUP_STEPS = {"memorization": (8, 30), "retrieval": (8, 30), "agent": (3, 10)}   # stage: (warmup, timed) updates
+LAUNCHERS = {"1gpu": "launch/accelerate/1gpu.yaml", "ddp": "launch/accelerate/multi_gpu.yaml",
+             "zero2": "launch/accelerate/deepspeed_zero2.yaml", "zero3": "launch/accelerate/deepspeed_zero3.yaml"}
+
+
+PROBE = """
+import json, sys, time
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from accelerate.utils import compile_regions  # noqa: E402
-
-from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, num_tokens  # noqa: E402
-from toolgen.tool_rows import sparse_tool_rows  # noqa: E402
-from toolgen.loss import target_loss  # noqa: E402
-
-BASE_VOCAB, TOOL_TOKENS = 128_256, 46_985
-SHAPES = {  # stage: (batch size, prompt length range, number of answer spans, span length range)
-    "memorization": (16, (80, 320), 1, (2, 2)),
-    "retrieval": (16, (20, 120), 1, (2, 2)),
-    "agent": (2, (1500, 4000), 12, (10, 60)),
-}
-
-
-def llama_1b_config(tiny):
-    from transformers import LlamaConfig
-    if tiny:
-        return LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    return LlamaConfig(vocab_size=BASE_VOCAB, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-                       rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)
-
-
-def examples(stage, n, vocab, tool_ids, seed=0, scale=1.0):
-    """Synthetic examples: {"input_ids", "labels"} with the stage's length shape; targets are tool ids or text."""
-    rng = random.Random(seed)
-    _, (lo, hi), spans, (slo, shi) = SHAPES[stage]
-    out = []
-    for _ in range(n):
-        length = max(8, int(rng.randint(lo, hi) * scale))
-        ids = [rng.randrange(3, vocab) for _ in range(length)]
-        labels = [IGNORE] * length
-        if spans == 1:   # prompt, then the tool token and the end-of-turn token carry loss
-            ids += [rng.choice(tool_ids), 2]
-            labels += ids[-2:]
-        else:
-            for s in range(spans):
-                start = int(length * (s + 1) / (spans + 1))
-                for i in range(start, min(length, start + rng.randint(slo, shi))):
-                    labels[i] = ids[i]
-        out.append({"input_ids": ids, "labels": labels})
-    return out
-
-
-VARIANTS = {  # name: (sparse tool rows, packing, attention, compile)
-    "head-at-targets": (False, False, "sdpa", False),
-    "+sparse-rows": (True, False, "sdpa", False),
-    "+packing-sdpa": (True, True, "sdpa", False),
-    "+packing-flex": (True, True, "flex_attention", False),
-    "+compile": (True, True, "flex_attention", True),
-}
-PACK_MULTIPLE = {"memorization": 256, "retrieval": 256, "agent": 1024}   # few distinct shapes for compiled kernels
-
-
-def build(config, padded, device, lora_r=16, attn="sdpa", sparse=False, compile=False):
-    import copy
-
-    from peft import LoraConfig, get_peft_model
-    config = copy.deepcopy(config)   # resize_token_embeddings changes the config's vocab_size
-    from transformers import LlamaForCausalLM
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
-    model.config.use_cache = False
-    base_vocab = config.vocab_size
-    n_tools = TOOL_TOKENS if base_vocab == BASE_VOCAB else 100
-    model.resize_token_embeddings(base_vocab + n_tools, pad_to_multiple_of=64 if padded else None, mean_resizing=False)
-    tool_ids = list(range(base_vocab, base_vocab + n_tools))
-    n_params = sum(p.numel() for p in model.parameters())
-    peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear",
-                             trainable_token_indices=tool_ids, task_type="CAUSAL_LM")
-    model.set_attn_implementation("sdpa" if device == "cpu" else attn)   # flex attention has no backward on CPU
-    model = get_peft_model(model, peft_config)
-    if sparse:
-        sparse_tool_rows(model)
-    if compile:
-        model = compile_regions(model, dynamic=True)
-    return model, tool_ids, base_vocab + n_tools, n_params
-
-
-def sync(device):
-    if device == "cuda":
+from toolgen import models
+models.resolve_model(sys.argv[1])
+info = {"versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "accelerate")}}
+if torch.cuda.is_available():
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    rates = []
+    for _ in range(3):   # three timings of 20 products after a warm-up: the best is the measured peak
+        a @ b
         torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            a @ b
+        torch.cuda.synchronize()
+        rates.append(20 * 2 * 8192**3 / (time.perf_counter() - t0))
+    info.update(card=torch.cuda.get_device_name(), gpus=torch.cuda.device_count(), matmul_peak_flops=max(rates))
+else:
+    info.update(card="cpu", gpus=0, matmul_peak_flops=None)
+print(json.dumps(info))
+"""
 
 
-def run_ours(model, data, batch_size, vocab, steps, device, pack_multiple=None):
-    """The project's step: length-grouped left-padded (or packed) batches, loss only at target positions, AdamW."""
-    collate = PackedCollator(0, pack_multiple) if pack_multiple else LeftPadCollator(pad_token_id=0)
-    # length grouping: sort each window of 16 batches by length, so a batch holds similar lengths (less padding)
-    window = batch_size * 16
-    order = []
-    for start in range(0, len(data), window):
-        order += sorted(range(start, min(start + window, len(data))), key=lambda i: len(data[i]["input_ids"]))
-    batches = [collate([data[i] for i in order[s:s + batch_size]]) for s in range(0, len(order), batch_size)]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda")
-    return _timed(batches, steps, len(batches), device, lambda b: _ours_step(model, b, vocab, optimizer, params))
+def plan(stages, systems, repeats, once, scaling, scaling_stage="agent"):
+    """The jobs in run order. `once`: systems run in the first repeat only."""
+    jobs = []
+    for r in range(1, repeats + 1):
+        for stage in stages:
+            for system in systems:
+                if r == 1 or system not in once:
+                    jobs.append({"name": f"{stage}-{system}-r{r}", "stage": stage, "system": system, "repeat": r,
+                                 "gpus": 1, "launcher": "1gpu"})
+    if scaling and scaling > 1:
+        for launcher in ("ddp", "zero2", "zero3"):
+            jobs.append({"name": f"{scaling_stage}-ours-{launcher}{scaling}", "stage": scaling_stage, "system": "ours",
+                         "repeat": 1, "gpus": scaling, "launcher": launcher})
+    return jobs
 
 
-def _ours_step(model, batch, vocab, optimizer, params):
-    n_targets = (batch["labels"][:, 1:] != IGNORE).sum()
-    with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16):
-        loss = target_loss(model, batch, vocab) / n_targets
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def command(job, args, folder):
+    """The command line of one job (run from the repository root)."""
+    stage = job["stage"]
+    warmup, steps = args.steps[stage]
+    if job["system"] in ("ours", "ours-qlora"):
+        from toolgen.config import load_config
+        ga = load_config(args.config).stages[stage].gradient_accumulation_steps
+        if ga % job["gpus"]:
+            raise ValueError(f"{job['name']}: gradient accumulation {ga} is not divisible by {job['gpus']} GPUs")
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job["gpus"])]
+        if args.tiny:
+            launch += ["--config_file", "launch/accelerate/cpu.yaml"]
+        else:
+            launch += ["--config_file", LAUNCHERS[job["launcher"]]]
+            if job["launcher"].startswith("zero"):
+                launch += ["--mixed_precision", "bf16"]   # the DS JSON's bf16 "auto" follows this flag
+        sets = [f"model.name={args.model}", f"stages.{stage}.max_steps={warmup + steps}", "train.save_steps=0",
+                f"stages.{stage}.gradient_accumulation_steps={ga // job['gpus']}",
+                f"model.quantization={'4bit' if job['system'] == 'ours-qlora' else 'none'}"]
+        if args.tiny:   # flex attention and compilation are CUDA paths
+            sets += ["model.attn_implementation=sdpa", "train.compile=false"]
+        # --from-scratch: a fresh adapter instead of the previous stage's, the same work per step
+        return launch + ["toolgen/train.py", "--config", args.config, "--stage", stage, "--data-dir", args.data,
+                         "--output-dir", folder, "--overwrite", "--from-scratch"] + [x for s in sets for x in ("--set", s)]
+    return [sys.executable, "benchmarks/trainer_baseline.py", "--system", job["system"], "--stage", stage,
+            "--data-dir", args.data, "--config", args.config, "--model", args.model, "--warmup", str(warmup),
+            "--steps", str(steps), "--out", os.path.join(folder, "result.json")]
 
 
-def _timed(batches, steps, warmup, device, step_fn):
-    dev_batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
-    tokens = targets = 0
-    for i in range(warmup + steps):
-        b = dev_batches[i % len(dev_batches)]
-        if i == warmup:
-            sync(device)
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-        step_fn(b)
-        if i >= warmup:
-            tokens += int(num_tokens(b))
-            targets += int((b["labels"][:, 1:] != IGNORE).sum())
-    sync(device)
-    seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    return {"tokens_per_s": tokens / seconds, "target_tokens_per_s": targets / seconds,
-            "step_time_s": seconds / steps, "peak_mem_gib": peak}
+def steady_state(clock, warmup, steps):
+    """From the loop's update-end times and tokens: tokens/s and seconds per update over updates warmup+1 ..
+    warmup+steps, and how much longer the warmup updates took than as many steady ones (compilation, start-up)."""
+    ends, tokens = clock["update_end_s"], clock["tokens"]
+    if len(ends) < warmup + steps or warmup < 1:
+        raise ValueError(f"{len(ends)} updates recorded, {warmup} + {steps} needed (warmup >= 1)")
+    seconds = ends[warmup + steps - 1] - ends[warmup - 1]
+    update_s = seconds / steps
+    return {"tokens_per_s": sum(tokens[warmup:warmup + steps]) / seconds, "update_s": update_s,
+            "warmup_excess_s": ends[warmup - 1] - warmup * update_s}
 
 
-def run_baseline(model, data, batch_size, steps, warmup, device):
-    """transformers Trainer + peft as a user would write it: pad to longest, default loss."""
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
-
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.t0, self.tokens, self.targets, self.step = None, 0, 0, 0
-
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == warmup:
-                sync(device)
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == warmup + steps:
-                sync(device)
-                self.seconds = time.perf_counter() - self.t0
-
-    class PadCollator(DataCollatorForSeq2Seq):
-        """The stock collator, counting what each batch holds (Trainer shuffles: count what it really got)."""
-        counts = []
-
-        def __call__(self, features, return_tensors=None):
-            batch = super().__call__(features, return_tensors)
-            self.counts.append((int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != IGNORE).sum())))
-            return batch
-
-    n = (warmup + steps) * batch_size
-    rows = [{"input_ids": e["input_ids"], "labels": e["labels"], "attention_mask": [1] * len(e["input_ids"])}
-            for e in (data * (1 + n // len(data)))[:n]]
-    clock = Clock()
-    tok = _PadOnly()
-    args = TrainingArguments(output_dir="/tmp/toolgen-throughput-baseline", per_device_train_batch_size=batch_size,
-                             max_steps=warmup + steps, learning_rate=1e-4, bf16=device == "cuda",
-                             use_cpu=device == "cpu", report_to=[], logging_steps=10**9, save_strategy="no",
-                             dataloader_drop_last=True, remove_unused_columns=False, max_grad_norm=1.0, seed=0)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=PadCollator(tok, label_pad_token_id=IGNORE),
-                      callbacks=[clock])
-    trainer.train()
-    timed = PadCollator.counts[-steps:]   # the batches of the timed steps
-    tokens, targets = sum(t for t, _ in timed), sum(t for _, t in timed)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    return {"tokens_per_s": tokens / clock.seconds, "target_tokens_per_s": targets / clock.seconds,
-            "step_time_s": clock.seconds / steps, "peak_mem_gib": peak}
+def result(job, args, folder):
+    """What a finished job measured, from the files it wrote."""
+    warmup, steps = args.steps[job["stage"]]
+    if job["system"] not in ("ours", "ours-qlora"):
+        with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
+            return json.load(f)
+    with open(os.path.join(folder, STAGES[job["stage"]].folder, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    return {**steady_state(metrics["clock"], warmup, steps), "first_loss": metrics["loss_history"][0],
+            "peak_mem_gib": metrics["peak_memory_gib"], "peak_reserved_gib": metrics["peak_memory_reserved_gib"],
+            "timed_tokens": sum(metrics["clock"]["tokens"][warmup:warmup + steps]), "warmup": warmup, "steps": steps}
 
 
-class _PadOnly:
-    """The bit of a tokenizer that DataCollatorForSeq2Seq needs: right padding with id 0."""
-    padding_side, pad_token_id, model_input_names = "right", 0, ["input_ids", "attention_mask"]
+class Cards:
+    """Which GPUs are free; a job takes the lowest free ids it needs, in the order the jobs were planned."""
 
-    def pad(self, features, padding=True, max_length=None, pad_to_multiple_of=None, return_tensors="pt"):
-        longest = max(len(f["input_ids"]) for f in features)
-        out = {k: torch.tensor([f[k] + [0] * (longest - len(f[k])) for f in features]) for k in ("input_ids", "attention_mask")}
-        return out
+    def __init__(self, ids):
+        self.free, self.cond = list(ids), threading.Condition()
+
+    def take(self, n):
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.free) >= n)
+            taken, self.free = self.free[:n], self.free[n:]
+            return taken
+
+    def give(self, ids):
+        with self.cond:
+            self.free = sorted(self.free + ids)
+            self.cond.notify_all()
 
 
-def matmul_peak(device):
-    if device != "cuda":
-        return None
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    sync(device)
-    return 20 * 2 * 8192**3 / (time.perf_counter() - t0)
+def run_job(job, args, cards, lock):
+    folder = os.path.join(args.out, "jobs", job["name"])
+    os.makedirs(folder, exist_ok=True)
+    cmd = command(job, args, folder)
+    # each job tokenizes into its own datasets cache: parallel jobs never write the same cache files
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+               HF_DATASETS_CACHE=os.path.join(folder, "datasets_cache"))
+    if not args.tiny:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(job["cards"])
+    for extra in [[]] + ([["--set", "train.compile=false"]] if job["gpus"] > 1 else []):
+        t0 = time.perf_counter()   # a scaling job that fails compiled is tried once more without compilation
+        with open(os.path.join(folder, "log.txt"), "a", encoding="utf-8") as log:
+            try:
+                code = subprocess.run(cmd + extra, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=args.timeout).returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
+        if code == 0:
+            break
+    row = {**job, "command": " ".join(cmd + extra), "retried_without_compile": bool(extra),
+           "process_wall_s": round(time.perf_counter() - t0, 1)}
+    try:
+        if code != 0:
+            raise RuntimeError(f"exit {code}")
+        row.update(result(job, args, folder))
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        with open(os.path.join(folder, "log.txt"), encoding="utf-8", errors="replace") as f:
+            row["error"] = f"{e}: " + f.read()[-1500:]
+    with lock:
+        with open(os.path.join(args.out, "results.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"[throughput] {job['name']} on {job['cards']}: "
+              + (f"{row['tokens_per_s']:.0f} tokens/s" if "error" not in row else f"FAILED ({code})"), flush=True)
+
+
+def run_all(jobs, args, card_ids):
+    """Start each job, in order, as soon as the GPUs it needs are free."""
+    cards, lock, threads = Cards(card_ids), threading.Lock(), []
+
+    def go(job):
+        try:
+            run_job(job, args, cards, lock)
+        finally:
+            cards.give(job["cards"])
+    for job in jobs:
+        job["cards"] = cards.take(job["gpus"])
+        threads.append(threading.Thread(target=go, args=(job,)))
+        threads[-1].start()
+    for t in threads:
+        t.join()
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stages", nargs="+", default=list(SHAPES))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--ours", default=None, help="the variant reported as `ours` (default: the last one run)")
-    p.add_argument("--steps", type=int, default=20, help="distinct batches: one untimed pass, then one timed pass")
-    p.add_argument("--tiny", action="store_true", help="a tiny model on CPU: checks the script, measures nothing useful")
-    p.add_argument("--append", action="store_true", help="add these stages to the results file already in --out "
-                   "(one stage per command where a command's time is limited; same card only)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--out", required=True, help="run folder: data/, jobs/<name>/, results.jsonl, run.json")
+    p.add_argument("--stages", nargs="+", default=list(WARMUP_STEPS), choices=list(WARMUP_STEPS))
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    p.add_argument("--once", nargs="*", default=["ours-qlora", "tuned-eager"], choices=SYSTEMS,
+                   help="systems measured in the first repeat only (device time)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scaling", type=int, default=None, help="GPUs of the scaling jobs (default: all, if > 1)")
+    p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
+    p.add_argument("--timeout", type=int, default=300, help="seconds before a job is stopped and recorded as failed")
+    p.add_argument("--config", default="launch/configs/llama-3.2-1b.yaml")
+    p.add_argument("--tiny", action="store_true", help="the tiny model on CPU, few steps: checks the scripts only")
     args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    config = llama_1b_config(args.tiny)
-    peak_flops = matmul_peak(device)
-    ours_name = args.ours or args.variants[-1]
-    results = {"card": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-               "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "peft", "accelerate")},
-               "command": " ".join(["python"] + sys.argv), "matmul_peak_tflops": peak_flops and peak_flops / 1e12,
-               "ours": ours_name, "stages": {}, "variants": {}}
-    for stage in args.stages:
-        batch_size = SHAPES[stage][0]
-        row = {}
-        for system in ["baseline"] + args.variants:
-            sparse, packing, attn, compile = VARIANTS.get(system, (False, False, "sdpa", False))
-            model, tool_ids, vocab, n_params = build(config, padded=system != "baseline", device=device, attn=attn,
-                                                     sparse=sparse, compile=compile)
-            data = examples(stage, args.steps * batch_size, config.vocab_size, tool_ids,  # base ids
-                            scale=0.1 if args.tiny else 1.0)
-            try:
-                if system == "baseline":
-                    r = run_baseline(model, data * 2, batch_size, args.steps, args.steps, device)
-                else:
-                    r = run_ours(model, data, batch_size, vocab, args.steps, device, packing and PACK_MULTIPLE[stage])
-            except Exception as e:   # one variant failing (e.g. a kernel missing on this card) must not lose the rest
-                print(stage, system, "FAILED:", repr(e), flush=True)
-                row[system] = {"error": repr(e)[:300]}
-                del model
-                gc.collect()
-                continue
-            r["mfu"] = 6 * n_params * r["tokens_per_s"] / peak_flops if peak_flops else None
-            row[system] = r
-            print(stage, system, json.dumps(r), flush=True)
-            del model
-            gc.collect()   # peft models hold reference cycles: without this the last variant's model stays allocated
-            if device == "cuda":
-                torch.cuda.empty_cache()
-        results["variants"][stage] = row
-        ok = [v for v in args.variants if "error" not in row[v]]
-        chosen = ours_name if ours_name in ok else ok[-1]   # a failed variant is reported as failed, never as ours
-        ours, base = row[chosen], row["baseline"]
-        results["stages"][stage] = {
-            "batch_size": batch_size, "ours_variant": chosen, "ours_tokens_per_s": ours["tokens_per_s"],
-            "baseline_tokens_per_s": base["tokens_per_s"],
-            "ours_target_tokens_per_s": ours["target_tokens_per_s"],
-            "baseline_target_tokens_per_s": base["target_tokens_per_s"],
-            "ours_peak_mem_gib": ours["peak_mem_gib"], "baseline_peak_mem_gib": base["peak_mem_gib"],
-            "ours_step_time_s": ours["step_time_s"], "baseline_step_time_s": base["step_time_s"],
-            "ours_mfu": ours["mfu"], "baseline_mfu": base["mfu"],
-            "speedup": ours["tokens_per_s"] / base["tokens_per_s"],
-            "memory_ratio": ours["peak_mem_gib"] / base["peak_mem_gib"] if base["peak_mem_gib"] else None}
-    results["n_params"] = n_params
+    args.model = "tiny" if args.tiny else "random:llama-3.2-1b"
+    if args.tiny:
+        args.config, args.steps, args.scaling = "launch/configs/tiny.yaml", {s: (1, 2) for s in WARMUP_STEPS}, 0
+        card_ids = ["cpu"]
+    else:
+        import torch
+        n = torch.cuda.device_count()
+        card_ids = args.gpus.split(",") if args.gpus else [str(i) for i in range(n)]
+        args.steps = WARMUP_STEPS
+        if args.scaling is None:
+            args.scaling = len(card_ids)
+    args.data = os.path.join(os.path.abspath(args.out), "data")
+    args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
-    name = "throughput_tiny_cpu" if args.tiny else "throughput"
-    if args.append and os.path.exists(os.path.join(args.out, f"{name}.json")):
-        with open(os.path.join(args.out, f"{name}.json")) as f:
-            old = json.load(f)
-        if old["card"] != results["card"]:
-            sys.exit(f"--append: the results file was measured on {old['card']}, this is {results['card']}")
-        results["command"] = old["command"] + " ; " + results["command"]
-        results["stages"], results["variants"] = {**old["stages"], **results["stages"]}, {**old["variants"], **results["variants"]}
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print(table(results) + "\n\n" + variants_table(results))
-    with open(os.path.join(args.out, f"{name}.md"), "w") as f:
-        f.write(f"# Throughput: ours vs HF Trainer + peft\n\nCard: {results['card']}; versions {results['versions']};"
-                f" bf16 matmul peak measured in the same run: {results['matmul_peak_tflops']} TFLOP/s.\n\n"
-                f"Command: `{results['command']}`\n\n`ours` = variant `{ours_name}`.\n\n" + table(results)
-                + "\n\nEvery variant (each adds one optimisation to the row above it):\n\n" + variants_table(results)
-                + "\n\n" + __doc__.split("\n\n", 2)[2] + "\n")
-
-
-F = lambda v, d=1: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
-
-
-def table(results):
-    lines = ["| stage | B | ours tok/s | baseline tok/s | speed-up | ours target tok/s | baseline target tok/s | "
-             "ours peak GiB | baseline peak GiB | mem ratio | ours step s | baseline step s | ours MFU |",
-             "|---" * 13 + "|"]
-    for stage, r in results["stages"].items():
-        lines.append(f"| {stage} | {r['batch_size']} | {F(r['ours_tokens_per_s'], 0)} | {F(r['baseline_tokens_per_s'], 0)} | "
-                     f"{F(r['speedup'], 2)}x | {F(r['ours_target_tokens_per_s'], 0)} | {F(r['baseline_target_tokens_per_s'], 0)} | "
-                     f"{F(r['ours_peak_mem_gib'], 2)} | {F(r['baseline_peak_mem_gib'], 2)} | {F(r['memory_ratio'], 2)} | "
-                     f"{F(r['ours_step_time_s'], 3)} | {F(r['baseline_step_time_s'], 3)} | {F(r['ours_mfu'], 3)} |")
-    return "\n".join(lines)
-
-
-def variants_table(results):
-    lines = ["| stage | system | tok/s | vs baseline | target tok/s | peak GiB | mem ratio | step s | MFU |", "|---" * 9 + "|"]
-    for stage, row in results["variants"].items():
-        base = row["baseline"]
-        for system, r in row.items():
-            if "error" in r:
-                lines.append(f"| {stage} | {system} | failed: {r['error'][:120]} |" + " |" * 6)
-                continue
-            lines.append(f"| {stage} | {system} | {F(r['tokens_per_s'], 0)} | {F(r['tokens_per_s'] / base['tokens_per_s'], 2)}x | "
-                         f"{F(r['target_tokens_per_s'], 0)} | {F(r['peak_mem_gib'], 2)} | "
-                         f"{F(r['peak_mem_gib'] / base['peak_mem_gib'] if base['peak_mem_gib'] else None, 2)} | "
-                         f"{F(r['step_time_s'], 3)} | {F(r['mfu'], 3)} |")
-    return "\n".join(lines)
+    import stage_shapes
+    # in a process of its own (the GPU it uses is free again for the jobs): the random model's folder, built once
+    # before the jobs share it, and what this host is
+    host = json.loads(subprocess.run([sys.executable, "-c", PROBE, args.model], cwd=ROOT, check=True,
+                                     capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    counts = [2, 2, 1] if args.tiny else [1600, 1600, 400]
+    n_tools = 100 if args.tiny else stage_shapes.TOOL_TOKENS
+    lengths = stage_shapes.write(args.data, args.model, [c * 16 for c in counts] if args.tiny else counts,
+                                 n_tools=n_tools)
+    jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling)
+    with open(os.path.join(args.out, "run.json"), "w", encoding="utf-8") as f:
+        json.dump({**host, "command": " ".join(["python"] + sys.argv), "model": args.model, "tools": n_tools,
+                   "config": args.config, "steps": args.steps, "cards": card_ids, "jobs": [j["name"] for j in jobs],
+                   "examples": {s: len(v["tokens"]) for s, v in lengths.items()}}, f, indent=1)
+    run_all(jobs, args, card_ids)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,11 @@ def test_stages_chain_loss_falls_and_only_adapter_and_tool_rows_train(trained):
         weights = load_file(os.path.join(out, folder, "adapter", "adapter_model.safetensors"))
         assert weights and all("lora_" in k or "trainable_tokens" in k for k in weights), list(weights)
     assert json.load(open(os.path.join(out, "retrieval_training", "stage.json")))["parent_stage"] == "memorization"
+    # the clock of every update (benchmarks/throughput.py reads it): rising end times, the non-pad tokens of the data
+    metrics = json.load(open(os.path.join(out, "tool_memorization", "metrics.json")))
+    ends, tokens = metrics["clock"]["update_end_s"], metrics["clock"]["tokens"]
+    assert len(ends) == len(tokens) == metrics["steps"] and ends == sorted(ends) and min(tokens) > 0
+    assert metrics["tokens_per_s"] == pytest.approx(sum(tokens) / metrics["seconds"])
     # Only tool rows differ from the base: the adapter's rows are exactly the tool ids, all moved from their init.
     tokens, _, base, tool_ids = tiny_with_tokens(trained["data_dir"])
     delta = [v for k, v in load_file(os.path.join(out, "agent_tuning", "adapter", "adapter_model.safetensors")).items()

@@ -137,15 +137,21 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter(grouped)
 
 
-def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext):
-    """A stage file -> DataLoader: tokenized with loss masks (cached by datasets), in length-grouped or shuffled order,
-    left-padded or packed batches of `per_device_batch_size` examples."""
+def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextlib.nullcontext):
+    """A stage file -> a datasets.Dataset of {"input_ids", "labels"}, tokenized with loss masks (cached by datasets).
+    benchmarks/trainer_baseline.py feeds the same examples to the HF Trainer."""
     from datasets import load_dataset
-    from torch.utils.data import DataLoader
     dataset = load_dataset("json", data_files=data_file, split="train")
     with main_process_first():   # one process tokenizes, the others read its cache
-        dataset = dataset.map(lambda ex: tokenize_messages(tokenizer, ex["messages"], stage_cfg.max_length),
-                              remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
+        return dataset.map(lambda ex: tokenize_messages(tokenizer, ex["messages"], max_length),
+                           remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
+
+
+def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext):
+    """A stage file -> DataLoader: tokenized examples in length-grouped or shuffled order, left-padded or packed
+    batches of `per_device_batch_size` examples."""
+    from torch.utils.data import DataLoader
+    dataset = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first)
     batch = stage_cfg.per_device_batch_size
     sampler = (LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * batch, train_cfg.seed)
                if train_cfg.group_by_length else None)

@@ -132,14 +132,17 @@ def tiny_folder(tie_word_embeddings=True, arch="llama"):
 
 def random_llama_1b_folder():
     """The Llama-3.2-1B architecture with random weights (vocabulary 128,256, tied head) and the tiny model's
-    tokenizer (built in code, nothing to download): the real shapes for speed and scale-out runs where the real
-    weights cannot be downloaded."""
-    folder = os.path.join(CACHE, "random-llama-3.2-1b")
+    tokenizer (built in code, nothing to download) grown to Llama 3's 128,256 entries with reserved tokens, so that
+    tool tokens land after row 128,256 and the LM head has the real shape: the real shapes for speed and scale-out
+    runs where the real weights cannot be downloaded."""
+    folder = os.path.join(CACHE, "random-llama-3.2-1b-v2")
     if os.path.exists(os.path.join(folder, "config.json")):
         return folder
     from transformers import LlamaConfig, LlamaForCausalLM
+    vocab = 128256
     tokenizer = load_tokenizer(tiny_folder())
-    config = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+    tokenizer.add_tokens([f"<|reserved_{i}|>" for i in range(vocab - len(tokenizer))])
+    config = LlamaConfig(vocab_size=vocab, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
                          rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)

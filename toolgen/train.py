@@ -118,8 +118,11 @@ def main(argv=None):
                               config={k: str(v) for k, v in flatten(cfg.to_dict()).items()},
                               init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else {})
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=stage.name)
-    # tokens_seen stays on the device: reading it every micro-batch would make the step wait for the GPU
-    t0, tokens_seen = time.time(), torch.zeros((), dtype=torch.long, device=accelerator.device)
+    # tokens_seen stays on the device: reading it every micro-batch would make the step wait for the GPU.
+    # clock: when each update of this run ended (the update's one host sync has just returned) and its tokens, for
+    # steady-state speed apart from start-up and compilation (benchmarks/throughput.py reads it from metrics.json)
+    t0, tokens_seen = time.perf_counter(), torch.zeros((), dtype=torch.long, device=accelerator.device)
+    clock = {"update_end_s": [], "tokens": torch.zeros(max(total - step, 0), dtype=torch.long, device=accelerator.device)}
     model.train()
     while step < total:
         loader.set_epoch(epoch)   # the seedable sampler's order depends on (seed, epoch): a resume replays it
@@ -137,14 +140,17 @@ def main(argv=None):
                                          cfg.train.max_grad_norm)
             except NonFiniteLoss as e:
                 raise StageError(checkpoint.diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
-            tokens_seen += sum(num_tokens(b) for b in group)
+            tokens = sum(num_tokens(b) for b in group)
+            tokens_seen += tokens
+            clock["tokens"][len(clock["update_end_s"])] = tokens
+            clock["update_end_s"].append(time.perf_counter() - t0)
             scheduler.step()
             step += 1
             history.append(loss)
             bar.update(1)
             if step % cfg.train.logging_steps == 0 or step == total or step == 1:
                 logs = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm or 0.0,
-                        "tokens_per_s_per_device": tokens_seen.item() / max(time.time() - t0, 1e-9)}
+                        "tokens_per_s_per_device": tokens_seen.item() / max(time.perf_counter() - t0, 1e-9)}
                 accelerator.log({f"{stage.name}/{k}": v for k, v in logs.items()}, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.train.save_steps and (step % cfg.train.save_steps == 0 or step == total):
@@ -153,7 +159,7 @@ def main(argv=None):
         epoch += 1
     bar.close()
     finish(accelerator, model, tokenizer, tool_tokens, cfg, (stage, out_dir, parent_dir, data_file), run, history,
-           time.time() - t0, tokens_seen)
+           time.perf_counter() - t0, clock)
     return accelerator.unwrap_model(model, keep_torch_compile=False), history
 
 
@@ -190,13 +196,17 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens
 
 
-def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history, seconds, tokens_seen):
+def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history, seconds, clock):
     """The stage folder, with the loss history, the speed and what ran (stage.json)."""
     stage, out_dir, parent_dir, data_file = where
     step = len(history)
-    speed = {"tokens_per_s": accelerator.gather(tokens_seen.reshape(1)).sum().item()
-             / max(seconds, 1e-9),   # all processes, non-pad tokens (since this run started or resumed)
-             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    # non-pad tokens of every update of this run (since it started or resumed), summed over the processes
+    tokens = accelerator.gather(clock["tokens"].reshape(1, -1)).sum(0).tolist()
+    cuda = torch.cuda.is_available()
+    speed = {"tokens_per_s": sum(tokens) / max(seconds, 1e-9),
+             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+             "peak_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
+             "clock": {"update_end_s": [round(t, 4) for t in clock["update_end_s"]], "tokens": tokens}}
     metrics = {"loss_first": history[0], "loss_last": history[-1], "loss_history": history, "steps": step,
                "seconds": seconds, **speed}
     info = {"stage": stage.name, "base_model": cfg.model.name, "model": cfg.to_dict()["model"],

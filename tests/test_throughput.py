@@ -1,0 +1,77 @@
+"""The speed benchmark: its FLOP count, its steady-state window, its job order, and a CPU run of the whole thing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import flops  # noqa: E402
+import throughput  # noqa: E402
+
+TINY_CONFIG = {"hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "num_key_value_heads": 1}
+
+
+def test_flops_per_token_against_a_hand_count():
+    # linear (in, out): q 4x4, k 4x2, v 4x2, o 4x4, gate 4x8, up 4x8, down 8x4 -> N = 16+8+8+16+32+32+32 = 144
+    # LoRA r=1: (4+4)+(4+2)+(4+2)+(4+4)+(4+8)+(4+8)+(8+4) = 64 parameters
+    # two sequences of 2 and 4 tokens (6 tokens), 1 and 2 targets, vocabulary 10 of which 2 tools:
+    #   attention 6 * 1 layer * 4 * (2^2 + 4^2) / 6 = 80;  head (4*10*4 + 2*2*4) * 3 / 6 = 88
+    work = flops.flops_per_token(TINY_CONFIG, 1, 10, 2, [2, 4], [1, 2])
+    assert work["n_frozen"] == 144 and work["n_lora"] == 64
+    assert work["frozen"] == 576 and work["lora"] == 384
+    assert work["attention"] == pytest.approx(80) and work["head"] == pytest.approx(88)
+    assert work["total"] == pytest.approx(576 + 384 + 80 + 88)
+
+
+def test_datasheet_peak_by_card_name():
+    assert flops.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert flops.datasheet_peak("NVIDIA H100 PCIe") == 756e12
+    assert flops.datasheet_peak("NVIDIA H200") == 989.4e12
+    assert flops.datasheet_peak("cpu") is None
+
+
+def test_steady_state_skips_the_warmup_updates():
+    # updates end at 10 s (compiling), 11, 12, 13 s: the 3 timed updates take 1 s each, the first 9 s too long
+    clock = {"update_end_s": [10.0, 11.0, 12.0, 13.0], "tokens": [5, 100, 200, 300]}
+    s = throughput.steady_state(clock, warmup=1, steps=3)
+    assert s["tokens_per_s"] == pytest.approx(600 / 3) and s["update_s"] == pytest.approx(1.0)
+    assert s["warmup_excess_s"] == pytest.approx(9.0)
+    with pytest.raises(ValueError, match="4 updates recorded"):
+        throughput.steady_state(clock, warmup=2, steps=3)
+
+
+def test_jobs_interleave_repeats_and_scaling_comes_last():
+    jobs = throughput.plan(["retrieval", "agent"], ["ours", "plain", "tuned-eager"], 2, {"tuned-eager"}, 4)
+    names = [j["name"] for j in jobs]
+    assert names[:6] == ["retrieval-ours-r1", "retrieval-plain-r1", "retrieval-tuned-eager-r1",
+                         "agent-ours-r1", "agent-plain-r1", "agent-tuned-eager-r1"]
+    assert names[6:10] == ["retrieval-ours-r2", "retrieval-plain-r2", "agent-ours-r2", "agent-plain-r2"]
+    assert [(j["launcher"], j["gpus"]) for j in jobs[10:]] == [("ddp", 4), ("zero2", 4), ("zero3", 4)]
+
+
+def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):
+    """Both scripts end to end on the tiny model: the loop's own process (accelerate launch toolgen/train.py) and
+    the Trainer baselines, then the report with the keys the results need."""
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "benchmarks/throughput.py", "--tiny", "--out", str(run), "--stages", "retrieval",
+                    "--systems", "ours", "plain", "tuned", "--repeats", "1"], cwd=ROOT, check=True, timeout=900)
+    rows = [json.loads(line) for line in open(run / "results.jsonl")]
+    assert {r["system"] for r in rows} == {"ours", "plain", "tuned"} and not any("error" in r for r in rows)
+    ours = next(r for r in rows if r["system"] == "ours")
+    assert "toolgen/train.py" in ours["command"] and ours["timed_tokens"] > 0
+    subprocess.run([sys.executable, "benchmarks/throughput_report.py", str(run), "--out", str(tmp_path / "tp")],
+                   cwd=ROOT, check=True, timeout=300, capture_output=True)
+    result = json.load(open(tmp_path / "tp.json"))
+    assert result["measures"] == "toolgen/train.py loop"
+    row = result["stages"]["retrieval"]
+    for key in ("ours_tokens_per_s", "plain_tokens_per_s", "tuned_tokens_per_s"):
+        assert row[key] > 0
+    assert row["ours_spread"][0] <= row["ours_tokens_per_s"] <= row["ours_spread"][1]
+    assert row["repeats"] == {"ours": 1, "plain": 1, "tuned": 1} and row["flops_per_token"]["total"] > 0
+    assert "| retrieval | ours |" in open(tmp_path / "tp.md").read()

@@ -91,7 +91,9 @@ def command(job, args, folder):
         ga = load_config(args.config).stages[stage].gradient_accumulation_steps
         if ga % job["gpus"]:
             raise ValueError(f"{job['name']}: gradient accumulation {ga} is not divisible by {job['gpus']} GPUs")
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job["gpus"])]
+        # --gpu_ids all: 1gpu.yaml's gpu_ids "0" would otherwise replace the CUDA_VISIBLE_DEVICES this job was given
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job["gpus"]),
+                  "--gpu_ids", "all"]
         if args.tiny:
             launch += ["--config_file", "launch/accelerate/cpu.yaml"]
         else:
@@ -206,11 +208,37 @@ def run_all(jobs, args, card_ids):
         t.join()
 
 
+def prepare_run(args, card_ids, jobs):
+    """Data and run.json. A second command into the same folder (e.g. the scaling jobs once the other GPUs are free)
+    keeps the data and adds its jobs and command to run.json."""
+    import stage_shapes
+    path = os.path.join(args.out, "run.json")
+    command_line = " ".join(["python"] + sys.argv)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        info.update(command=info["command"] + " ; " + command_line, jobs=info["jobs"] + [j["name"] for j in jobs],
+                    cards=sorted(set(info["cards"]) | set(card_ids)))
+    else:
+        # in a process of its own (the GPU it uses is free again for the jobs): the random model's folder, built once
+        # before the jobs share it, and what this host is
+        host = json.loads(subprocess.run([sys.executable, "-c", PROBE, args.model], cwd=ROOT, check=True,
+                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        counts = [32, 32, 16] if args.tiny else [1600, 1600, 400]
+        n_tools = 100 if args.tiny else stage_shapes.TOOL_TOKENS
+        lengths = stage_shapes.write(args.data, args.model, counts, n_tools=n_tools)
+        info = {**host, "command": command_line, "model": args.model, "tools": n_tools, "config": args.config,
+                "steps": args.steps, "cards": card_ids, "jobs": [j["name"] for j in jobs],
+                "examples": {s: len(v["tokens"]) for s, v in lengths.items()}}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder: data/, jobs/<name>/, results.jsonl, run.json")
     p.add_argument("--stages", nargs="+", default=list(WARMUP_STEPS), choices=list(WARMUP_STEPS))
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS)
+    p.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=SYSTEMS, help="none: scaling jobs only")
     p.add_argument("--once", nargs="*", default=["ours-qlora", "tuned-eager"], choices=SYSTEMS,
                    help="systems measured in the first repeat only (device time)")
     p.add_argument("--repeats", type=int, default=3)
@@ -231,23 +259,11 @@ def main():
         args.steps = WARMUP_STEPS
         if args.scaling is None:
             args.scaling = len(card_ids)
-    args.data = os.path.join(os.path.abspath(args.out), "data")
     args.out = os.path.abspath(args.out)
+    args.data = os.path.join(args.out, "data")
     os.makedirs(args.out, exist_ok=True)
-    import stage_shapes
-    # in a process of its own (the GPU it uses is free again for the jobs): the random model's folder, built once
-    # before the jobs share it, and what this host is
-    host = json.loads(subprocess.run([sys.executable, "-c", PROBE, args.model], cwd=ROOT, check=True,
-                                     capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    counts = [2, 2, 1] if args.tiny else [1600, 1600, 400]
-    n_tools = 100 if args.tiny else stage_shapes.TOOL_TOKENS
-    lengths = stage_shapes.write(args.data, args.model, [c * 16 for c in counts] if args.tiny else counts,
-                                 n_tools=n_tools)
     jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling)
-    with open(os.path.join(args.out, "run.json"), "w", encoding="utf-8") as f:
-        json.dump({**host, "command": " ".join(["python"] + sys.argv), "model": args.model, "tools": n_tools,
-                   "config": args.config, "steps": args.steps, "cards": card_ids, "jobs": [j["name"] for j in jobs],
-                   "examples": {s: len(v["tokens"]) for s, v in lengths.items()}}, f, indent=1)
+    prepare_run(args, card_ids, jobs)
     run_all(jobs, args, card_ids)
 
 

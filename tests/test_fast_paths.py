@@ -74,6 +74,20 @@ def test_packed_batch_gives_the_padded_batch_loss_and_gradients(sample_data, att
                 loss_and_grads(model, padded, len(tokenizer), params))
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_document_mask_gives_the_padding_mask_loss_and_gradients(sample_data, attn):
+    """Training batches carry no padding mask: padding positions attend to themselves (no fully masked row, whose
+    NaN on CUDA kernels reached the weight gradients), and the real tokens get the same numbers."""
+    tokenizer, model, _, params = lora_tiny(sample_data, f"model.attn_implementation={attn}", "lora.dropout=0")
+    examples = stage_examples(tokenizer, sample_data)
+    masked = LeftPadCollator(tokenizer.pad_token_id)(examples)
+    documents = LeftPadCollator(tokenizer.pad_token_id, document_mask=True)(examples)
+    assert "attention_mask" not in documents and int(documents["num_tokens"]) == int(masked["attention_mask"].sum())
+    assert bool((masked["attention_mask"] == 0).any())   # some rows are padded: the case that matters
+    assert_same(loss_and_grads(model, documents, len(tokenizer), params),
+                loss_and_grads(model, masked, len(tokenizer), params))
+
+
 def test_packed_collator_keeps_examples_apart():
     examples = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
     b = PackedCollator(pad_token_id=0, pad_to_multiple_of=4)(examples)

@@ -65,10 +65,18 @@ def prompt_ids(tokenizer, messages):
 class LeftPadCollator:
     """Pads on the left, so that in a batch of short prompts the targets (the tool token and the end-of-turn marker)
     sit at the same few last positions: the loss needs the LM head at those positions only.
-    position_ids count real tokens only, so a padded example is computed exactly as it would be alone."""
+    position_ids count real tokens only, so a padded example is computed exactly as it would be alone.
 
-    def __init__(self, pad_token_id, pad_to_multiple_of=None):
-        self.pad_token_id, self.multiple = pad_token_id, pad_to_multiple_of
+    document_mask (training): no attention_mask; transformers then reads the restarts of position_ids (every padding
+    position is 0, the example starts again at 0) as documents, so each padding position attends to itself and the
+    example's tokens to the example only — the same numbers for the real tokens. With a padding mask instead, a padding
+    position sees no key at all (a fully masked row): CUDA SDPA kernels may return NaN there, and although no loss
+    depends on it, NaN x 0 in the backward turns the weight gradients into NaN (seen on an H100: a NaN gradient norm
+    with a finite loss, on some batches only). Flash-attention kernels need the padding mask (they drop the padding),
+    and generation needs it for the cache: both keep the default."""
+
+    def __init__(self, pad_token_id, pad_to_multiple_of=None, document_mask=False):
+        self.pad_token_id, self.multiple, self.document_mask = pad_token_id, pad_to_multiple_of, document_mask
 
     def __call__(self, examples):
         longest = max(len(e["input_ids"]) for e in examples)
@@ -82,6 +90,8 @@ class LeftPadCollator:
             batch["labels"][row, longest - n:] = torch.tensor(e["labels"])
             batch["attention_mask"][row, longest - n:] = 1
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        if self.document_mask:
+            batch["num_tokens"] = batch.pop("attention_mask").sum()
         return batch
 
 
@@ -147,15 +157,16 @@ def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextli
                            remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
 
 
-def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext):
-    """A stage file -> DataLoader: tokenized examples in length-grouped or shuffled order, left-padded or packed
-    batches of `per_device_batch_size` examples."""
+def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext,
+                 attn_implementation="sdpa"):
+    """A stage file -> DataLoader: tokenized examples in length-grouped or shuffled order, left-padded (document
+    mask, except for flash attention) or packed batches of `per_device_batch_size` examples."""
     from torch.utils.data import DataLoader
     dataset = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first)
     batch = stage_cfg.per_device_batch_size
     sampler = (LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * batch, train_cfg.seed)
                if train_cfg.group_by_length else None)
     collate = (PackedCollator(tokenizer.pad_token_id, train_cfg.pack_to_multiple_of) if train_cfg.packing
-               else LeftPadCollator(tokenizer.pad_token_id))
+               else LeftPadCollator(tokenizer.pad_token_id, document_mask="flash" not in attn_implementation))
     return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                       num_workers=train_cfg.num_workers, collate_fn=collate)

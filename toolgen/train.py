@@ -186,7 +186,8 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)
 
-    loader = stage_loader(tokenizer, data_file, sc, cfg.train, accelerator.main_process_first)
+    loader = stage_loader(tokenizer, data_file, sc, cfg.train, accelerator.main_process_first,
+                          cfg.model.attn_implementation)
     fused = accelerator.device.type == "cuda" and not uses_deepspeed(accelerator)
     if fused:
         model.to(accelerator.device)   # fused AdamW needs its parameters on the GPU when it is built

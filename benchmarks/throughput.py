@@ -9,6 +9,8 @@ Systems (each job below is one process, or one `accelerate launch` of several):
                launch/configs/llama-3.2-1b.yaml --stage S` — the reference config users run (packing, flex attention,
                sparse tool rows, compiled decoder layers, fused AdamW), in bf16 (model.quantization=none), with
                max_steps = warmup + steps and no checkpoints; the loop's own sampler, collator, gather and logging;
+  ours-amp     the same under bf16 autocast (`--mixed_precision bf16`): peft keeps the LoRA weights in fp32, and
+               without autocast every LoRA product is an fp32 GEMM with casts around it;
   ours-qlora   the same with the reference config's 4-bit QLoRA (as shipped);
   plain, tuned, tuned-eager: the HF Trainer + peft (benchmarks/trainer_baseline.py says what each sets).
 Scaling (--scaling N, agent shape): `ours` on N GPUs with DDP, DeepSpeed ZeRO-2 and ZeRO-3, the same global batch as
@@ -36,7 +38,8 @@ sys.path.insert(0, ROOT)
 
 from toolgen.config import STAGES  # noqa: E402
 
-SYSTEMS = ("ours", "ours-qlora", "plain", "tuned", "tuned-eager")
+SYSTEMS = ("ours", "ours-amp", "ours-qlora", "plain", "tuned", "tuned-eager")
+LOOP = ("ours", "ours-amp", "ours-qlora")   # the systems that run toolgen/train.py
 WARMUP_STEPS = {"memorization": (8, 30), "retrieval": (8, 30), "agent": (3, 10)}   # stage: (warmup, timed) updates
 LAUNCHERS = {"1gpu": "launch/accelerate/1gpu.yaml", "ddp": "launch/accelerate/multi_gpu.yaml",
              "zero2": "launch/accelerate/deepspeed_zero2.yaml", "zero3": "launch/accelerate/deepspeed_zero3.yaml"}
@@ -86,7 +89,7 @@ def command(job, args, folder):
     """The command line of one job (run from the repository root)."""
     stage = job["stage"]
     warmup, steps = args.steps[stage]
-    if job["system"] in ("ours", "ours-qlora"):
+    if job["system"] in LOOP:
         from toolgen.config import load_config
         ga = load_config(args.config).stages[stage].gradient_accumulation_steps
         if ga % job["gpus"]:
@@ -98,13 +101,14 @@ def command(job, args, folder):
             launch += ["--config_file", "launch/accelerate/cpu.yaml"]
         else:
             launch += ["--config_file", LAUNCHERS[job["launcher"]]]
-            if job["launcher"].startswith("zero"):
-                launch += ["--mixed_precision", "bf16"]   # the DS JSON's bf16 "auto" follows this flag
+            if job["launcher"].startswith("zero") or job["system"] == "ours-amp":
+                launch += ["--mixed_precision", "bf16"]   # (the DS JSON's bf16 "auto" follows this flag)
         sets = [f"model.name={args.model}", f"stages.{stage}.max_steps={warmup + steps}", "train.save_steps=0",
                 f"stages.{stage}.gradient_accumulation_steps={ga // job['gpus']}",
                 f"model.quantization={'4bit' if job['system'] == 'ours-qlora' else 'none'}"]
         if args.tiny:   # flex attention and compilation are CUDA paths
             sets += ["model.attn_implementation=sdpa", "train.compile=false"]
+        sets += args.ours_set
         # --from-scratch: a fresh adapter instead of the previous stage's, the same work per step
         return launch + ["toolgen/train.py", "--config", args.config, "--stage", stage, "--data-dir", args.data,
                          "--output-dir", folder, "--overwrite", "--from-scratch"] + [x for s in sets for x in ("--set", s)]
@@ -128,7 +132,7 @@ def steady_state(clock, warmup, steps):
 def result(job, args, folder):
     """What a finished job measured, from the files it wrote."""
     warmup, steps = args.steps[job["stage"]]
-    if job["system"] not in ("ours", "ours-qlora"):
+    if job["system"] not in LOOP:
         with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
             return json.load(f)
     with open(os.path.join(folder, STAGES[job["stage"]].folder, "metrics.json"), encoding="utf-8") as f:
@@ -161,7 +165,9 @@ def run_job(job, args, cards, lock):
     os.makedirs(folder, exist_ok=True)
     cmd = command(job, args, folder)
     # each job tokenizes into its own datasets cache: parallel jobs never write the same cache files
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+    # TORCH_LOGS=recompiles: a compiled job's log says what made it compile again (the reference config's compiled
+    # path did not finish its first update in 240 s on an H200: results/throughput.md)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", TORCH_LOGS="recompiles",
                HF_DATASETS_CACHE=os.path.join(folder, "datasets_cache"))
     if not args.tiny:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(job["cards"])
@@ -239,13 +245,15 @@ def main():
     p.add_argument("--out", required=True, help="run folder: data/, jobs/<name>/, results.jsonl, run.json")
     p.add_argument("--stages", nargs="+", default=list(WARMUP_STEPS), choices=list(WARMUP_STEPS))
     p.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=SYSTEMS, help="none: scaling jobs only")
-    p.add_argument("--once", nargs="*", default=["ours-qlora", "tuned-eager"], choices=SYSTEMS,
+    p.add_argument("--once", nargs="*", default=["ours-amp", "ours-qlora", "tuned-eager"], choices=SYSTEMS,
                    help="systems measured in the first repeat only (device time)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scaling", type=int, default=None, help="GPUs of the scaling jobs (default: all, if > 1)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
     p.add_argument("--timeout", type=int, default=300, help="seconds before a job is stopped and recorded as failed")
     p.add_argument("--config", default="launch/configs/llama-3.2-1b.yaml")
+    p.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the loop's jobs (e.g. train.compile=false)")
     p.add_argument("--tiny", action="store_true", help="the tiny model on CPU, few steps: checks the scripts only")
     args = p.parse_args()
     args.model = "tiny" if args.tiny else "random:llama-3.2-1b"

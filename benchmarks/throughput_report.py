@@ -66,7 +66,7 @@ def stage_table(info, rows, lengths):
         per = {s: summary([r for r in one if r["system"] == s]) for s in sorted({r["system"] for r in one})}
         tuned = max((s for s in TUNED if per.get(s, {}).get("tokens_per_s")), default=None,
                     key=lambda s: per[s]["tokens_per_s"])
-        names = {"ours": "ours", "plain": "plain", "tuned": tuned, "qlora": "ours-qlora"}
+        names = {"ours": "ours", "plain": "plain", "tuned": tuned, "qlora": "ours-qlora", "amp": "ours-amp"}
         row = {"repeats": {k: per[v]["repeats"] for k, v in names.items() if v in per}, "tuned_system": tuned,
                "systems": per}
         for key, system in names.items():
@@ -80,7 +80,7 @@ def stage_table(info, rows, lengths):
                                      lengths[stage]["tokens"], lengths[stage]["targets"])
         row["flops_per_token"] = work
         peak = flops.datasheet_peak(info["card"])
-        for key in ("ours", "tuned", "plain", "qlora"):
+        for key in ("ours", "tuned", "plain", "qlora", "amp"):
             tps = row[f"{key}_tokens_per_s"]
             row[f"{key}_mfu"] = work["total"] * tps / peak if tps and peak else None
             row[f"{key}_mfu_measured_peak"] = (work["total"] * tps / info["matmul_peak_flops"]
@@ -135,7 +135,7 @@ def verdict(value, target, higher=True):
 
 def markdown(r):
     t = r["targets"]
-    lines = [f"# Training throughput: the loop users run vs the HF Trainer", "",
+    lines = ["# Training throughput: the loop users run vs the HF Trainer", "",
              f"Card: {r['card']} x {r['gpus']} (one host); versions {r['versions']}; datasheet dense bf16 peak "
              f"{F(r['datasheet_peak_tflops'], 1)} TFLOP/s, measured 8192^3 bf16 matmul {F(r['matmul_peak_tflops'], 1)} "
              f"TFLOP/s.", "", f"Command: `{r['command']}` then `python benchmarks/throughput_report.py RUN`.", "",
@@ -145,7 +145,6 @@ def markdown(r):
              "|---" * 14 + "|"]
     for stage, row in r["stages"].items():
         for system, s in row["systems"].items():
-            key = {"ours": "ours", "plain": "plain", "ours-qlora": "qlora"}.get(system, "tuned")
             tps = s.get("tokens_per_s")
             work = row["flops_per_token"]["total"]
             mfu = work * tps / (r["datasheet_peak_tflops"] * 1e12) if tps and r["datasheet_peak_tflops"] else None

@@ -15,7 +15,9 @@ gradient accumulation, learning rate, LoRA (r, alpha, dropout, all linear layers
                and dynamic shapes (ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1, ACCELERATE_DYNAMO_USE_DYNAMIC=1:
                without them every new row length compiles the whole model again). `train_sampling_strategy="group_by_length"` is on but moot:
                a flattened row has no padding to save.
-  tuned-eager: `tuned` without compilation and with Liger's kernels for RoPE, RMSNorm and SwiGLU.
+  tuned-eager: `tuned` without compilation, with SDPA (a dense document mask over the flattened row) instead of flex
+               attention (uncompiled flex attention compiles its kernel for every new length), and with Liger's
+               kernels for RoPE, RMSNorm and SwiGLU.
 Liger's fused linear cross-entropy is not used by any system: it reads `lm_head.weight`, which under peft's trainable
 tokens is the frozen table, so the tool rows' trained delta would never reach the logits or get a gradient through the
 head (liger_kernel/transformers/model/llama.py unwraps only ModulesToSaveWrapper).
@@ -32,7 +34,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from toolgen import quiet  # noqa: E402,F401
+from toolgen import quiet  # noqa: E402,F401  (first: it silences start-up notices)
 
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -55,7 +57,7 @@ def build_model(system, model_name, cfg, tool_tokens, device):
     tokenizer.add_tokens(tool_tokens)
     tool_ids = tokenizer.convert_tokens_to_ids(tool_tokens)
     cuda = device == "cuda"
-    attn = "flex_attention" if system != "plain" and cuda else "sdpa"   # flex attention has no backward on CPU
+    attn = "flex_attention" if system == "tuned" and cuda else "sdpa"   # flex attention has no backward on CPU
     if system == "tuned-eager" and cuda:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,

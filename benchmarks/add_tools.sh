@@ -4,9 +4,11 @@
 # whose relevant APIs are all new (all old) score the new (old) tools, model alone and with the prior.
 #   bash benchmarks/add_tools.sh            # -> benchmarks/results/add_tools.{json,md}
 #   PARTS="split train80" bash benchmarks/add_tools.sh   # some parts (a part keeps what an earlier run finished)
-# Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | add (toolgen-add-tools,
-#   timed) | full (prepare + the chain on 100 %, timed) | evaluate (before, after, full; baselines on the full
-#   catalog) | report. Delete $RUN (default add_tools_run) to start over.
+# Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | sweep (CANDIDATES, e.g.
+#   "0.3:1e-3 0.5:5e-4 0.7:3e-4": replay_fraction:learning_rate pairs, each added and scored on the validation split;
+#   the best is used by add; nothing without CANDIDATES) | add (toolgen-add-tools, timed) | full (prepare + the chain
+#   on 100 %, timed) | evaluate (before, after, full; baselines on the full catalog) | report. Delete $RUN (default
+#   add_tools_run) to start over.
 # Inputs: ../shared/toolbench or TOOLBENCH=DIR (StableToolBench queries, the derived catalog, ToolBench trajectories);
 # CATALOG, QUERIES (space-separated), TRAJECTORIES (space-separated) override them, CONFIG the training config,
 # UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split, RESULTS
@@ -14,7 +16,7 @@
 # A CPU smoke run on the shipped sample and the tiny model (minutes; numbers meaningless):
 #   S=toolgen/data/sample CATALOG=$S/catalog.jsonl QUERIES="$S/instruction/G1_query.json $S/instruction/G2_query.json" \
 #   TRAJECTORIES=$S/answer CONFIG=launch/configs/tiny.yaml RUN_DIR=/tmp/add_smoke RESULTS=/tmp/add_smoke/result \
-#   bash benchmarks/add_tools.sh
+#   UNTIL=retrieval CANDIDATES="0.3:5e-3 0.6:2e-3" bash benchmarks/add_tools.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${TOOLBENCH:-../shared/toolbench}
@@ -22,7 +24,8 @@ RUN=${RUN_DIR:-add_tools_run}
 CONFIG=${CONFIG:-benchmarks/configs/add-tools-smollm2.yaml}
 PY=${PYTHON:-python3}
 UNTIL=${UNTIL:-agent}
-PARTS=${PARTS:-"split train80 add full evaluate report"}
+PARTS=${PARTS:-"split train80 sweep add full evaluate report"}
+read -ra CANDIDATES <<< "${CANDIDATES:-}"
 Q=$S/stabletoolbench/solvable_queries/test_instruction
 CATALOG=${CATALOG:-$S/derived/api_docs_from_test_queries.jsonl}
 read -ra QUERIES <<< "${QUERIES:-$Q/G1_instruction.json $Q/G1_category.json $Q/G2_instruction.json $Q/G2_category.json}"
@@ -74,11 +77,37 @@ if part train80; then
   [ -f "$RUN/data80/tool_tokens.json" ] || prepare "$RUN/data80" "$RUN/split/old.jsonl" "${OLD_QUERIES[@]}"
   chain m80 "$RUN/data80"
 fi
+add_traj=()
+[ "$UNTIL" = "$($PY -m toolgen.config stages | awk '{print $NF}')" ] && add_traj=("${TRAJ_FLAGS[@]}")
+# add OUT [--set ...]: the new tools into the 80 % model
+add() {
+  local out=$1; shift
+  $PY -m toolgen.add_tools --model "$RUN/m80/$FOLDER" --api-catalog "$RUN/split/new.jsonl" "${NEW_QUERIES[@]}" \
+    ${add_traj[@]+"${add_traj[@]}"} --config "$CONFIG" --out "$out" --overwrite "$@"
+}
+# sweep: each CANDIDATE (replay_fraction:learning_rate) added and scored on the validation split (the parent's held-out
+# validation queries and the new queries' own, cut into new-only and old-only); the best one is the timed addition's
+if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; then
+  for cand in "${CANDIDATES[@]}"; do
+    folder="sweep_${cand/:/_}"
+    [ -f "$RUN/m80/$folder/stage.json" ] || add "$RUN/m80/$folder" --set "add_tools.replay_fraction=${cand%%:*}" \
+      --set "stages.add_tools.learning_rate=${cand##*:}"
+    [ -f "$RUN/valsets/val_new.json" ] || $PY benchmarks/add_tools_report.py testsets --data "$RUN/m80/$folder.data" \
+      --split "$RUN/split" --out "$RUN/valsets" --file retrieval_val.json --prefix val
+    $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines --model "$RUN/m80/$folder" \
+      --data "$RUN/m80/$folder.data" --queries "$RUN/valsets/val_new.json" --queries "$RUN/valsets/val_old.json" \
+      --out "$RUN/eval_$folder"
+  done
+  $PY benchmarks/add_tools_report.py choose --run "$RUN" --candidates "${CANDIDATES[@]}"
+fi
 if part add && [ ! -f "$RUN/m80/added/stage.json" ]; then
-  add_traj=()
-  [ "$UNTIL" = "$($PY -m toolgen.config stages | awk '{print $NF}')" ] && add_traj=("${TRAJ_FLAGS[@]}")
-  timed add $PY -m toolgen.add_tools --model "$RUN/m80/$FOLDER" --api-catalog "$RUN/split/new.jsonl" \
-    "${NEW_QUERIES[@]}" ${add_traj[@]+"${add_traj[@]}"} --config "$CONFIG" --out "$RUN/m80/added" --overwrite
+  chosen=()
+  if [ -f "$RUN/chosen.json" ]; then
+    read -ra chosen <<< "$($PY -c 'import json, sys; c = json.load(open(sys.argv[1]))
+print(f"--set add_tools.replay_fraction={c[\"replay_fraction\"]} --set stages.add_tools.learning_rate={c[\"learning_rate\"]}")' \
+      "$RUN/chosen.json")"
+  fi
+  timed add add "$RUN/m80/added" ${chosen[@]+"${chosen[@]}"}
 fi
 if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then
   full() {

@@ -8,6 +8,10 @@
     python benchmarks/add_tools_report.py testsets --data FULL_DATA --split DIR --out DIR
                         -> test_new.json (held-out queries whose relevant APIs are all new), test_old.json (all old),
                            in the ToolBench query format that toolgen.evaluate --queries reads
+    python benchmarks/add_tools_report.py testsets ... --file retrieval_val.json --prefix val
+                        -> val_new.json, val_old.json: the same cut of a validation split (the sweep's)
+    python benchmarks/add_tools_report.py choose --run RUN --candidates REPLAY:LR ...
+                        -> RUN/chosen.json: the candidate with the best validation score (candidate_score)
     python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
                         -> benchmarks/results/add_tools.{json,md}
 """
@@ -58,32 +62,59 @@ def split(args):
 
 
 def testsets(args):
-    """The full data's held-out queries, by whether their relevant APIs are all new or all old (mixed: neither)."""
+    """A data folder's held-out queries (--file: the test split, or the validation split for the sweep), by whether
+    their relevant APIs are all new or all old (mixed: neither) -> <prefix>_new.json, <prefix>_old.json."""
     with open(os.path.join(args.data, "tool_tokens.json"), encoding="utf-8") as f:
         tools = json.load(f)["tools"]
-    with open(os.path.join(args.data, "retrieval_test.json"), encoding="utf-8") as f:
+    with open(os.path.join(args.data, args.file), encoding="utf-8") as f:
         records = json.load(f)
     with open(os.path.join(args.split, "split.json"), encoding="utf-8") as f:
         new = set(json.load(f)["new_tools"])
-    sets = {"test_new": [], "test_old": [], "mixed": 0}
+    names = (f"{args.prefix}_new", f"{args.prefix}_old")
+    sets = {names[0]: [], names[1]: [], "mixed": 0}
     for r in records:
         labels = [[tools[t]["tool"], tools[t]["api"]] for t in r["relevant"]]
-        labels += [m.split("&&", 1) for m in r["missing_relevant"]]
+        labels += [m.split("&&", 1) for m in r.get("missing_relevant", [])]
         kinds = {label[0] in new for label in labels}
         if kinds == {True} or kinds == {False}:
-            sets["test_new" if kinds == {True} else "test_old"].append(
+            sets[names[0] if kinds == {True} else names[1]].append(
                 {"query": r["messages"][-1]["content"], "query_id": r["query_id"], "relevant APIs": labels})
         else:
             sets["mixed"] += 1
-    for name in ("test_new", "test_old"):
+    for name in names:
         write_json(os.path.join(args.out, f"{name}.json"), sets[name])
-    print(f"testsets: {len(sets['test_new'])} new-only, {len(sets['test_old'])} old-only, {sets['mixed']} mixed "
+    print(f"{args.file}: {len(sets[names[0]])} new-only, {len(sets[names[1]])} old-only, {sets['mixed']} mixed "
           "(left out)")
 
 
-def systems(path):
+def candidate_score(metrics, folder):
+    """A sweep candidate's validation score: the mean of NDCG@5 on the new-only and the old-only validation queries,
+    with the prior (the addition must learn the new tools and keep the old ones; neither may buy the other)."""
+    row = metrics["systems"][f"toolgen/{folder}+prior"]
+    return (row["queries/val_new/ndcg@5"] + row["queries/val_old/ndcg@5"]) / 2
+
+
+def choose(args):
+    """The sweep's pick: the candidate (replay_fraction:learning_rate) with the best validation score -> chosen.json,
+    which the timed addition then uses. Test queries play no part."""
+    scores = {}
+    for cand in args.candidates:
+        folder = "sweep_" + cand.replace(":", "_")
+        scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
+    best = max(scores, key=scores.get)
+    replay, lr = best.split(":")
+    write_json(os.path.join(args.run, "chosen.json"), {"replay_fraction": float(replay), "learning_rate": float(lr),
+                                                       "validation_scores": scores})
+    print(f"chosen on the validation split: replay_fraction {replay}, learning rate {lr} ({scores})")
+
+
+def systems_file(path):
     with open(path, encoding="utf-8") as f:
-        return json.load(f)["systems"]
+        return json.load(f)
+
+
+def systems(path):
+    return systems_file(path)["systems"]
 
 
 def variant_rows(run, stage):
@@ -136,7 +167,9 @@ def report(args):
     seconds_add, seconds_full = seconds(args.run, "add"), seconds(args.run, "full_retrain")
     with open(os.path.join(args.run, "split", "split.json"), encoding="utf-8") as f:
         split_info = json.load(f)
+    chosen = os.path.join(args.run, "chosen.json")
     result = {**rows, "new_tools_memorization_accuracy": memorization, "seconds_add": seconds_add,
+              "sweep": systems_file(chosen) if os.path.exists(chosen) else None,
               "seconds_full_retrain": seconds_full, "baselines_full_catalog": baselines,
               "targets": targets(rows, memorization, seconds_add, seconds_full), "stage": args.stage,
               "card": args.card, "config": args.config,
@@ -165,7 +198,10 @@ def markdown(r):
     lines += [f"| {v} | " + " | ".join(fmt(r[v][k]) for k in keys) + " |" for v in ("model", "model+prior")]
     lines += ["", f"new_tools_memorization_accuracy: {fmt(r['new_tools_memorization_accuracy'])}; seconds_add: "
               f"{fmt(r['seconds_add'])}; seconds_full_retrain: {fmt(r['seconds_full_retrain'])}", "",
-              f"BM25 / MiniLM on the full catalog: {r['baselines_full_catalog']}", "", "| target | value | met |",
+              f"BM25 / MiniLM on the full catalog: {r['baselines_full_catalog']}", "",
+              f"Addition settings chosen on the validation split (mean NDCG@5 of new-only and old-only validation "
+              f"queries, with the prior): {r.get('sweep') or 'no sweep: the config as it is'}", "",
+              "| target | value | met |",
               "|---|---|---|"]
     lines += [f"| {name} | {fmt(t['value'])} | {fmt(t['met'])} |" for name, t in r["targets"].items()]
     return "\n".join(lines)
@@ -184,6 +220,11 @@ def main(argv=None):
     t.add_argument("--data", required=True)
     t.add_argument("--split", required=True)
     t.add_argument("--out", required=True)
+    t.add_argument("--file", default="retrieval_test.json", help="the held-out file of --data to cut")
+    t.add_argument("--prefix", default="test", help="names of the two sets: <prefix>_new, <prefix>_old")
+    c = sub.add_parser("choose")
+    c.add_argument("--run", required=True)
+    c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR")
     r = sub.add_parser("report")
     r.add_argument("--run", required=True)
     r.add_argument("--stage", required=True, help="the stage folder compared (e.g. agent_tuning)")
@@ -191,9 +232,9 @@ def main(argv=None):
     r.add_argument("--config", default="")
     r.add_argument("--out", help="results path without extension (default benchmarks/results/add_tools)")
     args = p.parse_args(argv)
-    if args.command != "report":
+    if args.command not in ("report", "choose"):
         os.makedirs(args.out, exist_ok=True)
-    {"split": split, "testsets": testsets, "report": report}[args.command](args)
+    {"split": split, "testsets": testsets, "choose": choose, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

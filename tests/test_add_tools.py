@@ -274,3 +274,22 @@ def test_pipeline_runs_an_addition_when_asked(tmp_path):
     assert flag(train_line, "--stage") == "add_tools"
     assert flag(train_line, "--data-dir") == flag(eval_line, "--data") == str(out / "added_tools.data")
     assert flag(eval_line, "--model") == str(out / "added_tools")
+
+
+def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path):
+    """benchmarks/add_tools.sh's sweep: each candidate's score is the mean of its new-only and old-only validation
+    NDCG@5 with the prior; choose writes the best one for the timed addition."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import add_tools_report
+    scores = {"0.3:1e-3": (0.90, 0.40), "0.7:3e-4": (0.80, 0.70), "0.5:5e-4": (0.85, 0.60)}   # means .65 .75 .725
+    for cand, (new, old) in scores.items():
+        folder = "sweep_" + cand.replace(":", "_")
+        test = 1.0 if cand == "0.3:1e-3" else 0.0   # the worst on validation is the best on test: must not matter
+        row = {"queries/val_new/ndcg@5": new, "queries/val_old/ndcg@5": old, "queries/test_new/ndcg@5": test,
+               "queries/test_old/ndcg@5": test}
+        add_tools_report.write_json(str(tmp_path / f"eval_{folder}" / "metrics.json"),
+                                    {"systems": {f"toolgen/{folder}+prior": row, f"toolgen/{folder}": {}}})
+    add_tools_report.main(["choose", "--run", str(tmp_path), "--candidates", *scores])
+    chosen = json.load(open(tmp_path / "chosen.json"))
+    assert (chosen["replay_fraction"], chosen["learning_rate"]) == (0.7, 3e-4)
+    assert chosen["validation_scores"]["0.3:1e-3"] == pytest.approx(0.65)

@@ -48,8 +48,7 @@ def flops_per_token(config, lora_r, vocab, tools, lengths, targets):
     shapes = linear_shapes(config).values()
     n_frozen = layers * sum(i * o for i, o in shapes)
     n_lora = layers * sum(lora_r * (i + o) for i, o in shapes)
-    hd = config.get("head_dim") or d // config["num_attention_heads"]
-    d_attn = config["num_attention_heads"] * hd
+    d_attn = linear_shapes(config)["q"][1]   # heads x head dim
     tokens = sum(lengths)
     attention = 6 * layers * d_attn * sum(n * n for n in lengths) / tokens
     head = (4 * vocab * d + 2 * tools * d) * sum(targets) / tokens

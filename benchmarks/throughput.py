@@ -125,7 +125,8 @@ def steady_state(clock, warmup, steps):
         raise ValueError(f"{len(ends)} updates recorded, {warmup} + {steps} needed (warmup >= 1)")
     seconds = ends[warmup + steps - 1] - ends[warmup - 1]
     update_s = seconds / steps
-    return {"tokens_per_s": sum(tokens[warmup:warmup + steps]) / seconds, "update_s": update_s,
+    timed = sum(tokens[warmup:warmup + steps])
+    return {"tokens_per_s": timed / seconds, "update_s": update_s, "timed_tokens": timed,
             "warmup_excess_s": ends[warmup - 1] - warmup * update_s}
 
 
@@ -139,7 +140,7 @@ def result(job, args, folder):
         metrics = json.load(f)
     return {**steady_state(metrics["clock"], warmup, steps), "first_loss": metrics["loss_history"][0],
             "peak_mem_gib": metrics["peak_memory_gib"], "peak_reserved_gib": metrics["peak_memory_reserved_gib"],
-            "timed_tokens": sum(metrics["clock"]["tokens"][warmup:warmup + steps]), "warmup": warmup, "steps": steps}
+            "warmup": warmup, "steps": steps}
 
 
 class Cards:
@@ -160,7 +161,7 @@ class Cards:
             self.cond.notify_all()
 
 
-def run_job(job, args, cards, lock):
+def run_job(job, args, lock):
     folder = os.path.join(args.out, "jobs", job["name"])
     os.makedirs(folder, exist_ok=True)
     cmd = command(job, args, folder)
@@ -203,7 +204,7 @@ def run_all(jobs, args, card_ids):
 
     def go(job):
         try:
-            run_job(job, args, cards, lock)
+            run_job(job, args, lock)
         finally:
             cards.give(job["cards"])
     for job in jobs:

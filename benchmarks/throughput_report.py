@@ -60,6 +60,7 @@ def stage_table(info, rows, lengths):
     from toolgen.config import load_config
     cfg = load_config(info["config"])
     config = model_config(info)
+    peak = flops.datasheet_peak(info["card"])
     stages = {}
     for stage in [s for s in info["steps"] if any(r["stage"] == s for r in rows)]:
         one = [r for r in rows if r["stage"] == stage and r["gpus"] == 1]
@@ -69,22 +70,21 @@ def stage_table(info, rows, lengths):
         names = {"ours": "ours", "plain": "plain", "tuned": tuned, "qlora": "ours-qlora", "amp": "ours-amp"}
         row = {"repeats": {k: per[v]["repeats"] for k, v in names.items() if v in per}, "tuned_system": tuned,
                "systems": per}
-        for key, system in names.items():
-            s = per.get(system) or {}
-            row[f"{key}_tokens_per_s"] = s.get("tokens_per_s")
-            row[f"{key}_spread"] = s.get("tokens_per_s_spread")
-            row[f"{key}_peak_mem_gib"] = s.get("peak_mem_gib")
-            row[f"{key}_peak_reserved_gib"] = s.get("peak_reserved_gib")
         n_tools = info["tools"]
         work = flops.flops_per_token(config, cfg.lora.r, config["vocab_size"] + n_tools, n_tools,
                                      lengths[stage]["tokens"], lengths[stage]["targets"])
         row["flops_per_token"] = work
-        peak = flops.datasheet_peak(info["card"])
-        for key in ("ours", "tuned", "plain", "qlora", "amp"):
-            tps = row[f"{key}_tokens_per_s"]
-            row[f"{key}_mfu"] = work["total"] * tps / peak if tps and peak else None
-            row[f"{key}_mfu_measured_peak"] = (work["total"] * tps / info["matmul_peak_flops"]
-                                               if tps and info.get("matmul_peak_flops") else None)
+        for s in per.values():   # the same useful work credited to every system
+            tps = s.get("tokens_per_s")
+            s["mfu"] = work["total"] * tps / peak if tps and peak else None
+            s["mfu_measured_peak"] = (work["total"] * tps / info["matmul_peak_flops"]
+                                      if tps and info.get("matmul_peak_flops") else None)
+        for key, system in names.items():
+            s = per.get(system) or {}
+            for name, field in (("tokens_per_s", "tokens_per_s"), ("spread", "tokens_per_s_spread"),
+                                ("peak_mem_gib", "peak_mem_gib"), ("peak_reserved_gib", "peak_reserved_gib"),
+                                ("mfu", "mfu"), ("mfu_measured_peak", "mfu_measured_peak")):
+                row[f"{key}_{name}"] = s.get(field)
         stages[stage] = row
     return stages
 
@@ -145,10 +145,7 @@ def markdown(r):
              "|---" * 14 + "|"]
     for stage, row in r["stages"].items():
         for system, s in row["systems"].items():
-            tps = s.get("tokens_per_s")
-            work = row["flops_per_token"]["total"]
-            mfu = work * tps / (r["datasheet_peak_tflops"] * 1e12) if tps and r["datasheet_peak_tflops"] else None
-            mfu2 = work * tps / (r["matmul_peak_tflops"] * 1e12) if tps and r["matmul_peak_tflops"] else None
+            tps, mfu, mfu2 = s.get("tokens_per_s"), s.get("mfu"), s.get("mfu_measured_peak")
             ratio = lambda other: F(tps / row[other], 2) + "x" if tps and row.get(other) else "-"  # noqa: E731
             lines.append(f"| {stage} | {system} | {F(tps)} | {spread(s.get('tokens_per_s_spread'))} | "
                          f"{ratio('plain_tokens_per_s')} | {ratio('tuned_tokens_per_s')} | {F(s.get('peak_mem_gib'), 2)} | "

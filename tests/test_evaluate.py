@@ -192,6 +192,32 @@ def test_quality_report_chooses_on_validation_and_reports_test(tmp_path):
     assert result["memorization_accuracy"] == 0.97
     assert result["agent_e2e"] == {"complexfuncbench": {"toolgen/main/agent_tuning": {"call_accuracy": 0.25}}}
     assert result["views_ablation"]["toolgen/views_base/retrieval_training"] == {"val_ndcg@5": 0.45, "test_ndcg@5": 0.65}
+
+    # a second base model on the same data: its rows, its untrained base, its e2e and a summary per base model
+    qwen = {"bm25": system(0.6), "base": system(0.05), "toolgen/tool_memorization": system(0.4, 0.4, memo=0.99),
+            "toolgen/retrieval_training": system(0.75, val=0.7), "toolgen/agent_tuning": system(0.6, val=0.45),
+            "toolgen/retrieval_training+prior": system(0.78, choice=0.5)}
+    qwen["toolgen/agent_tuning"]["agent/tool_selection_accuracy"] = 0.6
+    with open(tmp_path / "qwen.json", "w") as f:
+        json.dump({"systems": qwen}, f)
+    with open(tmp_path / "qwen_e2e.json", "w") as f:
+        json.dump({"systems": {"toolgen/agent_tuning": {"agent_e2e/nestful/call_accuracy": 0.5}}}, f)
+    subprocess.run(cmd + ["--run", f"qwen={tmp_path / 'qwen.json'}", "--run-model", "qwen=Qwen 0.5B",
+                          "--e2e", f"qwen={tmp_path / 'qwen_e2e.json'}"], cwd=ROOT, check=True, capture_output=True)
+    result = json.load(open(tmp_path / "out" / "quality.json"))
+    assert result["toolgen_system"] == "toolgen/qwen/retrieval_training"   # the best validation across base models
+    assert result["memorization_accuracy"] == 0.99 and result["overall"]["toolgen"]["ndcg@5"] == 0.75
+    assert result["systems"]["base/qwen"]["retrieval/ndcg@5"] == 0.05
+    assert result["agent_e2e"]["nestful"] == {"toolgen/qwen/agent_tuning": {"call_accuracy": 0.5}}
+    q = result["base_models"]["qwen"]
+    assert (q["model"], q["toolgen"], q["toolgen_ndcg@5"], q["toolgen_hybrid_ndcg@5"]) == (
+        "Qwen 0.5B", "toolgen/qwen/retrieval_training", 0.75, 0.78)
+    assert q["agent_step_tool_selection"] == 0.6 and q["memorization_accuracy"] == 0.99
+    assert result["base_models"]["main"]["toolgen"] == "toolgen/main/agent_tuning"
+    assert result["base_models"]["main"]["agent_e2e"] == {"complexfuncbench": {"toolgen/main/agent_tuning":
+                                                                                {"call_accuracy": 0.25}}}
+
+
 def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_path):
     """agent_e2e_test.json -> the loop with the replay executor, for the agent stage and for the base told its tools:
     the metrics per source, the transcripts beside them; the numbers are the transcripts' (recomputed here)."""

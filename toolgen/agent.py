@@ -43,7 +43,8 @@ class AgentConfig:
     context_budget: int | None = 4096       # tokens of a prompt plus the turn's new tokens; None: no limit
     think: bool = False                     # an assistant "Thought: ..." turn before each action
     thought_tokens: int = 64
-    argument_tokens: int = 128
+    argument_tokens: int = 512              # the longest arguments in the prepared agent data (ComplexFuncBench's
+    #                                         search keys): 11 % of them are > 128 tokens, and a cut one is invalid JSON
     observation_chars: int = OBSERVATION_BUDGET   # an observation is cut to this many characters (valid JSON kept)
     tool_list: bool = False                 # list every tool (token: description) in the system turn: how an
     #                                         untrained base is told what it can call

@@ -63,14 +63,15 @@ if part views; then
       --model "$RUN/$v/$retr" --data "$RUN/data_$v" --out "$RUN/eval_$v"
   done
 fi
-if part e2e; then   # three processes share the GPU: the loop is launch-bound on a 135M model
+if part e2e; then   # three processes share the GPU: the loop is launch-bound on a 135M model (the agent stage's
+  # process also ranks, for its +prior row's fusion; the other two only run the loop: --e2e-only)
   limit=${E2E_LIMIT:-0}   # 0: every held-out request (the loops run batched: --e2e-width)
   retrieval=$RUN/main/$($PY -m toolgen.config folder retrieval) agent=$RUN/main/$($PY -m toolgen.config folder agent)
   $PY -m toolgen.evaluate --no-baselines --no-base --set retrieval.prior=bm25 --e2e-limit "$limit" --model "$agent" \
     --data "$RUN/data" --out "$RUN/eval_e2e_agent" > "$RUN/eval_e2e_agent.log" 2>&1 &
-  $PY -m toolgen.evaluate --no-baselines --no-base --set retrieval.prior=none --e2e-limit "$limit" \
+  $PY -m toolgen.evaluate --e2e-only --no-base --e2e-limit "$limit" \
     --model "$retrieval" --data "$RUN/data" --out "$RUN/eval_e2e_retrieval" > "$RUN/eval_e2e_retrieval.log" 2>&1 &
-  $PY -m toolgen.evaluate --no-baselines --base-only --e2e-limit "$limit" --model "$agent" --data "$RUN/data" \
+  $PY -m toolgen.evaluate --e2e-only --base-only --e2e-limit "$limit" --model "$agent" --data "$RUN/data" \
     --out "$RUN/eval_e2e_base" > "$RUN/eval_e2e_base.log" 2>&1 &
   failed=0
   for job in $(jobs -p); do wait "$job" || failed=1; done

@@ -255,3 +255,12 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
     base = [Transcript.from_dict(t) for t in json.load(open(out / "transcripts" / "base_weather.json"))]
     assert "<<SkyCast&&current weather>>" in base[0].messages[0]["content"]
     assert "The tools you can use:" not in transcripts[0].messages[0]["content"]
+
+    # --e2e-only: the same loop runs and numbers, without the ranking / memorization / step-wise metrics
+    evaluate_main(["--model", os.path.join(trained["output_dir"], "agent_tuning"), "--data", str(data),
+                   "--out", str(tmp_path / "e2e_only"), "--e2e-only"])
+    only = json.load(open(tmp_path / "e2e_only" / "metrics.json"))["systems"]
+    assert set(only) == {"base", "toolgen/agent_tuning"}
+    for name, m in only.items():
+        assert m and all(k.startswith("agent_e2e/") for k in m)
+        assert m == {k: v for k, v in systems[name].items() if k.startswith("agent_e2e/")}

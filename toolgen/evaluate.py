@@ -273,6 +273,9 @@ def main(argv=None):
                    help="only the untrained base (of the first --model): e.g. to run its end-to-end agent in parallel")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end agent runs (agent_e2e_test.json)")
+    p.add_argument("--e2e-only", action="store_true",
+                   help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
+                        "and no +prior rows (an e2e job beside the evaluation, which computes those)")
     p.add_argument("--e2e-limit", type=int, default=0, help="the first N held-out requests per agent source (0: all)")
     p.add_argument("--e2e-width", type=int, default=16,
                    help="requests run at once, their model calls batched (1: one at a time; the same transcripts)")
@@ -288,6 +291,8 @@ def main(argv=None):
         args.runs = args.runs or os.path.join(args.output_dir, "runs")
     if not (args.data and args.out):
         p.error("give --data and --out, or --output-dir")
+    if args.e2e_only and args.no_e2e:
+        p.error("--e2e-only and --no-e2e exclude each other")
     try:
         evaluate(args)
     except (EvalError, ConfigError) as e:
@@ -309,21 +314,23 @@ def evaluate(args):
               "source_tokens": source_tokens(tools)}
     inputs["toolset"] = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if inputs["e2e"] else None
     sets = inputs["sets"]
-    kinds = set() if args.no_baselines else set(baselines.INDEXES)
-    if args.model and retrieval_cfg.prior != "none":
+    kinds = set() if args.no_baselines or args.e2e_only else set(baselines.INDEXES)
+    if args.model and retrieval_cfg.prior != "none" and not args.e2e_only:
         kinds |= set(retrieval_cfg.prior.split("+"))
     views, view_table = choose_views(documents, sets.get(VAL), sorted(kinds))
     systems, rankings, extra = {}, {}, {}
-    if not args.no_baselines:
+    if not (args.no_baselines or args.e2e_only):
         systems, rankings = baseline_systems(documents, sets, views)
     prior = None
-    if args.model and retrieval_cfg.prior != "none" and not args.base_only:
+    if args.model and retrieval_cfg.prior != "none" and not (args.base_only or args.e2e_only):
         prior = retrieval.Prior(retrieval_cfg.prior, documents, candidates, views).compute(
             {name: [r[0] for r in rows] for name, rows in sets.items()})
     for i, stage_dir in enumerate(args.model[:1] if args.base_only else args.model):
         found = evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base=i == 0 and not args.no_base)
         for name, (metrics_of, rankings_of, transcripts) in found.items():
-            systems[name], rankings[name] = metrics_of, rankings_of
+            systems[name] = metrics_of
+            if rankings_of:   # none with --e2e-only
+                rankings[name] = rankings_of
             extra.update({f"transcripts/{name.replace('/', '_')}_{s}.json": t for s, t in transcripts.items()})
     runs = args.runs or (os.path.join(os.path.dirname(os.path.normpath(args.model[0])), "runs") if args.model else None)
     reported = {name: rows for name, rows in sets.items() if name != VAL}
@@ -342,10 +349,12 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
         raise EvalError(f"{stage_dir} was trained without some tokens of {args.data}/tool_tokens.json")
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     toolset = inputs["toolset"]
+    # --e2e-only: the loop's runs alone (the ranking metrics are the evaluation's, in another process)
+    measure = (lambda *_, **__: ({}, {}, {})) if args.e2e_only else model_system
     rows = {}
     if with_base or args.base_only:
         with model.disable_adapter():   # the same base with the same initial tool rows, no training
-            found, ranked, _ = model_system(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
+            found, ranked, _ = measure(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
             agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width,
                                             base_tools=inputs["source_tokens"]) if e2e else ({}, {})
             rows["base"] = ({**found, **agent}, ranked, transcripts)
@@ -355,7 +364,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     info = load_json(os.path.join(stage_dir, "stage.json"))
     stage = info.get("chain_stage") or info["stage"]   # an add_tools stage does what its chain stage did
     new_tools = info.get("tools_added", []) + info.get("tools_replaced", [])
-    found, ranked, scores = model_system(model, tokenizer, candidates, sets, inputs["memorization"],
+    found, ranked, scores = measure(model, tokenizer, candidates, sets, inputs["memorization"],
                                          inputs["agent_test"], stage == "agent", new_tools)
     agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width) \
         if e2e and stage != "memorization" else ({}, {})

@@ -37,3 +37,21 @@ def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
         assert a.stop_reason == b.stop_reason
     assert m1 == m2
     assert max(sizes) > 1 and max(sizes) <= 3   # really batched, never wider than asked
+
+
+def test_generation_stops_each_row_once_its_json_object_is_complete():
+    """The arguments turn ends at the object's closing brace (strings and escapes respected), row by row: a model
+    that does not end its turn there no longer runs on to the 512-token argument budget; a thought never stops early."""
+    import torch
+
+    from toolgen.decoding import JsonObjectDone, json_object_done
+    cases = {'{"city": "Oslo"}': True, ' {"a": [1, {"b": 2}]} and more': True, "{}": True,
+             '{"a": "}"': False, '{"a": "x\\"}"': False, '{"a": "x\\"}"}': True, '{"a": {"b": 1}': False,
+             "Thought: call {it}": False, "": False}
+    assert {t: json_object_done(t) for t in cases} == cases
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve_model("tiny"))
+    prompt = tokenizer("Give the input.")["input_ids"]
+    for text, done in (('{"city": "Oslo"}', True), ('{"city": "Os', False)):
+        ids = torch.tensor([prompt + tokenizer(text, add_special_tokens=False)["input_ids"]] * 2)
+        assert JsonObjectDone(tokenizer, len(prompt))(ids, None).tolist() == [done, done]

@@ -7,8 +7,43 @@ atomic tokens that is exactly the order in which beam search with num_beams=k an
 """
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from toolgen.collate import LeftPadCollator, prompt_ids
+
+
+def json_object_done(text):
+    """True once text (stripped) is one complete JSON object: its first "{" closed again, strings and escapes
+    respected. Text that does not start with "{" (a thought, a plain answer) is never done here."""
+    text = text.lstrip()
+    if not text.startswith("{"):
+        return False
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return True
+    return False
+
+
+class JsonObjectDone(StoppingCriteria):
+    """Stops each row of a generation once its new text is a complete JSON object (the agent's arguments turn): a
+    model that does not end its turn right after the object would otherwise run on to the token budget (512 for
+    arguments). Other turns (thoughts) never match, so the same criterion serves every greedy generation."""
+
+    def __init__(self, tokenizer, prompt_length):
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:], skip_special_tokens=True)
+        return torch.tensor([json_object_done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
@@ -54,7 +89,8 @@ def generate_text(model, tokenizer, messages, max_new_tokens=96):
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                         stopping_criteria=StoppingCriteriaList([JsonObjectDone(tokenizer, ids.shape[1])]))
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -65,7 +101,8 @@ def generate_texts(model, tokenizer, prompts, max_new_tokens):
     device = next(model.parameters()).device
     batch = LeftPadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": ids}
                                                      for ids in (prompt_ids(tokenizer, m) for m in prompts)])
-    out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     width = batch["input_ids"].shape[1]
+    out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                         max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                         stopping_criteria=StoppingCriteriaList([JsonObjectDone(tokenizer, width)]))
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]

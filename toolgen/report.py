@@ -58,7 +58,8 @@ def _plots(out_dir, rankings, sets, curves):
         ys = [metrics.mean_ndcg(ranked, [row[1] for row in rows], k) for k in range(1, 11)]
         ax.plot(range(1, 11), ys, marker="o", label=name)
     ax.set(xlabel="k", ylabel="NDCG@k (standard)", title="Retrieval on retrieval_test.json")
-    ax.legend(fontsize=8)
+    if rankings:   # none with --e2e-only: an empty plot
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "ndcg_at_k.png"), dpi=120)
     plt.close(fig)

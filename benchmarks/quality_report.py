@@ -35,21 +35,25 @@ def collect(args):
     main = load(args.main)
     if main is None:
         raise SystemExit("quality_report: --main is required")
-    systems = {n.replace("toolgen/", "toolgen/main/"): m for n, m in main["systems"].items()}
+    systems = {in_run(n, "main"): m for n, m in main["systems"].items()}
     for run, path in (r.split("=", 1) for r in args.run):
         found = load(path)
         for name, m in (found or {}).get("systems", {}).items():
-            if name.startswith("toolgen/"):
-                systems[name.replace("toolgen/", f"toolgen/{run}/")] = m
-            elif name == "base":
-                systems[f"base/{run}"] = m
+            if name.startswith("toolgen/") or name == "base":   # another run's baselines are the main run's
+                systems[in_run(name, run)] = m
     e2e = {}
     for spec in args.e2e:
         run, path = spec.split("=", 1) if "=" in spec else ("main", spec)
         for name, m in ((load(path) or {}).get("systems", {})).items():
-            name = f"base/{run}" if name == "base" and run != "main" else name.replace("toolgen/", f"toolgen/{run}/")
-            e2e.setdefault(name, {}).update({k: v for k, v in m.items() if k.startswith("agent_e2e/")})
+            e2e.setdefault(in_run(name, run), {}).update({k: v for k, v in m.items() if k.startswith("agent_e2e/")})
     return main, systems, e2e
+
+
+def in_run(name, run):
+    """A system's name in the merged table: toolgen/<run>/<stage>; another run's untrained base is base/<run>."""
+    if name == "base":
+        return "base" if run == "main" else f"base/{run}"
+    return name.replace("toolgen/", f"toolgen/{run}/")
 
 
 def pick(m, prefix="retrieval/"):

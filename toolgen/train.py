@@ -118,10 +118,10 @@ def main(argv=None):
                               config={k: str(v) for k, v in flatten(cfg.to_dict()).items()},
                               init_kwargs={"tensorboard": {"purge_step": step + 1}} if step else {})
     bar = tqdm(total=total, initial=step, disable=not accelerator.is_local_main_process, desc=stage.name)
-    # tokens_seen stays on the device: reading it every micro-batch would make the step wait for the GPU.
     # clock: when each update of this run ended (the update's one host sync has just returned) and its tokens, for
     # steady-state speed apart from start-up and compilation (benchmarks/throughput.py reads it from metrics.json)
-    t0, tokens_seen = time.perf_counter(), torch.zeros((), dtype=torch.long, device=accelerator.device)
+    # The tokens stay on the device: reading them every micro-batch would make the step wait for the GPU.
+    t0 = time.perf_counter()
     clock = {"update_end_s": [], "tokens": torch.zeros(max(total - step, 0), dtype=torch.long, device=accelerator.device)}
     model.train()
     while step < total:
@@ -141,7 +141,6 @@ def main(argv=None):
             except NonFiniteLoss as e:
                 raise StageError(checkpoint.diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
             tokens = sum(num_tokens(b) for b in group)
-            tokens_seen += tokens
             clock["tokens"][len(clock["update_end_s"])] = tokens
             clock["update_end_s"].append(time.perf_counter() - t0)
             scheduler.step()
@@ -150,7 +149,7 @@ def main(argv=None):
             bar.update(1)
             if step % cfg.train.logging_steps == 0 or step == total or step == 1:
                 logs = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm or 0.0,
-                        "tokens_per_s_per_device": tokens_seen.item() / max(time.perf_counter() - t0, 1e-9)}
+                        "tokens_per_s_per_device": clock["tokens"].sum().item() / max(time.perf_counter() - t0, 1e-9)}
                 accelerator.log({f"{stage.name}/{k}": v for k, v in logs.items()}, step=step)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if cfg.train.save_steps and (step % cfg.train.save_steps == 0 or step == total):

@@ -101,12 +101,10 @@ if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; the
   $PY benchmarks/add_tools_report.py choose --run "$RUN" --candidates "${CANDIDATES[@]}"
 fi
 if part add && [ ! -f "$RUN/m80/added/stage.json" ]; then
-  chosen=()
-  if [ -f "$RUN/chosen.json" ]; then
-    read -ra chosen <<< "$($PY -c 'import json, sys; c = json.load(open(sys.argv[1]))
-print(f"--set add_tools.replay_fraction={c[\"replay_fraction\"]} --set stages.add_tools.learning_rate={c[\"learning_rate\"]}")' \
-      "$RUN/chosen.json")"
-  fi
+  # the sweep's pick (none without a sweep); a plain assignment, so that a failure stops the script: inside the
+  # here-string below it would pass unseen, and the addition would run with the config's values
+  flags=$($PY benchmarks/add_tools_report.py chosen-flags --run "$RUN")
+  read -ra chosen <<< "$flags"
   timed add add "$RUN/m80/added" ${chosen[@]+"${chosen[@]}"}
 fi
 if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then

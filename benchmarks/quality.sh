@@ -4,14 +4,17 @@
 #   bash benchmarks/quality.sh                      # every part, ending with benchmarks/results/quality.{json,md}
 #   PARTS="prepare" bash benchmarks/quality.sh      # some parts, e.g. training on a GPU host, evaluation elsewhere
 #   NPROC=2 ...                                     # stages on 2 GPUs of one host (data parallel)
-#   WRITER=gguf-file:models/....gguf ...            # also the llm view, written by that instruct model (needs a GPU)
+#   WRITER=gguf-file:models/....gguf ...            # main also gets the llm view, written by that instruct model
+#                                                   # (needs a GPU); WRITER_CACHE=FILE: from a query_writer.jsonl
+#   VAL_FRACTION=0.2 ...                            # the share of training queries carved out for validation
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
-#   prepare     data (views name,ask,params,multi_tool,multi_category + the agent sources) and data_views_base (views
-#               name,ask: the earlier best), both with a validation split carved from the training queries (seed 0);
-#               with WRITER, data_views_llm: data's views + llm (the writer's answers cached in that folder)
+#   prepare     data (views name,ask,params,multi_tool,multi_category, + llm with WRITER or WRITER_CACHE, + the agent
+#               sources) and data_views_base (views name,ask: the earlier best), with the llm view also
+#               data_views_nollm (the five without it); each with the same validation split carved from the training
+#               queries (seed 0)
 #   train       main: memorization -> retrieval -> agent on data
-#   views       views_base (and views_llm with WRITER): retrieval on data_views_*, from main's memorization, and its
-#               evaluation (the views ablation; waits for main's memorization when another process is training it)
+#   views       views_base (and views_nollm with the llm view): retrieval on data_views_*, from main's memorization,
+#               and its evaluation (the views ablation; waits for main's memorization when another process trains it)
 #   e2e         the agent loop end to end on held-out ComplexFuncBench / NESTFUL requests (replayed responses):
 #               main's retrieval and agent stages, the untrained base told its tools; the prior from BM25 only
 #               (E2E_LIMIT requests per source; default all)
@@ -25,7 +28,9 @@ CONFIG=${CONFIG:-benchmarks/configs/quality-smollm2.yaml}
 PY=${PYTHON:-python3}
 PARTS=${PARTS:-"prepare train views e2e evaluate report"}
 NPROC=${NPROC:-1}
-VIEWS=${VIEWS-views_base${WRITER:+ views_llm}}   # VIEWS="" skips the ablation (e.g. a second base model)
+LLM=${WRITER:-${WRITER_CACHE:-}}   # non-empty: main's views include the llm view
+VIEWS=${VIEWS-views_base${LLM:+ views_nollm}}   # VIEWS="" skips the ablation (e.g. a second base model)
+FIVE=name,ask,params,multi_tool,multi_category
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 Q=$S/stabletoolbench/solvable_queries/test_instruction
 prepare() {
@@ -33,8 +38,11 @@ prepare() {
     --queries "$Q/G1_instruction.json" --queries "$Q/G1_category.json" --queries "$Q/G2_instruction.json" \
     --queries "$Q/G2_category.json" --trajectories "$S/toolbench/toolbench/tooleval/results/default_evalset" \
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" \
-    --complexfuncbench --nestful --val-fraction 0.1 "$@"
+    --complexfuncbench --nestful --val-fraction "${VAL_FRACTION:-0.2}" "$@"
 }
+WRITER_FLAGS=()
+[ -z "${WRITER:-}" ] || WRITER_FLAGS+=(--query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}")
+[ -z "${WRITER_CACHE:-}" ] || WRITER_FLAGS+=(--query-writer-cache "$WRITER_CACHE")
 # stage RUN DATA STAGE [train.py args]: one stage, skipped when finished
 stage() {
   local run=$1 data=$2 s=$3; shift 3
@@ -44,10 +52,11 @@ stage() {
     --output-dir "$RUN/$run" --data-dir "$RUN/$data" "$@"
 }
 if part prepare; then
-  [ -f "$RUN/data/tool_tokens.json" ] || prepare --out "$RUN/data" --views name,ask,params,multi_tool,multi_category
-  [ -f "$RUN/data_views_base/tool_tokens.json" ] || prepare --out "$RUN/data_views_base" --views name,ask
-  [ -z "${WRITER:-}" ] || [ -f "$RUN/data_views_llm/tool_tokens.json" ] || prepare --out "$RUN/data_views_llm" \
-    --views name,ask,params,multi_tool,multi_category,llm --query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}"
+  [ -f "$RUN/data/tool_tokens.json" ] || prepare --out "$RUN/data" --views "$FIVE${LLM:+,llm}" "${WRITER_FLAGS[@]}"
+  [[ " $VIEWS " != *" views_base "* ]] || [ -f "$RUN/data_views_base/tool_tokens.json" ] ||
+    prepare --out "$RUN/data_views_base" --views name,ask
+  [[ " $VIEWS " != *" views_nollm "* ]] || [ -f "$RUN/data_views_nollm/tool_tokens.json" ] ||
+    prepare --out "$RUN/data_views_nollm" --views "$FIVE"
 fi
 if part train; then
   for s in $($PY -m toolgen.config stages); do stage main data "$s"; done
@@ -63,18 +72,28 @@ if part views; then
       --model "$RUN/$v/$retr" --data "$RUN/data_$v" --out "$RUN/eval_$v"
   done
 fi
-if part e2e; then   # three processes share the GPU: the loop is launch-bound on a 135M model (the agent stage's
-  # process also ranks, for its +prior row's fusion; the other two only run the loop: --e2e-only)
-  limit=${E2E_LIMIT:-0}   # 0: every held-out request (the loops run batched: --e2e-width)
-  retrieval=$RUN/main/$($PY -m toolgen.config folder retrieval) agent=$RUN/main/$($PY -m toolgen.config folder agent)
-  $PY -m toolgen.evaluate --no-baselines --no-base --set retrieval.prior=bm25 --e2e-limit "$limit" --model "$agent" \
-    --data "$RUN/data" --out "$RUN/eval_e2e_agent" > "$RUN/eval_e2e_agent.log" 2>&1 &
-  $PY -m toolgen.evaluate --e2e-only --no-base --e2e-limit "$limit" \
-    --model "$retrieval" --data "$RUN/data" --out "$RUN/eval_e2e_retrieval" > "$RUN/eval_e2e_retrieval.log" 2>&1 &
-  $PY -m toolgen.evaluate --e2e-only --base-only --e2e-limit "$limit" --model "$agent" --data "$RUN/data" \
-    --out "$RUN/eval_e2e_base" > "$RUN/eval_e2e_base.log" 2>&1 &
+if part e2e; then   # one process per loop, side by side on the GPU (the loop is launch-bound on small models)
+  # E2E: which loops (default all three): agent = the agent stage, with a +prior row that ranks for its fusion;
+  # retrieval = the stage-2 model (--e2e-only); base = the untrained base told its tools (--e2e-only, from stage 1's
+  # folder, so it can start once stage 1 is done). E2E_LIMIT: the first N held-out requests per source (0: all;
+  # BASE_LIMIT for base); E2E_WIDTH: requests run at once, their model calls batched; E2E_PRIOR=0: no +prior row.
+  limit=${E2E_LIMIT:-0} width=${E2E_WIDTH:-64} pids=()
+  folder() { echo "$RUN/main/$($PY -m toolgen.config folder "$1")"; }
+  for what in ${E2E:-agent retrieval base}; do
+    flags=(--data "$RUN/data" --out "$RUN/eval_e2e_$what" --e2e-width "$width")
+    case $what in
+      agent) if [ "${E2E_PRIOR:-1}" = 1 ]; then flags+=(--no-baselines --set retrieval.prior=bm25)
+             else flags+=(--e2e-only); fi
+             flags+=(--no-base --e2e-limit "$limit" --model "$(folder agent)") ;;
+      retrieval) flags+=(--e2e-only --no-base --e2e-limit "$limit" --model "$(folder retrieval)") ;;
+      base) flags+=(--e2e-only --base-only --e2e-limit "${BASE_LIMIT:-$limit}" --model "$(folder memorization)") ;;
+      *) echo "quality: E2E has an unknown loop '$what' (agent, retrieval, base)" >&2; exit 2 ;;
+    esac
+    $PY -m toolgen.evaluate "${flags[@]}" > "$RUN/eval_e2e_$what.log" 2>&1 &
+    pids+=($!)
+  done
   failed=0
-  for job in $(jobs -p); do wait "$job" || failed=1; done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
   tail -n 3 "$RUN"/eval_e2e_*.log
   [ "$failed" = 0 ] || { echo "quality: an e2e evaluation failed (logs: $RUN/eval_e2e_*.log)" >&2; exit 1; }
 fi
@@ -86,8 +105,10 @@ if part evaluate; then
 fi
 if part report; then
   runs=(); for v in $VIEWS; do runs+=(--run "$v=$RUN/eval_$v/metrics.json"); done
+  for w in agent retrieval base; do   # the loops that ran (E2E)
+    [ ! -f "$RUN/eval_e2e_$w/metrics.json" ] || runs+=(--e2e "$RUN/eval_e2e_$w/metrics.json")
+  done
   $PY benchmarks/quality_report.py --main "$RUN/eval_main/metrics.json" "${runs[@]}" \
-    --e2e "$RUN/eval_e2e_agent/metrics.json" --e2e "$RUN/eval_e2e_retrieval/metrics.json" \
-    --e2e "$RUN/eval_e2e_base/metrics.json" --prepare "$RUN/data/prepare_report.json" --config "$CONFIG"
+    --prepare "$RUN/data/prepare_report.json" --config "$CONFIG"
 fi
 echo "quality: done ($PARTS)"

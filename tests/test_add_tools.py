@@ -276,20 +276,39 @@ def test_pipeline_runs_an_addition_when_asked(tmp_path):
     assert flag(eval_line, "--model") == str(out / "added_tools")
 
 
-def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path):
-    """benchmarks/add_tools.sh's sweep: each candidate's score is the mean of its new-only and old-only validation
-    NDCG@5 with the prior; choose writes the best one for the timed addition."""
+def sweep_choice(tmp_path, scores, new_queries, memorization):
+    """Sweep evaluations as add_tools.sh writes them, {cand: (val_new, val_old)} -> chosen.json. The worst candidate on
+    validation is the best on test: that must not matter."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import add_tools_report
-    scores = {"0.3:1e-3": (0.90, 0.40), "0.7:3e-4": (0.80, 0.70), "0.5:5e-4": (0.85, 0.60)}   # means .65 .75 .725
     for cand, (new, old) in scores.items():
         folder = "sweep_" + cand.replace(":", "_")
-        test = 1.0 if cand == "0.3:1e-3" else 0.0   # the worst on validation is the best on test: must not matter
-        row = {"queries/val_new/ndcg@5": new, "queries/val_old/ndcg@5": old, "queries/test_new/ndcg@5": test,
-               "queries/test_old/ndcg@5": test}
+        test = 1.0 if cand == "0.3:1e-3" else 0.0
+        row = {"queries/val_new/ndcg@5": new, "queries/val_old/ndcg@5": old, "queries/val_new/queries": new_queries,
+               "queries/test_new/ndcg@5": test, "queries/test_old/ndcg@5": test}
+        model = {"memorization/new_tools_accuracy": memorization[cand]}
         add_tools_report.write_json(str(tmp_path / f"eval_{folder}" / "metrics.json"),
-                                    {"systems": {f"toolgen/{folder}+prior": row, f"toolgen/{folder}": {}}})
+                                    {"systems": {f"toolgen/{folder}+prior": row, f"toolgen/{folder}": model}})
     add_tools_report.main(["choose", "--run", str(tmp_path), "--candidates", *scores])
-    chosen = json.load(open(tmp_path / "chosen.json"))
+    return json.load(open(tmp_path / "chosen.json"))
+
+
+def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path):
+    """benchmarks/add_tools.sh's sweep: with enough new-only validation queries a candidate's score is the mean of its
+    new-only and old-only validation NDCG@5 with the prior; with too few (the real split has 1) it is the old-only
+    NDCG@5 of the candidates that memorize the new tools (>= 0.95). choose writes the pick for the timed addition."""
+    scores = {"0.3:1e-3": (0.90, 0.40), "0.7:3e-4": (0.80, 0.70), "0.5:5e-4": (0.85, 0.60)}   # means .65 .75 .725
+    memorization = {"0.3:1e-3": 0.99, "0.7:3e-4": 0.97, "0.5:5e-4": 0.98}
+    chosen = sweep_choice(tmp_path / "many", scores, 12, memorization)
     assert (chosen["replay_fraction"], chosen["learning_rate"]) == (0.7, 3e-4)
-    assert chosen["validation_scores"]["0.3:1e-3"] == pytest.approx(0.65)
+    assert chosen["validation_scores"]["0.3:1e-3"] == pytest.approx(0.65) and "old-only" in chosen["rule"]
+    scores = {"0.3:1e-3": (1.0, 0.40), "0.7:3e-4": (0.0, 0.80), "0.5:5e-4": (1.0, 0.70)}   # one new-only query
+    memorization["0.7:3e-4"] = 0.90   # the best old-only score, but it does not learn the new tools
+    chosen = sweep_choice(tmp_path / "few", scores, 1, memorization)
+    assert (chosen["replay_fraction"], chosen["learning_rate"]) == (0.5, 5e-4)
+    assert chosen["validation_scores"] == {"0.3:1e-3": 0.40, "0.7:3e-4": 0.0, "0.5:5e-4": 0.70}
+    # what add_tools.sh hands the timed addition (the earlier inline reader died on a SyntaxError unseen, and the
+    # addition silently ran with the config's values)
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "few")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags.split() == ["--set", "add_tools.replay_fraction=0.5", "--set", "stages.add_tools.learning_rate=0.0005"]

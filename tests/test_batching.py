@@ -37,6 +37,10 @@ def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
         assert a.stop_reason == b.stop_reason
     assert m1 == m2
     assert max(sizes) > 1 and max(sizes) <= 3   # really batched, never wider than asked
+    sizes.clear()
+    every, m0 = run_e2e(model, tokenizer, requests, tools, config, width=0, desc="e2e")   # 0: all at once
+    assert m0 == m1 and [t.steps for t in every] == [t.steps for t in many]
+    assert sizes[0] == len(requests)
 
 
 def test_generation_stops_each_row_once_its_json_object_is_complete():

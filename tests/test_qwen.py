@@ -47,3 +47,23 @@ def test_qwen2_tool_rows_masks_training_and_reload(tmp_path, sample_data, tied):
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     with torch.no_grad():
         torch.testing.assert_close(trained.eval()(**inputs).logits, reloaded.eval()(**inputs).logits, rtol=0, atol=0)
+
+
+def test_eager_trained_stage_runs_inference_on_sdpa(tmp_path, sample_data):
+    """Eager attention is a training setting (quality-qwen05.yaml); load_stage serves inference on SDPA (eager's full
+    score matrices ran an evaluation out of memory) with the same logits, and keeps eager for further training."""
+    trained, _ = run_stage("memorization", tmp_path, sample_data, "model.name=tiny-qwen2",
+                           "model.attn_implementation=eager", "stages.memorization.max_steps=2")
+    assert trained.config._attn_implementation == "eager"
+    stage_dir = os.path.join(tmp_path, "tool_memorization")
+    tokenizer, served, _ = models.load_stage(stage_dir)
+    assert served.config._attn_implementation == "sdpa"
+    assert models.load_stage(stage_dir, trainable=True)[1].config._attn_implementation == "eager"
+    prompts = [tokenize_messages(tokenizer, [{"role": "user", "content": text}])
+               for text in ("weather in Lisbon", "convert 3 euros to yen, please")]
+    batch = LeftPadCollator(tokenizer.pad_token_id)(prompts)   # left-padded: the mask matters
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(served.eval()(**inputs).logits[real], trained.eval()(**inputs).logits[real],
+                                   rtol=1e-4, atol=1e-4)

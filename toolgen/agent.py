@@ -280,24 +280,33 @@ class Agent:
             step.observation = json.dumps({"error": step.error}, ensure_ascii=False)
 
 
-def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None, width=1):
+def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None, width=1,
+            desc=None):
     """The loop on held-out GoldRequests, each replayed against its own gold calls -> (transcripts, metrics): what
     toolgen.evaluate calls. tools: a Toolset or a path Toolset.load reads; think replaces config.think (the
     layout the model was trained with); policy: instead of ModelPolicy(model, tokenizer); width > 1: that many
-    requests at once, their model calls batched (toolgen/batching.py), the same loop and transcripts."""
+    requests at once, their model calls batched (toolgen/batching.py), the same loop and transcripts; width 0: all
+    of them at once. desc: a progress bar (finished requests) under that name."""
+    from tqdm.auto import tqdm
+
     from toolgen.agent_metrics import e2e_metrics
     tools = tools if isinstance(tools, Toolset) else Toolset.load(tools)
     policy = policy or ModelPolicy(model, tokenizer)
     config = dataclasses.replace(config or AgentConfig(), think=think)
     jobs = [(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars)) for r in requests]
-    if width > 1:
-        from toolgen.batching import BatchingPolicy, run_batched
-        batched = BatchingPolicy(policy)
-        transcripts = run_batched(lambda: Agent(batched, tools, NoExecutor(), config, tool_scorer), jobs, batched,
-                                  width)
-    else:
-        agent = Agent(policy, tools, NoExecutor(), config, tool_scorer)
-        transcripts = [agent.run(*job) for job in jobs]
+    width = width if width > 0 else len(jobs)
+    with tqdm(total=len(jobs), desc=desc, unit="request", disable=desc is None) as bar:
+        if width > 1:
+            from toolgen.batching import BatchingPolicy, run_batched
+            batched = BatchingPolicy(policy)
+            transcripts = run_batched(lambda: Agent(batched, tools, NoExecutor(), config, tool_scorer), jobs, batched,
+                                      width, done=bar.update)
+        else:
+            agent = Agent(policy, tools, NoExecutor(), config, tool_scorer)
+            transcripts = []
+            for job in jobs:
+                transcripts.append(agent.run(*job))
+                bar.update()
     return transcripts, e2e_metrics(transcripts, requests)
 
 

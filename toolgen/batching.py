@@ -94,10 +94,11 @@ class BatchingPolicy:
                     slot["error"] = e
 
 
-def run_batched(make_agent, jobs, policy, width):
+def run_batched(make_agent, jobs, policy, width, done=None):
     """jobs: [(request text, uid, executor)] -> transcripts in the same order; at most `width` run at once, each
-    Agent.run in its own thread (make_agent() gives each its own Agent: a run keeps its executor on the agent)."""
-    out, seats = [None] * len(jobs), threading.Semaphore(width)
+    Agent.run in its own thread (make_agent() gives each its own Agent: a run keeps its executor on the agent).
+    done(): called as each run ends (a progress bar)."""
+    out, seats, lock = [None] * len(jobs), threading.Semaphore(width), threading.Lock()
 
     def one(i, job):
         with seats:
@@ -106,6 +107,9 @@ def run_batched(make_agent, jobs, policy, width):
                 out[i] = make_agent().run(*job)
             finally:
                 policy.leave()
+        if done is not None:
+            with lock:
+                done()
     threads = [threading.Thread(target=one, args=(i, job), daemon=True) for i, job in enumerate(jobs)]
     for t in threads:
         t.start()

@@ -219,7 +219,7 @@ def e2e_system(model, tokenizer, requests, tools, limit, width, tool_scorer=None
         subset = tools if base_tools is None else Toolset(
             [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
         found, m = run_e2e(model, tokenizer, rows, subset, AgentConfig(tool_list=base_tools is not None), think=False,
-                           tool_scorer=tool_scorer, width=width)
+                           tool_scorer=tool_scorer, width=width, desc=f"agent e2e {source}")
         result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
         transcripts[source] = [t.to_dict() for t in found]
     return result, transcripts
@@ -277,8 +277,9 @@ def main(argv=None):
                    help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
                         "and no +prior rows (an e2e job beside the evaluation, which computes those)")
     p.add_argument("--e2e-limit", type=int, default=0, help="the first N held-out requests per agent source (0: all)")
-    p.add_argument("--e2e-width", type=int, default=16,
-                   help="requests run at once, their model calls batched (1: one at a time; the same transcripts)")
+    p.add_argument("--e2e-width", type=int, default=64,
+                   help="requests run at once, their model calls batched (1: one at a time, 0: all at once; the same "
+                        "transcripts). Wider is faster: a generation lasts as long as its longest row")
     p.add_argument("--config", help="a config whose `retrieval` section sets the prior and fusion (default: built-in)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set retrieval.prior=bm25 --set retrieval.tune=false")
@@ -293,6 +294,9 @@ def main(argv=None):
         p.error("give --data and --out, or --output-dir")
     if args.e2e_only and args.no_e2e:
         p.error("--e2e-only and --no-e2e exclude each other")
+    for flag, value in (("--e2e-limit", args.e2e_limit), ("--e2e-width", args.e2e_width)):
+        if value < 0:
+            p.error(f"{flag} {value}: must be 0 or more")
     try:
         evaluate(args)
     except (EvalError, ConfigError) as e:

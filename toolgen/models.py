@@ -238,8 +238,10 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     with open(os.path.join(stage_dir, "stage.json"), encoding="utf-8") as f:
         info = json.load(f)
     model_cfg = model_cfg or _build(ModelConfig, info["model"], f"{stage_dir}/stage.json")
-    if not trainable and model_cfg.attn_implementation == "flex_attention":
-        # flex attention pays for packed training rows; inference (left-padded batches, generation) runs on SDPA
+    if not trainable and model_cfg.attn_implementation in ("flex_attention", "eager"):
+        # Inference (left-padded batches, generation) runs on SDPA: flex attention pays only for packed training rows,
+        # and eager is a training workaround (Qwen2's NaN gradients with sdpa, configs/quality-qwen05.yaml) whose
+        # [batch, heads, length, length] scores ran an evaluation out of GPU memory. Same numbers up to rounding.
         model_cfg = dataclasses.replace(model_cfg, attn_implementation="sdpa")
     with open(os.path.join(stage_dir, "tool_tokens.json"), encoding="utf-8") as f:
         tokens = json.load(f)

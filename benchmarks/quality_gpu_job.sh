@@ -13,6 +13,9 @@
 # to $LOGS/<track>.log. Not run here: the views ablation (the earlier run's stands) and the stage-2 models and the
 # +prior row end to end (measured in the earlier run: no JSON at all without the agent stage; the prior lowers call
 # accuracy).
+# As it ran (4 x H100, benchmarks/results/quality.md): everything finished but the agent-stage loops and SmolLM2's
+# base loop. A fallback for Qwen (--e2e-only --e2e-limit 48 --e2e-width 48 on GPU 2) was started by hand; it had not
+# finished either when the device time ran out. Next time: E2E_TIME_LIMIT, so that the loops return what finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}

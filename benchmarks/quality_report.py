@@ -19,7 +19,8 @@ import os
 
 KEYS = ("ndcg@1", "ndcg@3", "ndcg@5", "mrr", "recall@5")
 SPLITS = ("G1_instruction", "G1_category", "G2_instruction", "G2_category")
-E2E = ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps", "requests")
+E2E = ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps", "requests",
+       "requests_cut")
 
 
 def load(path):

@@ -388,3 +388,32 @@ def test_cli_runs_the_loop_with_callables(tiny_stage, tmp_path, monkeypatch, cap
     t = Transcript.load("t.json")
     assert f"stop: {t.stop_reason}" in out and 1 <= len(t.steps) <= 2 and t.settings["think"] is True
     assert (t.settings["max_steps"], t.settings["argument_tokens"], t.request) == (2, 8, "What is the weather in Osaka?")
+
+
+def test_e2e_time_limit_scores_only_the_requests_that_finished(monkeypatch):
+    """run_e2e(time_limit=): past the deadline no request starts and a running one stops before its next step
+    (stop_reason "deadline"); the metrics cover the finished requests and requests_cut counts the others. Each model
+    call takes one second of a fake clock."""
+    from toolgen.agent import run_e2e
+    from toolgen.data.gold import GoldCall, GoldRequest
+    clock = [0.0]
+    monkeypatch.setattr(agent_mod, "monotonic", lambda: clock[0])
+
+    class Slow(ScriptedPolicy):
+        def action_logprobs(self, messages, tokens):
+            clock[0] += 1
+            return super().action_logprobs(messages, tokens)
+
+        def generate(self, messages, max_new_tokens):
+            clock[0] += 1
+            return super().generate(messages, max_new_tokens)
+    policy = Slow([WEATHER, FINISH, WEATHER], ['{"city": "Osaka"}', ANSWER, '{"city": "Oslo"}'])
+    requests = [GoldRequest(f"r{i}", f"Weather in {city}?", [GoldCall("weather", {"city": city})], None, "hand")
+                for i, city in enumerate(["Osaka", "Oslo", "Lima"])]
+    transcripts, m = run_e2e(None, None, requests, TOOLS, AgentConfig(max_steps=3), policy=policy, time_limit=5)
+    # r0: 4 model calls, done at t=4; r1 starts at 4 (< 5) and would take its second step at 6: cut; r2 never starts
+    assert [(t.uid, t.stop_reason, len(t.steps)) for t in transcripts] == [("r0", "finish", 2), ("r1", "deadline", 1)]
+    assert (m["e2e/requests"], m["e2e/requests_cut"], m["e2e/success_rate"], m["e2e/call_accuracy"]) == (1, 2, 1.0, 1.0)
+    clock[0], policy.actions, policy.texts = 0.0, [WEATHER, FINISH], ['{"city": "Osaka"}', ANSWER]
+    transcripts, m = run_e2e(None, None, requests[:1], TOOLS, AgentConfig(max_steps=3), policy=policy)
+    assert (m["e2e/requests"], m["e2e/requests_cut"], transcripts[0].stop_reason) == (1, 0, "finish")   # no limit

@@ -41,6 +41,8 @@ def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
     every, m0 = run_e2e(model, tokenizer, requests, tools, config, width=0, desc="e2e")   # 0: all at once
     assert m0 == m1 and [t.steps for t in every] == [t.steps for t in many]
     assert sizes[0] == len(requests)
+    cut, m_cut = run_e2e(model, tokenizer, requests, tools, config, width=3, time_limit=0)   # out of time at once
+    assert cut == [] and (m_cut["e2e/requests"], m_cut["e2e/requests_cut"]) == (0, len(requests))
 
 
 def test_generation_stops_each_row_once_its_json_object_is_complete():
@@ -59,3 +61,19 @@ def test_generation_stops_each_row_once_its_json_object_is_complete():
     for text, done in (('{"city": "Oslo"}', True), ('{"city": "Os', False)):
         ids = torch.tensor([prompt + tokenizer(text, add_special_tokens=False)["input_ids"]] * 2)
         assert JsonObjectDone(tokenizer, len(prompt))(ids, None).tolist() == [done, done]
+
+
+def test_generation_stops_a_row_that_loops():
+    """RepeatingRow: a row whose last 64 new tokens repeat one block of <= 16 tokens stops (it would hold the whole
+    batch to the token budget); a row that is not a loop, or a loop shorter than the window, goes on; row by row."""
+    import torch
+
+    from toolgen.decoding import RepeatingRow
+    prompt = [7, 8, 9]
+    loop = [1, 2] + [11, 12, 13] * 23                            # 71 new tokens ending in a 3-token loop
+    varied = list(range(100, 171))                                # 71 new tokens, no period
+    short = list(range(1, 12)) + [11, 12] * 30                    # the loop covers 60 < 64 tokens
+    rows = torch.tensor([prompt + r for r in (loop, varied, short)])
+    assert RepeatingRow(prompt_length=3)(rows, None).tolist() == [True, False, False]
+    assert not RepeatingRow(prompt_length=3)(torch.tensor([prompt + [11] * 40]), None).item()   # too few new tokens
+    assert RepeatingRow(prompt_length=3)(torch.tensor([prompt + [11] * 65]), None).item()

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from time import monotonic
 
 import torch
 
@@ -157,8 +158,9 @@ class Agent:
         self.executor.check(tools)
         self._current = self.executor
 
-    def run(self, request, uid="", executor=None):
-        """One request -> Transcript. executor: for this run only (e.g. a request's replay), checked first."""
+    def run(self, request, uid="", executor=None, stop=None):
+        """One request -> Transcript. executor: for this run only (e.g. a request's replay), checked first. stop():
+        True when the run must end before its next step (a time limit): stop_reason "deadline"."""
         if executor is not None:
             executor.check(self.tools)
         self._current = executor or self.executor
@@ -167,6 +169,9 @@ class Agent:
         start = time.perf_counter()
         try:
             for index in range(self.config.max_steps):
+                if stop is not None and stop():
+                    t.stop_reason = "deadline"
+                    break
                 step = Step(index)
                 t.steps.append(step)
                 self._step(t, step)
@@ -281,12 +286,14 @@ class Agent:
 
 
 def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None, width=1,
-            desc=None):
+            desc=None, time_limit=None):
     """The loop on held-out GoldRequests, each replayed against its own gold calls -> (transcripts, metrics): what
     toolgen.evaluate calls. tools: a Toolset or a path Toolset.load reads; think replaces config.think (the
     layout the model was trained with); policy: instead of ModelPolicy(model, tokenizer); width > 1: that many
     requests at once, their model calls batched (toolgen/batching.py), the same loop and transcripts; width 0: all
-    of them at once. desc: a progress bar (finished requests) under that name."""
+    of them at once. desc: a progress bar (finished requests) under that name. time_limit (seconds): past it no
+    request starts and a running one ends before its next step; the metrics cover the finished requests only and
+    e2e/requests_cut counts the others (their transcripts, if started, end with stop_reason "deadline")."""
     from tqdm.auto import tqdm
 
     from toolgen.agent_metrics import e2e_metrics
@@ -295,19 +302,23 @@ def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_sc
     config = dataclasses.replace(config or AgentConfig(), think=think)
     jobs = [(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars)) for r in requests]
     width = width if width > 0 else len(jobs)
+    deadline = None if time_limit is None else monotonic() + time_limit
+    stop = None if deadline is None else (lambda: monotonic() >= deadline)
     with tqdm(total=len(jobs), desc=desc, unit="request", disable=desc is None) as bar:
         if width > 1:
             from toolgen.batching import BatchingPolicy, run_batched
             batched = BatchingPolicy(policy)
             transcripts = run_batched(lambda: Agent(batched, tools, NoExecutor(), config, tool_scorer), jobs, batched,
-                                      width, done=bar.update)
+                                      width, done=bar.update, stop=stop)
         else:
             agent = Agent(policy, tools, NoExecutor(), config, tool_scorer)
             transcripts = []
             for job in jobs:
-                transcripts.append(agent.run(*job))
+                transcripts.append(None if stop is not None and stop() else agent.run(*job, stop=stop))
                 bar.update()
-    return transcripts, e2e_metrics(transcripts, requests)
+    done = [(t, r) for t, r in zip(transcripts, requests) if t is not None and t.stop_reason != "deadline"]
+    metrics = e2e_metrics([t for t, _ in done], [r for _, r in done], cut=len(requests) - len(done))
+    return [t for t in transcripts if t is not None], metrics
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------

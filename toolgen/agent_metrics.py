@@ -30,6 +30,8 @@ DEFINITIONS = {
                                   "sequence call by call (same length, names and normalised arguments)",
     "e2e/call_f1": "NESTFUL-style, per request then averaged: P = matched / executed calls, R = matched / gold calls, "
                    "F1 = 2PR / (P + R) (0 when nothing matches)",
+    "e2e/requests_cut": "held-out requests left out of every metric above: not started, or stopped before they ended, "
+                        "when the run's time limit (--e2e-time-limit) ran out",
 }
 
 
@@ -85,8 +87,9 @@ def _pairs(transcripts, requests):
     return list(zip(transcripts, requests))
 
 
-def e2e_metrics(transcripts, requests):
-    """Every DEFINITIONS metric over transcripts paired in order with their GoldRequests (uids checked when set)."""
+def e2e_metrics(transcripts, requests, cut=0):
+    """Every DEFINITIONS metric over transcripts paired in order with their GoldRequests (uids checked when set);
+    cut: the requests left out for the time limit (run_e2e)."""
     pairs = _pairs(transcripts, requests)
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0   # noqa: E731
     walks = [_walk(t, r.calls) for t, r in pairs]
@@ -105,6 +108,7 @@ def e2e_metrics(transcripts, requests):
         "e2e/requests": len(pairs),
         "e2e/gold_calls": gold_calls,
         "e2e/argument_turns": len(turns),
+        "e2e/requests_cut": cut,
     }
 
 

@@ -46,6 +46,27 @@ class JsonObjectDone(StoppingCriteria):
         return torch.tensor([json_object_done(t) for t in texts], dtype=torch.bool, device=input_ids.device)
 
 
+class RepeatingRow(StoppingCriteria):
+    """Stops each row whose last `window` new tokens are one block of at most `period` tokens over and over: a small
+    model in greedy decoding can loop inside a string (a long search key, a list) until the token budget, and in a
+    batched generation that one row holds every other row of the batch for up to 512 steps. Such a row is cut
+    anyway (invalid JSON, one repair turn); stopping it early changes no valid answer that is not itself a loop of
+    `window` tokens."""
+
+    def __init__(self, prompt_length, window=64, period=16):
+        self.prompt_length, self.window, self.period = prompt_length, window, period
+
+    def __call__(self, input_ids, scores, **kwargs):
+        new = input_ids[:, self.prompt_length:]
+        done = torch.zeros(new.shape[0], dtype=torch.bool, device=input_ids.device)
+        if new.shape[1] < self.window + 1:
+            return done
+        tail = new[:, -self.window:]
+        for p in range(1, min(self.period, new.shape[1] - self.window) + 1):   # tail[i] == new[i - p]: period p
+            done |= (tail == new[:, -self.window - p:new.shape[1] - p]).all(-1)
+        return done
+
+
 @torch.no_grad()
 def next_token_logprobs(model, tokenizer, prompts, batch_size=32):
     """Log-probabilities over the real vocabulary (padding rows cut) of the token after each prompt: [N, vocab]."""
@@ -83,6 +104,11 @@ def beam_search_tools(model, tokenizer, messages, allowed_ids, k):
     return out[:, -1].tolist()
 
 
+def stop_rows(tokenizer, prompt_length):
+    """The agent's greedy generations stop a row at its complete JSON object or once it loops."""
+    return StoppingCriteriaList([JsonObjectDone(tokenizer, prompt_length), RepeatingRow(prompt_length)])
+
+
 @torch.no_grad()
 def generate_text(model, tokenizer, messages, max_new_tokens=96):
     """Greedy continuation of a conversation (the agent's argument turn), decoded without special tokens."""
@@ -90,7 +116,7 @@ def generate_text(model, tokenizer, messages, max_new_tokens=96):
     ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                         stopping_criteria=StoppingCriteriaList([JsonObjectDone(tokenizer, ids.shape[1])]))
+                         stopping_criteria=stop_rows(tokenizer, ids.shape[1]))
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
@@ -104,5 +130,5 @@ def generate_texts(model, tokenizer, prompts, max_new_tokens):
     width = batch["input_ids"].shape[1]
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                         stopping_criteria=StoppingCriteriaList([JsonObjectDone(tokenizer, width)]))
+                         stopping_criteria=stop_rows(tokenizer, width))
     return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]

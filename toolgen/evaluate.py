@@ -207,19 +207,20 @@ def source_tokens(tools):
     return out
 
 
-def e2e_system(model, tokenizer, requests, tools, limit, width, tool_scorer=None, base_tools=None):
+def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_tools=None):
     """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
-    against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). base_tools {source: tokens}:
-    the untrained base, told the source's tools in its system turn (a prompt cannot hold the whole catalog) and
-    choosing among them only."""
+    against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). args: --e2e-limit, --e2e-width
+    and --e2e-time-limit (per source). base_tools {source: tokens}: the untrained base, told the source's tools in
+    its system turn (a prompt cannot hold the whole catalog) and choosing among them only."""
     from toolgen.agent import AgentConfig, run_e2e
     result, transcripts = {}, {}
     for source, rows in requests.items():
-        rows = rows[:limit] if limit else rows
+        rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
             [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
         found, m = run_e2e(model, tokenizer, rows, subset, AgentConfig(tool_list=base_tools is not None), think=False,
-                           tool_scorer=tool_scorer, width=width, desc=f"agent e2e {source}")
+                           tool_scorer=tool_scorer, width=args.e2e_width, desc=f"agent e2e {source}",
+                           time_limit=args.e2e_time_limit or None)
         result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
         transcripts[source] = [t.to_dict() for t in found]
     return result, transcripts
@@ -280,6 +281,9 @@ def main(argv=None):
     p.add_argument("--e2e-width", type=int, default=64,
                    help="requests run at once, their model calls batched (1: one at a time, 0: all at once; the same "
                         "transcripts). Wider is faster: a generation lasts as long as its longest row")
+    p.add_argument("--e2e-time-limit", type=float, default=0,
+                   help="seconds per source and system (0: none): then no request starts and a running one stops; "
+                        "the metrics cover the finished requests, agent_e2e/<source>/requests_cut counts the others")
     p.add_argument("--config", help="a config whose `retrieval` section sets the prior and fusion (default: built-in)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set retrieval.prior=bm25 --set retrieval.tune=false")
@@ -294,7 +298,8 @@ def main(argv=None):
         p.error("give --data and --out, or --output-dir")
     if args.e2e_only and args.no_e2e:
         p.error("--e2e-only and --no-e2e exclude each other")
-    for flag, value in (("--e2e-limit", args.e2e_limit), ("--e2e-width", args.e2e_width)):
+    for flag, value in (("--e2e-limit", args.e2e_limit), ("--e2e-width", args.e2e_width),
+                        ("--e2e-time-limit", args.e2e_time_limit)):
         if value < 0:
             p.error(f"{flag} {value}: must be 0 or more")
     try:
@@ -359,7 +364,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     if with_base or args.base_only:
         with model.disable_adapter():   # the same base with the same initial tool rows, no training
             found, ranked, _ = measure(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
-            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width,
+            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args,
                                             base_tools=inputs["source_tokens"]) if e2e else ({}, {})
             rows["base"] = ({**found, **agent}, ranked, transcripts)
     if args.base_only:
@@ -370,7 +375,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     new_tools = info.get("tools_added", []) + info.get("tools_replaced", [])
     found, ranked, scores = measure(model, tokenizer, candidates, sets, inputs["memorization"],
                                          inputs["agent_test"], stage == "agent", new_tools)
-    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width) \
+    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args) \
         if e2e and stage != "memorization" else ({}, {})
     rows[name] = ({**found, **agent}, ranked, transcripts)
     if prior is not None:
@@ -378,7 +383,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
         fusion = retrieval.Fusion(**found["prior/choice"]["fusion"])
         agent, transcripts = ({}, {})
         if e2e and stage == "agent" and fusion.prior != "none":   # the prior at the agent's tool step
-            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args.e2e_limit, args.e2e_width,
+            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args,
                                             retrieval.agent_scorer(prior, fusion, FINISH))
         rows[name + "+prior"] = ({**found, **agent}, ranked, transcripts)
     del model

@@ -77,3 +77,43 @@ def test_generation_stops_a_row_that_loops():
     assert RepeatingRow(prompt_length=3)(rows, None).tolist() == [True, False, False]
     assert not RepeatingRow(prompt_length=3)(torch.tensor([prompt + [11] * 40]), None).item()   # too few new tokens
     assert RepeatingRow(prompt_length=3)(torch.tensor([prompt + [11] * 65]), None).item()
+
+
+def test_json_stop_fed_token_by_token_equals_the_whole_text():
+    """JsonObjectDone decodes only the new tokens at each step: at every step of a generation its verdict per row
+    equals json_object_done on the row's whole decoded text (escapes, nesting, multi-byte characters cut across
+    tokens, text that never starts with a brace)."""
+    import random
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from toolgen.decoding import JsonObjectDone, json_object_done
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve_model("tiny"))
+    rng = random.Random(0)
+    pieces = ['{', '}', '[', ']', '"', '\\\\', '\\"', ' ', 'a', 'key', ': ', ', ', 'é', '日本', '\n']
+    texts = ['{"a": "x\\\\"}"}', ' {"k": [1, {"b": "}"}]} tail', 'Thought: {x}']
+    texts += [rng.choice(['{', ' {', 'x']) + "".join(rng.choice(pieces) for _ in range(40)) for _ in range(30)]
+    prompt = tokenizer("Give the input.")["input_ids"]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([prompt + r + [pad] * (width - len(r)) for r in rows])   # finished rows run on as padding
+    stop = JsonObjectDone(tokenizer, len(prompt))
+    for n in range(1, width + 1):
+        got = stop(ids[:, :len(prompt) + n], None).tolist()
+        whole = [json_object_done(tokenizer.decode(r[:n], skip_special_tokens=True)) for r in rows]
+        assert got == whole, n
+    assert any(whole) and not all(whole)
+
+
+def test_json_stop_benchmark_runs_on_the_tiny_tokenizer():
+    """benchmarks/json_stop.py (the numbers in benchmarks/results/json_stop.md), smoke-run: one table row per shape."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "benchmarks/json_stop.py", "--tokenizer", "tiny", "--rows", "2", "3",
+                          "--tokens", "8", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, check=True)
+    rows = [line.split("|")[1:3] for line in out.stdout.splitlines() if line.startswith("| ") and "rows" not in line]
+    assert [[c.strip() for c in r] for r in rows] == [["2", "8"], ["3", "8"]]

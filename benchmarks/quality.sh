@@ -78,10 +78,12 @@ if part e2e; then   # one process per loop, side by side on the GPU (the loop is
   # folder, so it can start once stage 1 is done). E2E_LIMIT: the first N held-out requests per source (0: all;
   # BASE_LIMIT for base); E2E_WIDTH: requests run at once, their model calls batched; E2E_PRIOR=0: no +prior row;
   # E2E_TIME_LIMIT: seconds per source and loop, then the finished requests are scored and the rest counted as cut.
-  limit=${E2E_LIMIT:-0} width=${E2E_WIDTH:-64} pids=()
+  # Unset: toolgen.evaluate's own defaults.
+  limit=${E2E_LIMIT:-0} pids=()
   folder() { echo "$RUN/main/$($PY -m toolgen.config folder "$1")"; }
   for what in ${E2E:-agent retrieval base}; do
-    flags=(--data "$RUN/data" --out "$RUN/eval_e2e_$what" --e2e-width "$width" --e2e-time-limit "${E2E_TIME_LIMIT:-0}")
+    flags=(--data "$RUN/data" --out "$RUN/eval_e2e_$what" ${E2E_WIDTH:+--e2e-width "$E2E_WIDTH"}
+           ${E2E_TIME_LIMIT:+--e2e-time-limit "$E2E_TIME_LIMIT"})
     case $what in
       agent) if [ "${E2E_PRIOR:-1}" = 1 ]; then flags+=(--no-baselines --set retrieval.prior=bm25)
              else flags+=(--e2e-only); fi

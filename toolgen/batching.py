@@ -97,19 +97,18 @@ class BatchingPolicy:
 def run_batched(make_agent, jobs, policy, width, done=None, stop=None):
     """jobs: [(request text, uid, executor)] -> transcripts in the same order; at most `width` run at once, each
     Agent.run in its own thread (make_agent() gives each its own Agent: a run keeps its executor on the agent).
-    done(): called as each run ends (a progress bar). stop(): True once no run may start or take another step (a
+    done(): called as each job ends, started or not (a progress bar). stop(): True once no run may start or take another step (a
     time limit); a run that never started is None."""
     out, seats, lock = [None] * len(jobs), threading.Semaphore(width), threading.Lock()
 
     def one(i, job):
         with seats:
-            if stop is not None and stop():
-                return
-            policy.enter()
-            try:
-                out[i] = make_agent().run(*job, stop=stop)
-            finally:
-                policy.leave()
+            if stop is None or not stop():   # past the time limit a run does not start (and counts as done)
+                policy.enter()
+                try:
+                    out[i] = make_agent().run(*job, stop=stop)
+                finally:
+                    policy.leave()
         if done is not None:
             with lock:
                 done()

@@ -82,10 +82,9 @@ class RepeatingRow(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         new = input_ids[:, self.prompt_length:]
         done = torch.zeros(new.shape[0], dtype=torch.bool, device=input_ids.device)
-        if new.shape[1] < self.window + 1:
-            return done
         tail = new[:, -self.window:]
-        for p in range(1, min(self.period, new.shape[1] - self.window) + 1):   # tail[i] == new[i - p]: period p
+        # tail[i] == new[i - p] for a period p that fits (none while fewer than window + 1 tokens are new)
+        for p in range(1, min(self.period, new.shape[1] - self.window) + 1):
             done |= (tail == new[:, -self.window - p:new.shape[1] - p]).all(-1)
         return done
 

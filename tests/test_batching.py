@@ -4,6 +4,7 @@ transcripts and metrics as one request at a time."""
 import os
 
 from toolgen import models
+from toolgen.batching import BatchingPolicy
 from toolgen.agent import AgentConfig, run_e2e
 from toolgen.data.gold import GoldCall, GoldRequest
 from toolgen.toolset import Toolset
@@ -117,3 +118,50 @@ def test_json_stop_benchmark_runs_on_the_tiny_tokenizer():
                           "--tokens", "8", "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, check=True)
     rows = [line.split("|")[1:3] for line in out.stdout.splitlines() if line.startswith("| ") and "rows" not in line]
     assert [[c.strip() for c in r] for r in rows] == [["2", "8"], ["3", "8"]]
+
+
+class RecordingPolicy(BatchingPolicy):
+    """Records the size of each batch instead of running a model."""
+
+    def __init__(self, wait_s):
+        self.sizes = []   # before the worker thread starts
+        super().__init__(None, wait_s)
+
+    def _run(self, batch):
+        self.sizes.append(len(batch))
+        for slot in batch:
+            slot["result"] = "{}"
+
+
+def ask_after(policy, delays):
+    """One thread per live loop: each asks for a generation after its own delay (its CPU work before the call)."""
+    import threading
+    import time
+    for _ in delays:
+        policy.enter()
+
+    def loop(delay):
+        time.sleep(delay)
+        policy.generate([], 4)
+        policy.leave()
+    threads = [threading.Thread(target=loop, args=(d,)) for d in delays]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    policy.close()
+    return policy.sizes
+
+
+def test_loops_that_arrive_one_after_the_other_share_one_batch():
+    # 20 loops 30 ms apart (0.6 s in all): each gap is shorter than wait_s, so one batch; a fixed wait from the first
+    # arrival (the earlier rule) split them into a batch per few loops
+    assert ask_after(RecordingPolicy(wait_s=0.2), [0.03 * i for i in range(20)]) == [20]
+
+
+def test_a_loop_that_stops_arriving_holds_the_others_for_wait_s_only():
+    import time
+    start = time.monotonic()
+    sizes = ask_after(RecordingPolicy(wait_s=0.2), [0.0, 0.01, 0.02, 1.5])   # the last one is busy (a slow tool)
+    assert sizes == [3, 1]
+    assert time.monotonic() - start < 1.5 + 0.5

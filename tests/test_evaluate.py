@@ -247,6 +247,7 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
         path = out / "transcripts" / f"{name.replace('/', '_')}_weather.json"
         transcripts = [Transcript.from_dict(t) for t in json.load(open(path))]
         assert len(transcripts) == 2
+        assert transcripts[0].settings["max_steps"] == 14   # room for the longest gold sequences, not the CLI's 8
         expected = e2e_metrics(transcripts, e2e_requests(records)["weather"])
         for key in ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps"):
             assert systems[name][f"agent_e2e/weather/{key}"] == pytest.approx(expected[f"e2e/{key}"])
@@ -264,3 +265,15 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
     for name, m in only.items():
         assert m and all(k.startswith("agent_e2e/") for k in m)
         assert m == {k: v for k, v in systems[name].items() if k.startswith("agent_e2e/")}
+
+    # --e2e-source: one source only (a process per source); an unknown one stops before any model loads
+    both = records + [{**r, "source": "other", "uid": "o" + r["uid"]} for r in records]
+    (data / "agent_e2e_test.json").write_text(json.dumps(both))
+    args = ["--model", os.path.join(trained["output_dir"], "agent_tuning"), "--data", str(data), "--e2e-only",
+            "--no-base"]
+    evaluate_main(args + ["--out", str(tmp_path / "one"), "--e2e-source", "other"])
+    one = json.load(open(tmp_path / "one" / "metrics.json"))["systems"]["toolgen/agent_tuning"]
+    assert {k.split("/")[1] for k in one} == {"other"}
+    assert one["agent_e2e/other/requests"] == 2
+    with pytest.raises(SystemExit, match="--e2e-source nope: .* has no such source \\(it has other, weather\\)"):
+        evaluate_main(args + ["--out", str(tmp_path / "none"), "--e2e-source", "nope"])

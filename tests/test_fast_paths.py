@@ -127,3 +127,31 @@ def test_stage_gradient_checkpointing_recomputes_without_changing_the_numbers(tm
     assert ckpt_model.base_model.model.is_gradient_checkpointing
     assert not plain_model.base_model.model.is_gradient_checkpointing
     assert ckpt == pytest.approx(plain, rel=1e-5, abs=1e-6)
+
+
+def test_merged_stage_gives_the_same_logits_without_running_the_adapter(trained):
+    """merge_for_inference: the agent stage's logits unchanged (float32 tiny model), no LoRA matmul and no copy of
+    the tool table in a forward any more, and disable_adapter() still gives the base's logits."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    stage = os.path.join(trained["output_dir"], "agent_tuning")
+    tokenizer, plain, tool_ids = models.load_stage(stage)
+    _, merged, _ = models.load_stage(stage)
+    ids = torch.tensor([[1, 5, 9, tool_ids[0], tool_ids[-1], 7]])
+    with torch.no_grad():
+        want = plain(input_ids=ids).logits
+        with plain.disable_adapter():
+            want_base = plain(input_ids=ids).logits
+        assert not torch.allclose(want, want_base, atol=1e-4)   # the adapter changes the numbers: the check can fail
+        assert models.merge_for_inference(merged)
+        calls = []
+        for m in merged.modules():
+            if m.__class__.__name__ == "Linear" and hasattr(m, "lora_A"):
+                for a in m.lora_A.values():
+                    a.register_forward_hook(lambda *_: calls.append("lora"))
+            if isinstance(m, TrainableTokensLayer):
+                m.get_merged_weights = lambda *_: calls.append("table copy")
+        got = merged(input_ids=ids).logits
+        assert calls == []
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        with merged.disable_adapter():
+            torch.testing.assert_close(merged(input_ids=ids).logits, want_base, atol=1e-5, rtol=1e-5)

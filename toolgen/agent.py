@@ -388,8 +388,9 @@ def main(argv=None):
     try:
         tools, executor, request = check_inputs(args)
         from toolgen import quiet  # noqa: F401  (before the libraries load: silences their start-up notices)
-        from toolgen.models import load_stage
+        from toolgen.models import load_stage, merge_for_inference
         tokenizer, model, _ = load_stage(args.model)
+        merge_for_inference(model)
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,
                              context_budget=args.context_budget or None, thought_tokens=args.thought_tokens,

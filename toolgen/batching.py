@@ -9,12 +9,13 @@ waiting on it (or after a short wait, so a loop busy in a tool call never stalls
 """
 
 import threading
+import time
 
 from toolgen import decoding
 
 
 class BatchingPolicy:
-    def __init__(self, policy, wait_s=0.05):
+    def __init__(self, policy, wait_s=0.5):
         self.policy, self.wait_s = policy, wait_s
         self.cond = threading.Condition()
         self.pending, self.live, self.closed = [], 0, False
@@ -68,14 +69,29 @@ class BatchingPolicy:
                     self.cond.wait()
                 if self.closed and not self.pending:
                     return
-                # every live loop waiting on us: run now; else give the others a moment to arrive
-                self.cond.wait_for(lambda: len(self.pending) >= self.live or self.closed, timeout=self.wait_s)
+                self._gather()
                 batch, self.pending = self.pending, []
             self._run(batch)
             with self.cond:
                 for slot in batch:
                     slot["done"] = True
                 self.cond.notify_all()
+
+    def _gather(self):
+        """Wait (holding the condition) until every live loop has asked, or until none has arrived for wait_s. The
+        loops reach us one after the other, each after its own CPU work (the replayed call, the prompt's chat
+        template and tokens, under the GIL): a few ms each, but hundreds of them add up to seconds. Running when a
+        fixed moment had passed (it did) split them into batches that each paid a whole generation and then stayed
+        out of step: in a 2 x H100 run of 188 requests at once, 6 action steps took 7 minutes. A loop that stops
+        arriving (busy in a slow tool call) holds the others for wait_s at most."""
+        last, seen = time.monotonic(), len(self.pending)
+        while len(self.pending) < self.live and not self.closed:
+            if len(self.pending) != seen:
+                last, seen = time.monotonic(), len(self.pending)
+            left = self.wait_s - (time.monotonic() - last)
+            if left <= 0:
+                return
+            self.cond.wait(timeout=left)
 
     def _run(self, batch):
         """One forward / one generate per kind of call (generations grouped by their token limit)."""

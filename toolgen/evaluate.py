@@ -28,6 +28,8 @@ from toolgen.tokens import FINISH
 TOP = 100          # rankings are kept to the top 100: MRR is MRR@100
 VAL = "retrieval_val"   # the validation split carved from the training queries: it tunes, it is never reported
 PLOT_K = range(1, 11)
+E2E_MAX_STEPS = 14   # action turns per held-out request: ComplexFuncBench's gold sequences reach 11 calls, and success
+#                      allows 2 extra calls and the Finish (the loop's default of 8 made 15 % of them unwinnable)
 
 
 class EvalError(ValueError):
@@ -218,9 +220,9 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
             [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
-        found, m = run_e2e(model, tokenizer, rows, subset, AgentConfig(tool_list=base_tools is not None), think=False,
-                           tool_scorer=tool_scorer, width=args.e2e_width, desc=f"agent e2e {source}",
-                           time_limit=args.e2e_time_limit or None)
+        config = AgentConfig(max_steps=E2E_MAX_STEPS, tool_list=base_tools is not None)
+        found, m = run_e2e(model, tokenizer, rows, subset, config, think=False, tool_scorer=tool_scorer,
+                           width=args.e2e_width, desc=f"agent e2e {source}", time_limit=args.e2e_time_limit or None)
         result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
         transcripts[source] = [t.to_dict() for t in found]
     return result, transcripts
@@ -277,6 +279,8 @@ def main(argv=None):
     p.add_argument("--e2e-only", action="store_true",
                    help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
                         "and no +prior rows (an e2e job beside the evaluation, which computes those)")
+    p.add_argument("--e2e-source", action="append", default=[],
+                   help="only this agent source end to end (repeatable; default all): e.g. one process per source")
     p.add_argument("--e2e-limit", type=int, default=0, help="the first N held-out requests per agent source (0: all)")
     p.add_argument("--e2e-width", type=int, default=64,
                    help="requests run at once, their model calls batched (1: one at a time, 0: all at once; the same "
@@ -321,6 +325,12 @@ def evaluate(args):
               "e2e": {} if args.no_e2e or not os.path.exists(os.path.join(args.data, "agent_e2e_test.json"))
               else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
               "source_tokens": source_tokens(tools)}
+    unknown = sorted(set(args.e2e_source) - set(inputs["e2e"]))
+    if unknown:
+        raise EvalError(f"--e2e-source {unknown[0]}: {args.data}/agent_e2e_test.json has no such source (it has "
+                        f"{', '.join(sorted(inputs['e2e'])) or 'none'})")
+    if args.e2e_source:
+        inputs["e2e"] = {s: rows for s, rows in inputs["e2e"].items() if s in args.e2e_source}
     inputs["toolset"] = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if inputs["e2e"] else None
     sets = inputs["sets"]
     kinds = set() if args.no_baselines or args.e2e_only else set(baselines.INDEXES)
@@ -369,6 +379,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
             rows["base"] = ({**found, **agent}, ranked, transcripts)
     if args.base_only:
         return rows
+    models.merge_for_inference(model)   # after the base rows: disable_adapter would unmerge it again
     name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
     info = load_json(os.path.join(stage_dir, "stage.json"))
     stage = info.get("chain_stage") or info["stage"]   # an add_tools stage does what its chain stage did

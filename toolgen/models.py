@@ -250,6 +250,20 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     return tokenizer, model, tool_ids
 
 
+def merge_for_inference(model):
+    """Fold a loaded stage's adapter into its weights (peft merge_adapter), for inference only: -> whether it did.
+    Unmerged, every forward runs LoRA's extra matmuls beside each of the 7 projections of every layer and copies the
+    whole [vocab x hidden] table to put the tool rows in (TrainableTokensLayer.get_merged_weights): in a greedy
+    generation of a small model, launch-bound on a GPU, those extra kernels roughly double the step
+    (benchmarks/agent_decode.py). The numbers equal the unmerged model's up to bf16 rounding. `disable_adapter()`
+    still gives the base (peft unmerges first). A 4/8-bit base is left as it is: merging into it would requantize."""
+    base = model.get_base_model()
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
+        return False
+    model.merge_adapter()
+    return True
+
+
 def extend_adapter(model, parent_adapter, tool_ids, n_old):
     """A stage folder's adapter continued with more tool tokens (toolgen/add_tools.py): a fresh adapter of the same
     LoRA config whose trainable rows are all `tool_ids` (the parent's first, at the same ids), loaded with the parent's

@@ -85,13 +85,14 @@ add() {
   $PY -m toolgen.add_tools --model "$RUN/m80/$FOLDER" --api-catalog "$RUN/split/new.jsonl" "${NEW_QUERIES[@]}" \
     ${add_traj[@]+"${add_traj[@]}"} --config "$CONFIG" --out "$out" --overwrite "$@"
 }
-# sweep: each CANDIDATE (replay_fraction:learning_rate) added and scored on the validation split (the parent's held-out
+# sweep: each CANDIDATE (replay_fraction:learning_rate[:train], train = all | new_rows: add_tools.train) added and scored on the validation split (the parent's held-out
 # validation queries and the new queries' own, cut into new-only and old-only); the best one is the timed addition's
 if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; then
   for cand in "${CANDIDATES[@]}"; do
-    folder="sweep_${cand/:/_}"
-    [ -f "$RUN/m80/$folder/stage.json" ] || add "$RUN/m80/$folder" --set "add_tools.replay_fraction=${cand%%:*}" \
-      --set "stages.add_tools.learning_rate=${cand##*:}"
+    folder="sweep_${cand//:/_}"
+    IFS=: read -r replay lr train <<< "$cand"
+    [ -f "$RUN/m80/$folder/stage.json" ] || add "$RUN/m80/$folder" --set "add_tools.replay_fraction=$replay" \
+      --set "stages.add_tools.learning_rate=$lr" --set "add_tools.train=${train:-all}"
     [ -f "$RUN/valsets/val_new.json" ] || $PY benchmarks/add_tools_report.py testsets --data "$RUN/m80/$folder.data" \
       --split "$RUN/split" --out "$RUN/valsets" --file retrieval_val.json --prefix val
     $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines --model "$RUN/m80/$folder" \

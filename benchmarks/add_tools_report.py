@@ -107,17 +107,18 @@ def candidate_score(metrics, folder):
 
 
 def choose(args):
-    """The sweep's pick: the candidate (replay_fraction:learning_rate) with the best validation score -> chosen.json,
+    """The sweep's pick: the candidate (replay_fraction:learning_rate[:train]) with the best validation score -> chosen.json,
     which the timed addition then uses. Test queries play no part."""
     scores = {}
     for cand in args.candidates:
         folder = "sweep_" + cand.replace(":", "_")
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
     best = max(scores, key=scores.get)
-    replay, lr = best.split(":")
+    replay, lr, *train = best.split(":")   # replay_fraction:learning_rate[:add_tools.train]
+    train = train[0] if train else "all"
     write_json(os.path.join(args.run, "chosen.json"), {"replay_fraction": float(replay), "learning_rate": float(lr),
-                                                       "validation_scores": scores, "rule": RULE})
-    print(f"chosen on the validation split: replay_fraction {replay}, learning rate {lr} ({scores})")
+                                                       "train": train, "validation_scores": scores, "rule": RULE})
+    print(f"chosen on the validation split: replay_fraction {replay}, learning rate {lr}, train {train} ({scores})")
 
 
 def systems_file(path):
@@ -226,7 +227,7 @@ def chosen_flags(args):
         with open(path, encoding="utf-8") as f:
             c = json.load(f)
         print(f"--set add_tools.replay_fraction={c['replay_fraction']} "
-              f"--set stages.add_tools.learning_rate={c['learning_rate']}")
+              f"--set stages.add_tools.learning_rate={c['learning_rate']} --set add_tools.train={c.get('train', 'all')}")
 
 
 def main(argv=None):

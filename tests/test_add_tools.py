@@ -175,6 +175,35 @@ def test_two_additions_in_a_row(parent, tmp_path):
     assert row["memorization/new_tools_accuracy"] >= 0.9 and "retrieval/ndcg@5" in row
 
 
+def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(parent, tmp_path):
+    """add_tools.train=new_rows: every LoRA weight and every old tool row saved as the parent's, bit for bit; the new
+    rows trained, the loss falls and the new tokens are predicted from their documentation."""
+    from safetensors.torch import load_file
+    out = tmp_path / "rows"
+    add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out,
+        *[a for s in FAST + ["add_tools.train=new_rows"] for a in ("--set", s)])
+    before = load_file(os.path.join(parent["dir"], "adapter", "adapter_model.safetensors"))
+    after = load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
+    n_old = len(read(os.path.join(parent["dir"], "tool_tokens.json")))
+    assert set(before) == set(after) and any("trainable_tokens_delta" in k for k in after)
+    for key, value in before.items():
+        if "trainable_tokens_delta" in key:
+            assert torch.equal(after[key][:n_old], value) and after[key].shape[0] > n_old
+        else:
+            assert torch.equal(after[key], value), key
+    history = read(os.path.join(out, "metrics.json"))["loss_history"]
+    assert history[-1] < 0.9 * history[0]   # the replayed examples (old rows, frozen) keep their loss
+    added = read(f"{out}.data/add_tools_report.json")["tools_added"]
+    ranks = memorization_ranks(out, f"{out}.data", added)
+    # rows alone learn less on a random 64-wide model than rows + LoRA (>= 0.9 above); untrained: < 0.5 top-1 and
+    # a mean rank > 5 (test_continued_adapter_keeps_every_old_id_and_row)
+    assert (ranks == 0).float().mean() >= 0.6 and ranks.float().mean() < 2, ranks.tolist()
+    # AdamW's decay would move rows without a gradient: refused before any work
+    assert "weight_decay=0" in error_of("--model", parent["dir"], "--api-catalog", parent["a"], "--out",
+                                        tmp_path / "decay", "--set", "add_tools.train=new_rows",
+                                        "--set", "train.weight_decay=0.01")
+
+
 def test_a_collision_is_listed_and_nothing_is_trained(parent, tmp_path):
     known = next(line for line in parent["lines"] if line["tool_name"] == "SkyCast")
     changed = {**known, "api_description": "Weather now, rewritten."}
@@ -311,4 +340,9 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     # addition silently ran with the config's values)
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
                             str(tmp_path / "few")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    assert flags.split() == ["--set", "add_tools.replay_fraction=0.5", "--set", "stages.add_tools.learning_rate=0.0005"]
+    assert flags.split() == ["--set", "add_tools.replay_fraction=0.5", "--set", "stages.add_tools.learning_rate=0.0005",
+                             "--set", "add_tools.train=all"]
+    # a candidate may name add_tools.train (replay:lr:new_rows)
+    scores = {"0.3:1e-3": (1.0, 0.40), "0.3:1e-2:new_rows": (1.0, 0.75)}
+    chosen = sweep_choice(tmp_path / "rows", scores, 1, {"0.3:1e-3": 0.99, "0.3:1e-2:new_rows": 0.96})
+    assert (chosen["replay_fraction"], chosen["learning_rate"], chosen["train"]) == (0.3, 1e-2, "new_rows")

@@ -2,6 +2,7 @@
 transcripts and metrics as one request at a time."""
 
 import os
+import types
 
 from toolgen import models
 from toolgen.batching import BatchingPolicy
@@ -125,7 +126,7 @@ class RecordingPolicy(BatchingPolicy):
 
     def __init__(self, wait_s):
         self.sizes = []   # before the worker thread starts
-        super().__init__(None, wait_s)
+        super().__init__(types.SimpleNamespace(prompt=lambda messages: [1]), wait_s)
 
     def _run(self, batch):
         self.sizes.append(len(batch))

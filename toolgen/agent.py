@@ -22,12 +22,12 @@ from time import monotonic   # the time limit's clock, by name: a test replaces 
 import torch
 
 from toolgen import decoding
-from toolgen.collate import prompt_ids
 from toolgen.data import references
 from toolgen.data.gold import OBSERVATION_BUDGET
 from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT
 from toolgen.executors import (CallTimeout, NoExecutor, Prepared, ReplayExecutor, ToolError, build_executor,
                                call_with_timeout)
+from toolgen.prompt_cache import PromptCache
 from toolgen.toolset import FINISH_TOOL, AgentError, Toolset
 from toolgen.transcript import Step, Transcript
 from toolgen.tokens import FINISH
@@ -56,6 +56,7 @@ class ModelPolicy:
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer, self._index = model, tokenizer, {}
+        self.prompts = PromptCache(tokenizer)   # a turn tokenizes only the messages it added
 
     def check_tokens(self, tokens):
         vocab = self.tokenizer.get_vocab()
@@ -66,17 +67,21 @@ class ModelPolicy:
         self._index[tuple(tokens)] = torch.tensor(self.tokenizer.convert_tokens_to_ids(list(tokens)))
 
     def action_logprobs(self, messages, tokens):
-        return self.pick(decoding.next_token_logprobs(self.model, self.tokenizer, [messages])[0], tokens)
+        return self.pick(decoding.next_token_logprobs(self.model, self.tokenizer, [self.prompt(messages)])[0], tokens)
 
     def pick(self, logprobs, tokens):
         """The candidates' entries of a row of next-token log-probabilities (tokens checked by check_tokens)."""
         return logprobs[self._index[tuple(tokens)]]
 
     def generate(self, messages, max_new_tokens):
-        return decoding.generate_text(self.model, self.tokenizer, messages, max_new_tokens)
+        return decoding.generate_text(self.model, self.tokenizer, self.prompt(messages), max_new_tokens)
+
+    def prompt(self, messages):
+        """The prompt's token ids (collate.prompt_ids, through the cache)."""
+        return self.prompts.ids(messages)
 
     def count_tokens(self, messages):
-        return len(prompt_ids(self.tokenizer, messages))
+        return len(self.prompt(messages))
 
 
 def msg(role, content):

@@ -35,6 +35,9 @@ class BatchingPolicy:
     def generate(self, messages, max_new_tokens):
         return self._ask(("generate", max_new_tokens), messages)
 
+    def prompt(self, messages):
+        return self.policy.prompt(messages)
+
     # ---- the loops register while they run ----
     def enter(self):
         with self.cond:
@@ -52,7 +55,8 @@ class BatchingPolicy:
         self.worker.join()
 
     def _ask(self, kind, messages):
-        slot = {"kind": kind, "messages": messages, "done": False}
+        # tokenized here, in the loop's thread: the tokenizer's encoding runs outside the GIL, beside other loops'
+        slot = {"kind": kind, "ids": self.policy.prompt(messages), "done": False}
         with self.cond:
             self.pending.append(slot)
             self.cond.notify_all()
@@ -100,9 +104,9 @@ class BatchingPolicy:
             slots = [s for s in batch if s["kind"] == kind]
             try:
                 if kind[0] == "logprobs":
-                    rows = decoding.next_token_logprobs(model, tokenizer, [s["messages"] for s in slots])
+                    rows = decoding.next_token_logprobs(model, tokenizer, [s["ids"] for s in slots])
                 else:
-                    rows = decoding.generate_texts(model, tokenizer, [s["messages"] for s in slots], kind[1])
+                    rows = decoding.generate_texts(model, tokenizer, [s["ids"] for s in slots], kind[1])
                 for slot, row in zip(slots, rows):
                     slot["result"] = row
             except Exception as e:   # noqa: BLE001  (handed to the loops that asked, raised there)

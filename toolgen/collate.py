@@ -20,21 +20,28 @@ def _render(tokenizer, messages, add_generation_prompt=False):
                                          tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def segment(tokenizer, messages, i, done):
+    """What message i adds to `done`, the rendering of messages[:i] -> ([(text, carries_loss)], rendering through i)."""
+    out, m = [], messages[i]
+    if m["role"] == "assistant":
+        header = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        if header.startswith(done) and header != done:
+            out.append((header[len(done):], False))
+            done = header
+    full = _render(tokenizer, messages[:i + 1])
+    if not full.startswith(done):
+        raise ValueError("the chat template does not render conversations prefix by prefix; "
+                         "set a template that does (see models.PLAIN_CHAT_TEMPLATE)")
+    out.append((full[len(done):], bool(m.get("loss")) and m["role"] == "assistant"))
+    return out, full
+
+
 def _segments(tokenizer, messages):
     """[(text, carries_loss)] whose concatenation is the rendering of the whole conversation."""
     out, done = [], ""
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            header = _render(tokenizer, messages[:i], add_generation_prompt=True)
-            if header.startswith(done) and header != done:
-                out.append((header[len(done):], False))
-                done = header
-        full = _render(tokenizer, messages[:i + 1])
-        if not full.startswith(done):
-            raise ValueError("the chat template does not render conversations prefix by prefix; "
-                             "set a template that does (see models.PLAIN_CHAT_TEMPLATE)")
-        out.append((full[len(done):], bool(m.get("loss")) and m["role"] == "assistant"))
-        done = full
+    for i in range(len(messages)):
+        parts, done = segment(tokenizer, messages, i, done)
+        out += parts
     return out
 
 
@@ -58,8 +65,13 @@ def prompt_ids(tokenizer, messages):
     ids = []
     for text, _ in _segments(tokenizer, messages):
         ids += tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids + generation_header(tokenizer, messages)
+
+
+def generation_header(tokenizer, messages):
+    """The ids of what add_generation_prompt adds after the conversation (the assistant header)."""
     header = _render(tokenizer, messages, add_generation_prompt=True)[len(_render(tokenizer, messages)):]
-    return ids + tokenizer(header, add_special_tokens=False)["input_ids"]
+    return tokenizer(header, add_special_tokens=False)["input_ids"]
 
 
 class LeftPadCollator:

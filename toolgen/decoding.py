@@ -12,6 +12,12 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from toolgen.collate import LeftPadCollator, prompt_ids
 
 
+def _ids(tokenizer, prompt):
+    """A prompt is a conversation (a list of messages) or its token ids (collate.prompt_ids; the agent's policy
+    tokenizes with a cache, toolgen/prompt_cache.py)."""
+    return prompt if not prompt or isinstance(prompt[0], int) else prompt_ids(tokenizer, prompt)
+
+
 class JsonScan:
     """Whether text fed piece by piece is, once stripped, one complete JSON object: its first "{" closed again,
     strings and escapes respected. Text that does not start with "{" (a thought, a plain answer) is never done."""
@@ -97,7 +103,7 @@ def next_token_logprobs(model, tokenizer, prompts, batch_size=32):
     vocab = len(tokenizer)
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [prompt_ids(tokenizer, m) for m in prompts[start:start + batch_size]]
+        chunk = [_ids(tokenizer, m) for m in prompts[start:start + batch_size]]
         batch = collate([{"input_ids": ids, "labels": ids} for ids in chunk])
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                        position_ids=batch["position_ids"].to(device), logits_to_keep=1, use_cache=False).logits
@@ -133,9 +139,9 @@ def stop_rows(tokenizer, prompt_length):
 
 @torch.no_grad()
 def generate_text(model, tokenizer, messages, max_new_tokens=96):
-    """Greedy continuation of a conversation (the agent's argument turn), decoded without special tokens."""
+    """Greedy continuation of a conversation or its ids (the agent's argument turn), decoded without special tokens."""
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt_ids(tokenizer, messages)], device=device)
+    ids = torch.tensor([_ids(tokenizer, messages)], device=device)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id,
                          stopping_criteria=stop_rows(tokenizer, ids.shape[1]))
@@ -144,11 +150,11 @@ def generate_text(model, tokenizer, messages, max_new_tokens=96):
 
 @torch.no_grad()
 def generate_texts(model, tokenizer, prompts, max_new_tokens):
-    """generate_text for several conversations at once: left-padded, greedy; each row stops at its end of turn (the
-    rest of its row is padding) -> one text per prompt."""
+    """generate_text for several conversations (or their ids) at once: left-padded, greedy; each row stops at its end
+    of turn (the rest of its row is padding) -> one text per prompt."""
     device = next(model.parameters()).device
     batch = LeftPadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": ids}
-                                                     for ids in (prompt_ids(tokenizer, m) for m in prompts)])
+                                                     for ids in (_ids(tokenizer, m) for m in prompts)])
     width = batch["input_ids"].shape[1]
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,

@@ -250,6 +250,17 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     return tokenizer, model, tool_ids
 
 
+def train_new_rows_only(model, n_old):
+    """add_tools.train=new_rows: every parameter frozen but the tool-row deltas, and in those the first n_old rows (the
+    parent's tools: extend_adapter puts them first) get a zero gradient. With no weight decay, Adam then leaves them
+    exactly as they were (zero moments, zero update): the parent's LoRA and rows are bit-identical after the stage."""
+    for name, p in model.named_parameters():
+        if "trainable_tokens_delta" not in name:
+            p.requires_grad_(False)
+        elif p.requires_grad:
+            p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:n_old]), g[n_old:]]))
+
+
 def merge_for_inference(model):
     """Fold a loaded stage's adapter into its weights (peft merge_adapter), for inference only: -> whether it did.
     Unmerged, every forward runs LoRA's extra matmuls beside each of the 7 projections of every layer and copies the

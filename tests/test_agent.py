@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from toolgen import agent as agent_mod
-from toolgen.agent import Agent, AgentConfig, ModelPolicy, Transcript, fit_context, observation_text
+from toolgen.agent import Agent, AgentConfig, ModelPolicy, Transcript
+from toolgen.observations import REMOVED, fit_context, observation_text
 from toolgen.data import SAMPLE_DIR, stages
 from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT
 from toolgen.data.toolbench import read_api_jsonl
@@ -185,7 +186,7 @@ def test_max_steps_and_context_budget():
     assert (t.stop_reason, t.steps) == ("context_budget", [])
     messages = [{"role": "user", "content": "q"}, {"role": "tool", "content": "x" * 100},
                 {"role": "tool", "content": "y"}]
-    assert fit_context(messages, lambda m: sum(len(x["content"]) for x in m) < 60)[1]["content"] == agent_mod.REMOVED
+    assert fit_context(messages, lambda m: sum(len(x["content"]) for x in m) < 60)[1]["content"] == REMOVED
     assert fit_context(messages, lambda m: False) is None
 
 

@@ -22,19 +22,17 @@ from time import monotonic   # the time limit's clock, by name: a test replaces 
 import torch
 
 from toolgen import decoding
-from toolgen.data import references
 from toolgen.data.gold import OBSERVATION_BUDGET
 from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT
-from toolgen.executors import (CallTimeout, NoExecutor, Prepared, ReplayExecutor, ToolError, build_executor,
+from toolgen.executors import (CallTimeout, NoExecutor, ReplayExecutor, ToolError, build_executor,
                                call_with_timeout)
+from toolgen.observations import fit_context, observation_text
 from toolgen.prompt_cache import PromptCache
 from toolgen.toolset import FINISH_TOOL, AgentError, Toolset
 from toolgen.transcript import Step, Transcript
 from toolgen.tokens import FINISH
 
 REPAIR = "That input is not valid: {problem}. Give the input again as one JSON object{fields}."
-SHORT_OBSERVATION = 200   # characters an old observation keeps at the first shortening pass (then a stub)
-REMOVED = '{"removed": "to fit the context"}'
 
 
 @dataclass
@@ -99,53 +97,6 @@ def parse_arguments(text, required):
         return None, f"JSON {type(value).__name__}, not an object"
     missing = [r for r in required if r not in value]
     return value, f"missing required parameter(s): {', '.join(missing)}" if missing else None
-
-
-def observation_text(value, chars):
-    """What the model is shown: text as it is and JSON as JSON, cut to `chars` characters (references.truncate keeps
-    JSON valid); a value that is not JSON (a set, an object) as its str(). Prepared text is shown as it is."""
-    if isinstance(value, Prepared):
-        return str(value)
-    if isinstance(value, str):
-        if len(value) <= chars:
-            return value
-        try:
-            value = json.loads(value)   # too long: JSON text is cut as JSON, so that it stays JSON
-        except ValueError:
-            return value[:chars] + " [cut]"
-    try:
-        return references.truncate(value, chars)
-    except (TypeError, ValueError):
-        text = str(value)
-        return text if len(text) <= chars else text[:chars] + " [cut]"
-
-
-def shorten(text, chars):
-    """text cut to about `chars` characters (JSON stays valid JSON); 0: the REMOVED stub. Never longer than text."""
-    if chars == 0:
-        short = REMOVED
-    else:
-        try:
-            short = references.truncate(json.loads(text), chars)
-        except ValueError:
-            short = text[:chars] + " [cut]"
-    return short if len(short) < len(text) else text
-
-
-def fit_context(messages, fits):
-    """messages, or a copy whose observations are shortened, oldest first, until fits(copy): first to
-    SHORT_OBSERVATION characters, then replaced by a stub. The request and the other turns are never touched.
-    None when even that does not fit."""
-    if fits(messages):
-        return messages
-    view = list(messages)
-    tools = [i for i, m in enumerate(messages) if m["role"] == "tool"]
-    for chars in (SHORT_OBSERVATION, 0):
-        for i in tools:
-            view[i] = msg("tool", shorten(messages[i]["content"], chars))
-            if fits(view):
-                return view
-    return None
 
 
 class ContextFull(Exception):

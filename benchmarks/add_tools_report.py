@@ -115,7 +115,7 @@ def choose(args):
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
     best = max(scores, key=scores.get)
     replay, lr, *train = best.split(":")   # replay_fraction:learning_rate[:add_tools.train]
-    train = train[0] if train else "all"
+    train = (train[0] if train else "") or "all"   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
     write_json(os.path.join(args.run, "chosen.json"), {"replay_fraction": float(replay), "learning_rate": float(lr),
                                                        "train": train, "validation_scores": scores, "rule": RULE})
     print(f"chosen on the validation split: replay_fraction {replay}, learning rate {lr}, train {train} ({scores})")

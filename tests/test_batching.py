@@ -166,3 +166,19 @@ def test_a_loop_that_stops_arriving_holds_the_others_for_wait_s_only():
     sizes = ask_after(RecordingPolicy(wait_s=0.2), [0.0, 0.01, 0.02, 1.5])   # the last one is busy (a slow tool)
     assert sizes == [3, 1]
     assert time.monotonic() - start < 1.5 + 0.5
+
+
+def test_the_first_wave_of_runs_asks_in_one_batch():
+    """run_batched registers the first `width` runs before any thread starts: the first loop to ask does not find
+    itself alone (a batch of one, then the others out of step)."""
+    from toolgen.batching import run_batched
+    policy = RecordingPolicy(wait_s=0.2)
+
+    class Run:
+        def run(self, *job, stop=None):
+            for _ in range(3):
+                policy.generate([], 4)
+            return job[0]
+    out = run_batched(Run, [(f"r{i}",) for i in range(12)], policy, width=8)
+    assert out == [f"r{i}" for i in range(12)]
+    assert policy.sizes[0] == 8 and sum(policy.sizes) == 36

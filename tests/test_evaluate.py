@@ -277,3 +277,5 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
     assert one["agent_e2e/other/requests"] == 2
     with pytest.raises(SystemExit, match="--e2e-source nope: .* has no such source \\(it has other, weather\\)"):
         evaluate_main(args + ["--out", str(tmp_path / "none"), "--e2e-source", "nope"])
+    with pytest.raises(SystemExit, match="--e2e-source: no end-to-end requests"):
+        evaluate_main(args[:4] + ["--no-e2e", "--out", str(tmp_path / "none"), "--e2e-source", "other"])

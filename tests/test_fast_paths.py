@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY, run_stage
+from conftest import ROOT, TINY, run_stage
 from toolgen import models
 from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, tokenize_messages
 from toolgen.config import load_config
@@ -155,3 +155,29 @@ def test_merged_stage_gives_the_same_logits_without_running_the_adapter(trained)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         with merged.disable_adapter():
             torch.testing.assert_close(merged(input_ids=ids).logits, want_base, atol=1e-5, rtol=1e-5)
+
+
+def test_agent_decode_benchmark_runs_on_the_tiny_stage(trained, tmp_path):
+    """benchmarks/agent_decode.py on CPU: both variants timed on the loop's own first arguments turn, their figures
+    written; the merged model's answers are the adapter's (float32: no rounding to part them)."""
+    import shutil
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import agent_decode
+    data = tmp_path / "data"
+    shutil.copytree(trained["data_dir"], data)
+    token = "<<SkyCast&&current weather>>"
+    assert token in json.load(open(data / "tool_tokens.json"))["tokens"]
+    records = [{"source": "weather", "uid": f"w{i}", "request": text, "answer": None, "origin": "hand-made",
+                "calls": [{"name": "current weather", "token": token, "arguments": {"city": city}}]}
+               for i, (text, city) in enumerate([("How warm is it in Lisbon?", "Lisbon"), ("Wind in Oslo?", "Oslo")])]
+    (data / "agent_e2e_test.json").write_text(json.dumps(records))
+    out = tmp_path / "decode.json"
+    agent_decode.main(["--model", os.path.join(trained["output_dir"], "agent_tuning"), "--data", str(data),
+                       "--source", "weather", "--rows", "2", "--repeats", "2", "--max-new-tokens", "8",
+                       "--out", str(out)])
+    result = json.load(open(out))
+    assert result["rows"] == 2 and set(result["variants"]) == {"adapter", "merged"}
+    for v in result["variants"].values():
+        assert len(v["seconds"]) == 2 and v["median_s"] > 0 and v["longest_tokens"] >= 1
+    assert result["variants"]["merged"]["same_answers"] == 1.0

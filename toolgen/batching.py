@@ -56,12 +56,11 @@ class BatchingPolicy:
 
     def _ask(self, kind, messages):
         # tokenized here, in the loop's thread: the tokenizer's encoding runs outside the GIL, beside other loops'
-        slot = {"kind": kind, "ids": self.policy.prompt(messages), "done": False}
-        with self.cond:
+        slot = {"kind": kind, "ids": self.policy.prompt(messages), "done": threading.Event()}
+        with self.cond:   # only the worker waits on the condition: each loop waits on its own slot
             self.pending.append(slot)
             self.cond.notify_all()
-            while not slot["done"]:
-                self.cond.wait()
+        slot["done"].wait()
         if "error" in slot:
             raise slot["error"]
         return slot["result"]
@@ -76,18 +75,17 @@ class BatchingPolicy:
                 self._gather()
                 batch, self.pending = self.pending, []
             self._run(batch)
-            with self.cond:
-                for slot in batch:
-                    slot["done"] = True
-                self.cond.notify_all()
+            for slot in batch:
+                slot["done"].set()
 
     def _gather(self):
         """Wait (holding the condition) until every live loop has asked, or until none has arrived for wait_s. The
         loops reach us one after the other, each after its own CPU work (the replayed call, the prompt's chat
         template and tokens, under the GIL): a few ms each, but hundreds of them add up to seconds. Running when a
         fixed moment had passed (it did) split them into batches that each paid a whole generation and then stayed
-        out of step: in a 2 x H100 run of 188 requests at once, 6 action steps took 7 minutes. A loop that stops
-        arriving (busy in a slow tool call) holds the others for wait_s at most."""
+        out of step: in a 2 x H100 run of 188 requests at once, 6 action steps took 7 minutes. Each arrival restarts
+        the wait, so a loop that stops arriving (busy in a slow tool call) holds the others until wait_s passes
+        without an arrival."""
         last, seen = time.monotonic(), len(self.pending)
         while len(self.pending) < self.live and not self.closed:
             if len(self.pending) != seen:
@@ -122,19 +120,28 @@ def run_batched(make_agent, jobs, policy, width, done=None, stop=None):
     out, seats, lock = [None] * len(jobs), threading.Semaphore(width), threading.Lock()
 
     def one(i, job):
-        with seats:
+        try:
             if stop is None or not stop():   # past the time limit a run does not start (and counts as done)
-                policy.enter()
-                try:
-                    out[i] = make_agent().run(*job, stop=stop)
-                finally:
-                    policy.leave()
-        if done is not None:
-            with lock:
-                done()
-    threads = [threading.Thread(target=one, args=(i, job), daemon=True) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
+                out[i] = make_agent().run(*job, stop=stop)
+        finally:
+            policy.leave()
+            seats.release()
+            if done is not None:
+                with lock:
+                    done()
+    # A run is live from the moment its seat is taken, here, before its thread starts: the whole first wave is
+    # registered before any of it asks, so its first batch is whole (a loop that asked alone would get a batch of one)
+    first = min(width, len(jobs))
+    for _ in range(first):
+        seats.acquire()
+        policy.enter()
+    threads = []
+    for i, job in enumerate(jobs):
+        if i >= first:
+            seats.acquire()
+            policy.enter()
+        threads.append(threading.Thread(target=one, args=(i, job), daemon=True))
+        threads[-1].start()
     for t in threads:
         t.join()
     policy.close()

@@ -15,7 +15,7 @@ from toolgen.collate import LeftPadCollator, prompt_ids
 def _ids(tokenizer, prompt):
     """A prompt is a conversation (a list of messages) or its token ids (collate.prompt_ids; the agent's policy
     tokenizes with a cache, toolgen/prompt_cache.py)."""
-    return prompt if not prompt or isinstance(prompt[0], int) else prompt_ids(tokenizer, prompt)
+    return prompt_ids(tokenizer, prompt) if not prompt or isinstance(prompt[0], dict) else list(prompt)
 
 
 class JsonScan:

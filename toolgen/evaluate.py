@@ -326,6 +326,9 @@ def evaluate(args):
               else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
               "source_tokens": source_tokens(tools)}
     unknown = sorted(set(args.e2e_source) - set(inputs["e2e"]))
+    if args.e2e_source and not inputs["e2e"]:
+        raise EvalError("--e2e-source: no end-to-end requests to choose from (--no-e2e, or no "
+                        f"{args.data}/agent_e2e_test.json)")
     if unknown:
         raise EvalError(f"--e2e-source {unknown[0]}: {args.data}/agent_e2e_test.json has no such source (it has "
                         f"{', '.join(sorted(inputs['e2e'])) or 'none'})")

@@ -37,8 +37,8 @@ class PromptCache:
                 parts, done = segment(self.tokenizer, messages, i, done)
                 ids = [t for text, _ in parts for t in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
                 hit = (next(self._next), tuple(ids))
-                with self._lock:
-                    self.nodes.setdefault(key, hit)
+                with self._lock:   # a thread that lost a race takes the winner's node, so later messages find it
+                    hit = self.nodes.setdefault(key, hit)
             else:
                 done = None
             node = hit[0]

@@ -64,4 +64,5 @@ decode() {   # GPU STAGE NAME (the repository on the path: python3 benchmarks/x.
     --out "$RES/decode_$3.json" > "$LOGS/decode_$3.log" 2>&1 || say "decode $3 failed"
 }
 decode 0 "$QWEN" qwen & decode 1 "$SMOL" smol & wait
+tar czf "$RES/qwen_agent_tuning.tgz" -C "$(dirname "$QWEN")" agent_tuning   # to bring back: no retraining next time
 say "end"

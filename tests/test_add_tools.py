@@ -175,7 +175,7 @@ def test_two_additions_in_a_row(parent, tmp_path):
     assert row["memorization/new_tools_accuracy"] >= 0.9 and "retrieval/ndcg@5" in row
 
 
-def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(parent, tmp_path):
+def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(parent, tmp_path, monkeypatch):
     """add_tools.train=new_rows: every LoRA weight and every old tool row saved as the parent's, bit for bit; the new
     rows trained, the loss falls and the new tokens are predicted from their documentation."""
     from safetensors.torch import load_file
@@ -202,6 +202,10 @@ def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(
     assert "weight_decay=0" in error_of("--model", parent["dir"], "--api-catalog", parent["a"], "--out",
                                         tmp_path / "decay", "--set", "add_tools.train=new_rows",
                                         "--set", "train.weight_decay=0.01")
+    # its gradient hook is not ZeRO's: a DeepSpeed launch is refused before the stage is built
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert "without DeepSpeed" in error_of("--model", parent["dir"], "--api-catalog", parent["a"], "--out",
+                                           tmp_path / "zero", "--set", "add_tools.train=new_rows")
 
 
 def test_a_collision_is_listed_and_nothing_is_trained(parent, tmp_path):

@@ -9,10 +9,15 @@ from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwa
 from accelerate.utils import GradientAccumulationPlugin, TorchDynamoPlugin
 
 
+def launched_with_deepspeed():
+    """Whether `accelerate launch` set this process up for DeepSpeed (readable before the Accelerator exists)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
+
+
 def build_accelerator(train_cfg, gradient_accumulation_steps, output_dir):
     cpu_only = not torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
+    deepspeed = launched_with_deepspeed()
     # No CUDA: gloo, or several CPU processes would not form a process group and the data would not be sharded.
     handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and cpu_only else []
     return Accelerator(

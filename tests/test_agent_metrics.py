@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from toolgen.agent_metrics import DEFINITIONS, e2e_metrics
+from toolgen.agent_metrics import DEFINITIONS, e2e_metrics, tool_step_verdicts
 from toolgen.data import complexfuncbench
 from toolgen.data.gold import GoldCall, GoldRequest
 from toolgen.executors import ReplayExecutor, ToolError, normalize, read_replay_file
@@ -135,3 +135,13 @@ def test_e2e_metrics_by_hand():
     with pytest.raises(ValueError, match="transcript 'a' paired with request 'b'"):
         e2e_metrics(transcripts[:2], requests[1:3])
     assert e2e_metrics([], [])["e2e/success_rate"] == 0.0
+
+
+def test_step_tool_verdicts_in_order_and_in_any_order_by_hand():
+    """Reference a, b, c, b; predicted b, b, c, a. In order, steps 2 and 3 match. In any order, against the calls
+    left from each step on: step 1 b in (a, b, c, b) yes; step 2 b in (b, c, b) yes; step 3 c in (c, b) yes; step 4
+    a in (b) no: a was the first step's call."""
+    in_order, any_order = tool_step_verdicts(["a", "b", "c", "b"], ["b", "b", "c", "a"])
+    assert in_order == [False, True, True, False]
+    assert any_order == [True, True, True, False]
+    assert tool_step_verdicts([], []) == ([], [])

@@ -3,12 +3,13 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
 
 from toolgen import baselines, decoding, metrics, models, retrieval
-from toolgen.agent_metrics import arguments_correct
+from toolgen.agent_metrics import agent_metrics, arguments_correct
 from toolgen.evaluate import main as evaluate_main
 
 L2, L3, L6 = math.log2(2), math.log2(3), math.log2(6)
@@ -49,6 +50,33 @@ def untrained(sample_data):
     tools = json.load(open(os.path.join(sample_data, "tool_tokens.json")))
     tokenizer, model, ids = models.load_base(ModelConfig(name="tiny", dtype="float32"), tools["tokens"])
     return tokenizer, model.eval(), ids, tools
+
+
+def test_step_tool_choice_follows_the_tool_scorer(trained):
+    """With a tool_scorer (the +prior row's re-ranking) the step-wise tool choice is the scorer's: one that always
+    names tool X gives, by hand, the share of steps whose reference is X, and in any order the share of steps with X
+    still to come. The scorer reads the user's request and gets one score per action token."""
+    d, data = trained["output_dir"], trained["data_dir"]
+    tokenizer, model, _ = models.load_stage(os.path.join(d, "agent_tuning"))
+    tools = [t for t in json.load(open(os.path.join(data, "tool_tokens.json")))["tokens"] if t != "<<Finish>>"]
+    actions = tools + ["<<Finish>>"]
+    trajectories = json.load(open(os.path.join(data, "agent_test.json")))
+    references = [[m["content"] for m in t["messages"] if m["role"] == "assistant" and m["content"] in tools]
+                  for t in trajectories]
+    x, requests = references[0][0], []
+
+    def always_x(request, thought, candidates, logprobs):
+        requests.append(request)
+        assert candidates == actions and tuple(logprobs.shape) == (len(actions),)
+        return torch.tensor([float(c == x) for c in candidates])
+
+    m, _ = agent_metrics(model.eval(), tokenizer, actions, trajectories, always_x)
+    steps = [r for ref in references for r in ref]
+    assert m["agent/action_steps"] == len(steps)
+    assert m["agent/tool_selection_accuracy"] == pytest.approx(sum(r == x for r in steps) / len(steps))
+    ahead = [x in ref[k:] for ref in references for k in range(len(ref))]
+    assert m["agent/tool_selection_accuracy_any_order"] == pytest.approx(sum(ahead) / len(ahead))
+    assert requests[0] == trajectories[0]["query"] and "agent/argument_accuracy" not in m
 
 
 def test_constrained_decoding_only_emits_real_tools_on_a_random_model(untrained, sample_data):
@@ -121,6 +149,9 @@ def test_evaluate_command_writes_all_systems(trained, tmp_path, capsys):
     expected = metrics.retrieval_metrics(fused, relevant)
     for key in ("ndcg@1", "ndcg@5", "mrr"):
         assert systems["toolgen/agent_tuning+prior"][f"retrieval/{key}"] == pytest.approx(expected[key])
+    if choice["fusion"]["prior"] != "none":   # then the step-wise tool choice is also made with the prior
+        assert systems["toolgen/agent_tuning+prior"]["agent/action_steps"] == systems["toolgen/agent_tuning"][
+            "agent/action_steps"]
     memo = json.load(open(os.path.join(data, "tool_memorization.json")))
     top = decoding.rank_tools(decoding.next_token_logprobs(model, tokenizer, [ex["messages"][:-1] for ex in memo]), ids, 1)
     assert agent["memorization/accuracy"] == pytest.approx(
@@ -217,24 +248,41 @@ def test_quality_report_chooses_on_validation_and_reports_test(tmp_path):
     assert result["base_models"]["main"]["agent_e2e"] == {"complexfuncbench": {"toolgen/main/agent_tuning":
                                                                                 {"call_accuracy": 0.25}}}
 
+    # --stepwise: a later step-wise evaluation of a run's agent stage replaces its agent/* metrics (nothing else)
+    with open(tmp_path / "stepwise.json", "w") as f:
+        json.dump({"systems": {"toolgen/agent_tuning": {"agent/tool_selection_accuracy": 0.7,
+                                                        "agent/tool_selection_accuracy_any_order": 0.9,
+                                                        "retrieval/ndcg@5": 0.0},
+                               "toolgen/agent_tuning+prior": {"agent/tool_selection_accuracy": 0.8}}}, f)
+    subprocess.run(cmd + ["--run", f"qwen={tmp_path / 'qwen.json'}", "--run-model", "qwen=Qwen 0.5B",
+                          "--stepwise", f"qwen={tmp_path / 'stepwise.json'}"], cwd=ROOT, check=True,
+                   capture_output=True)
+    result = json.load(open(tmp_path / "out" / "quality.json"))
+    step = result["agent_step_toolbench"]
+    assert (step["tool_selection_accuracy"], step["tool_selection_accuracy_any_order"]) == (0.7, 0.9)
+    assert step["with_prior"] == {"tool_selection_accuracy": 0.8} and step["source"] == [f"qwen={tmp_path}/stepwise.json"]
+    assert result["systems"]["toolgen/qwen/agent_tuning"]["retrieval/ndcg@5"] == 0.6   # only agent/* was taken
+
+
+def weather_call(city, temp):
+    """A gold call of a hand-made held-out request (agent_e2e_test.json's record layout)."""
+    args = {"city": city}
+    return {"name": "current weather", "token": "<<SkyCast&&current weather>>", "tool": "current weather",
+            "api": "current weather", "label": "", "arguments": args, "resolved_arguments": args, "has_response": True,
+            "response": {"temp": temp}, "used_paths": [], "ambiguous_references": []}
+
 
 def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_path):
     """agent_e2e_test.json -> the loop with the replay executor, for the agent stage and for the base told its tools:
     the metrics per source, the transcripts beside them; the numbers are the transcripts' (recomputed here)."""
-    import shutil
-
     from toolgen.agent_metrics import e2e_metrics
     from toolgen.data.agent_sources import e2e_requests
     from toolgen.transcript import Transcript
     data = tmp_path / "data"
     shutil.copytree(trained["data_dir"], data)
 
-    def call(name, token, args, response):
-        return {"name": name, "token": token, "tool": name, "api": name, "label": "", "arguments": args,
-                "resolved_arguments": args, "has_response": True, "response": response, "used_paths": [],
-                "ambiguous_references": []}
     records = [{"source": "weather", "uid": f"w{i}", "query_id": f"weather_w{i}", "request": text, "tools": [],
-                "calls": [call("current weather", "<<SkyCast&&current weather>>", {"city": city}, {"temp": 20 + i})],
+                "calls": [weather_call(city, 20 + i)],
                 "answer": None, "finish": {"return_type": "give_answer"}, "origin": "hand-made"}
                for i, (text, city) in enumerate([("How warm is it in Lisbon now?", "Lisbon"),
                                                  ("Is it windy in Oslo right now?", "Oslo")])]
@@ -279,3 +327,45 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
         evaluate_main(args + ["--out", str(tmp_path / "none"), "--e2e-source", "nope"])
     with pytest.raises(SystemExit, match="--e2e-source: no end-to-end requests"):
         evaluate_main(args[:4] + ["--no-e2e", "--out", str(tmp_path / "none"), "--e2e-source", "other"])
+
+
+def test_e2e_shards_merge_into_the_whole_run(trained, tmp_path, capsys):
+    """--e2e-shard K/N runs every N-th held-out request from the K-th on; toolgen.e2e_merge scores the shards'
+    folders together: the same metrics as one process on all requests (one at a time: no batching differences), the
+    transcripts in request order. A missing or doubled shard stops the merge with the reason."""
+    from toolgen import e2e_merge
+    data = tmp_path / "data"
+    shutil.copytree(trained["data_dir"], data)
+    records = [{"source": "weather", "uid": f"w{i}", "query_id": f"weather_w{i}", "request": f"How warm is {city}?",
+                "tools": [], "calls": [weather_call(city, 20 + i)], "answer": None,
+                "finish": {"return_type": "give_answer"}, "origin": "hand-made"}
+               for i, city in enumerate(["Lisbon", "Oslo", "Rome"])]
+    (data / "agent_e2e_test.json").write_text(json.dumps(records))
+    args = ["--model", os.path.join(trained["output_dir"], "agent_tuning"), "--data", str(data), "--e2e-only",
+            "--no-base", "--e2e-width", "1"]
+    evaluate_main(args + ["--out", str(tmp_path / "whole")])
+    for k in (0, 1):
+        evaluate_main(args + ["--out", str(tmp_path / f"shard{k}"), "--e2e-shard", f"{k}/2"])
+    uids = lambda folder: [t["uid"] for t in json.load(  # noqa: E731
+        open(tmp_path / folder / "transcripts" / "toolgen_agent_tuning_weather.json"))]
+    assert uids("shard0") == ["w0", "w2"] and uids("shard1") == ["w1"]
+    merge = ["--data", str(data), "--out", str(tmp_path / "merged")]
+    e2e_merge.main(merge + [str(tmp_path / "shard1"), str(tmp_path / "shard0")])
+    merged = json.load(open(tmp_path / "merged" / "metrics.json"))["systems"]["toolgen/agent_tuning"]
+    whole = json.load(open(tmp_path / "whole" / "metrics.json"))["systems"]["toolgen/agent_tuning"]
+    assert merged.pop("agent_e2e/weather/shards") == 2
+    assert merged == pytest.approx(whole) and merged["agent_e2e/weather/requests"] == 3
+    assert uids("merged") == ["w0", "w1", "w2"]
+    with pytest.raises(SystemExit, match="the shards cover 2 of its 3 held-out requests"):
+        e2e_merge.main(merge + [str(tmp_path / "shard0")])
+    with pytest.raises(SystemExit, match="the shards cover 4 of its 3 held-out requests"):
+        e2e_merge.main(merge + [str(tmp_path / "shard1"), str(tmp_path / "shard1"), str(tmp_path / "shard0")])
+    for folder in ("a", "b"):   # two shards with the same request (counts that happen to add up)
+        (tmp_path / folder / "transcripts").mkdir(parents=True)
+        (tmp_path / folder / "metrics.json").write_text(json.dumps({"systems": {"s": {}}}))
+        (tmp_path / folder / "transcripts" / "s_weather.json").write_text(json.dumps([{"uid": "w0"}]))
+    with pytest.raises(e2e_merge.MergeError, match="request 'w0' is also in"):
+        e2e_merge.shard_transcripts([str(tmp_path / "a"), str(tmp_path / "b")], ["weather"])
+    with pytest.raises(SystemExit):
+        evaluate_main(args + ["--out", str(tmp_path / "bad"), "--e2e-shard", "2/2"])
+    assert "expected K/N with 0 <= K < N" in capsys.readouterr().err

@@ -11,6 +11,8 @@ call is a call whose arguments were valid (after at most one repair), i.e. the c
 import json
 import re
 
+import torch
+
 from toolgen import decoding
 from toolgen.data.stages import ASK_INPUT
 from toolgen.executors import gold_arguments, match_call, normalize
@@ -137,35 +139,64 @@ def arguments_correct(predicted_text, reference_text, documentation):
         k in predicted and _norm(predicted[k]) == _norm(v) for k, v in reference.items())
 
 
-def agent_metrics(model, tokenizer, action_tokens, trajectories):
-    """Step by step with the true history: tool choice at each action, arguments after each tool, Finish at the end."""
+def tool_step_verdicts(reference, predicted):
+    """The tool steps of one trajectory, reference and prediction (true history given) -> (in order, any order):
+    in order, step k is right when it names the reference's k-th tool; any order, when it names one of the reference's
+    tools from step k on (a call the history has not made yet: the order of independent calls is free, as in
+    e2e/tool_selection_accuracy)."""
+    return ([p == r for p, r in zip(predicted, reference)],
+            [p in reference[k:] for k, p in enumerate(predicted)])
+
+
+def _request(messages):
+    """The user's request: the first user message (the system prompt comes before it)."""
+    return next(m["content"] for m in messages if m["role"] == "user")
+
+
+def agent_metrics(model, tokenizer, action_tokens, trajectories, tool_scorer=None):
+    """Step by step with the true history: tool choice at each action, arguments after each tool, Finish at the end.
+    tool_scorer (as toolgen.agent's, e.g. retrieval.agent_scorer): the tool choice alone, re-ranked by it (the
+    arguments do not depend on it with the true history, so they are not generated again)."""
     action_ids = tokenizer.convert_tokens_to_ids(action_tokens)
     id_to_token = dict(zip(action_ids, action_tokens))
     actions = set(action_tokens)
-    tool_right, arg_right, finish_right, complete, invalid = [], [], [], [], []
+    tool_right, any_order, arg_right, finish_right, complete, invalid = [], [], [], [], [], []
     for ex in trajectories:
-        msgs, all_right, finish_steps = ex["messages"], True, []
+        msgs, all_right, finish_steps, reference, predicted_tools = ex["messages"], True, [], [], []
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
             if m["content"] in actions:                     # an action step
                 logprobs = decoding.next_token_logprobs(model, tokenizer, [msgs[:i]])
-                predicted = id_to_token[decoding.rank_tools(logprobs, action_ids, 1)[0][0]]
+                if tool_scorer is None:
+                    predicted = id_to_token[decoding.rank_tools(logprobs, action_ids, 1)[0][0]]
+                else:
+                    scores = tool_scorer(_request(msgs), None, list(action_tokens), logprobs[0, action_ids].float())
+                    predicted = action_tokens[int(torch.as_tensor(scores).argmax())]
                 invalid.append(logprobs.argmax(-1).tolist()[0] not in id_to_token)
                 finish_steps.append((predicted == FINISH, m["content"] == FINISH))
                 if m["content"] != FINISH:
-                    tool_right.append(predicted == m["content"])
-                    all_right &= tool_right[-1]
-            elif i >= 2 and msgs[i - 2]["content"] in actions - {FINISH} and m.get("loss"):
+                    reference.append(m["content"])
+                    predicted_tools.append(predicted)
+                    all_right &= predicted == m["content"]
+            elif tool_scorer is None and i >= 2 and msgs[i - 2]["content"] in actions - {FINISH} and m.get("loss"):
                 # the arguments of a tool call (truncated ones carry no loss)
                 doc = _parse_json(msgs[i - 1]["content"][len(ASK_INPUT):])
                 arg_right.append(arguments_correct(decoding.generate_text(model, tokenizer, msgs[:i]), m["content"], doc))
                 all_right &= arg_right[-1]
+        in_order, free = tool_step_verdicts(reference, predicted_tools)
+        tool_right += in_order
+        any_order += free
         finish_ok = all(p == r for p, r in finish_steps)
         finish_right.append(finish_ok)
         complete.append(all_right and finish_ok)
-    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
-    return {"agent/tool_selection_accuracy": mean(tool_right), "agent/argument_accuracy": mean(arg_right),
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0   # noqa: E731
+    if tool_scorer is not None:
+        return {"agent/tool_selection_accuracy": mean(tool_right),
+                "agent/tool_selection_accuracy_any_order": mean(any_order), "agent/finish_accuracy": mean(finish_right),
+                "agent/trajectories": len(trajectories), "agent/action_steps": len(tool_right)}, invalid
+    return {"agent/tool_selection_accuracy": mean(tool_right),
+            "agent/tool_selection_accuracy_any_order": mean(any_order), "agent/argument_accuracy": mean(arg_right),
             "agent/finish_accuracy": mean(finish_right), "agent/completion_rate": mean(complete),
             "agent/trajectories": len(trajectories), "agent/action_steps": len(tool_right),
             "agent/argument_steps": len(arg_right)}, invalid

@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from toolgen.metrics import mean_ndcg
+
 CACHE = os.environ.get("TOOLGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "toolgen"))
 
 # Views of an API's documentation (lines of stages.api_documentation), by the line prefixes they keep.
@@ -130,3 +132,20 @@ def bm25_rank(documents, queries, k):
 def dense_rank(documents, queries, k, model_path=None):
     items = list(documents)
     return top_k(DenseIndex([documents[i] for i in items], model_path).scores(queries), items, k)
+
+
+def choose_views(documents, val_rows, kinds):
+    """Each retriever (of kinds) indexes the documentation view (DOC_VIEWS) with the best NDCG@5 on the
+    validation split, as a careful user would tune a baseline; "full" when there is no validation split."""
+    if not val_rows:
+        return {kind: "full" for kind in kinds}, {}
+    items, queries, relevant = list(documents), [r[0] for r in val_rows], [r[1] for r in val_rows]
+    chosen, table = {}, {}
+    for kind in kinds:
+        index = INDEXES[kind]
+        for view in DOC_VIEWS:
+            scores = index([doc_text(documents[t], view) for t in items]).scores(queries)
+            ranked = top_k(scores, items, 5)
+            table[f"{kind}/{view}"] = mean_ndcg(ranked, relevant, 5)
+        chosen[kind] = max(DOC_VIEWS, key=lambda v: table[f"{kind}/{v}"])   # ties: the earlier view
+    return chosen, table

@@ -16,7 +16,7 @@ from toolgen import quiet  # noqa: F401  (first: it silences start-up notices be
 
 import torch  # noqa: E402
 
-from toolgen import baselines, decoding, metrics, models, retrieval  # noqa: E402
+from toolgen import baselines, decoding, e2e_merge, metrics, models, retrieval  # noqa: E402
 from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
 from toolgen.data.agent_sources import e2e_requests  # noqa: E402
@@ -229,23 +229,6 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
     return result, transcripts
 
 
-def choose_views(documents, val_rows, kinds):
-    """Each retriever (of kinds) indexes the documentation view (baselines.DOC_VIEWS) with the best NDCG@5 on the
-    validation split, as a careful user would tune a baseline; "full" when there is no validation split."""
-    if not val_rows:
-        return {kind: "full" for kind in kinds}, {}
-    items, queries, relevant = list(documents), [r[0] for r in val_rows], [r[1] for r in val_rows]
-    chosen, table = {}, {}
-    for kind in kinds:
-        index = baselines.INDEXES[kind]
-        for view in baselines.DOC_VIEWS:
-            scores = index([baselines.doc_text(documents[t], view) for t in items]).scores(queries)
-            ranked = baselines.top_k(scores, items, 5)
-            table[f"{kind}/{view}"] = metrics.mean_ndcg(ranked, relevant, 5)
-        chosen[kind] = max(baselines.DOC_VIEWS, key=lambda v: table[f"{kind}/{v}"])   # ties: the earlier view
-    return chosen, table
-
-
 def baseline_systems(documents, sets, views):
     """BM25 and MiniLM over the documentation, each in its chosen view."""
     items = list(documents)
@@ -289,6 +272,9 @@ def main(argv=None):
     p.add_argument("--e2e-time-limit", type=float, default=0,
                    help="seconds per source and system (0: none): then no request starts and a running one stops; "
                         "the metrics cover the finished requests, agent_e2e/<source>/requests_cut counts the others")
+    p.add_argument("--e2e-shard", type=e2e_merge.shard_spec, metavar="K/N",
+                   help="every N-th held-out request from the K-th on (0 <= K < N): N processes share a source, one "
+                        "per GPU; python -m toolgen.e2e_merge scores their folders together")
     p.add_argument("--config", help="a config whose `retrieval` section sets the prior and fusion (default: built-in)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. --set retrieval.prior=bm25 --set retrieval.tune=false")
@@ -333,14 +319,14 @@ def evaluate(args):
     if unknown:
         raise EvalError(f"--e2e-source {unknown[0]}: {args.data}/agent_e2e_test.json has no such source (it has "
                         f"{', '.join(sorted(inputs['e2e'])) or 'none'})")
-    if args.e2e_source:
-        inputs["e2e"] = {s: rows for s, rows in inputs["e2e"].items() if s in args.e2e_source}
+    k, n = args.e2e_shard or (0, 1)   # interleaved: each shard gets long requests and short ones alike
+    inputs["e2e"] = {s: rows[k::n] for s, rows in inputs["e2e"].items() if s in (args.e2e_source or [s])}
     inputs["toolset"] = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if inputs["e2e"] else None
     sets = inputs["sets"]
     kinds = set() if args.no_baselines or args.e2e_only else set(baselines.INDEXES)
     if args.model and retrieval_cfg.prior != "none" and not args.e2e_only:
         kinds |= set(retrieval_cfg.prior.split("+"))
-    views, view_table = choose_views(documents, sets.get(VAL), sorted(kinds))
+    views, view_table = baselines.choose_views(documents, sets.get(VAL), sorted(kinds))
     systems, rankings, extra = {}, {}, {}
     if not (args.no_baselines or args.e2e_only):
         systems, rankings = baseline_systems(documents, sets, views)
@@ -397,9 +383,13 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
         found, ranked = hybrid_system(scores, prior, sets, candidates, retrieval_cfg)
         fusion = retrieval.Fusion(**found["prior/choice"]["fusion"])
         agent, transcripts = ({}, {})
-        if e2e and stage == "agent" and fusion.prior != "none":   # the prior at the agent's tool step
-            agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args,
-                                            retrieval.agent_scorer(prior, fusion, FINISH))
+        if stage == "agent" and fusion.prior != "none":   # the prior at the agent's tool step, from the request
+            scorer = retrieval.agent_scorer(prior, fusion, FINISH)
+            if inputs["agent_test"]:
+                agent = agent_metrics(model, tokenizer, candidates + [FINISH], inputs["agent_test"], scorer)[0]
+            if e2e:
+                found_e2e, transcripts = e2e_system(model, tokenizer, e2e, toolset, args, scorer)
+                agent.update(found_e2e)
         rows[name + "+prior"] = ({**found, **agent}, ranked, transcripts)
     del model
     return rows

@@ -17,6 +17,8 @@ DEFINITIONS = {
     "memorization/new_tools_accuracy": "memorization/accuracy over the tools an add_tools stage added or re-documented "
                                        "(its stage.json's tools_added + tools_replaced)",
     "agent/tool_selection_accuracy": "right tool token at each non-final action step, true history given",
+    "agent/tool_selection_accuracy_any_order": "the same, counted right when the token is any of the reference's tools "
+                                               "from that step on (calls not made yet, in any order)",
     "agent/argument_accuracy": "generated arguments parse as a JSON object, have the required parameters and match every "
                                "reference value (case/space-folded); steps whose reference was truncated are not scored",
     "agent/finish_accuracy": "share of trajectories where Finish is chosen at the last action step and at no other",
@@ -31,7 +33,7 @@ NOT_MEASURED = {"response relevance (human-evaluated)": "not measured: it needs 
 COLUMNS = ["retrieval/ndcg@1", "retrieval/ndcg@3", "retrieval/ndcg@5", "retrieval/mrr", "retrieval/recall@5",
            "memorization/accuracy", "memorization/f1", "agent/tool_selection_accuracy", "agent/argument_accuracy",
            "agent/finish_accuracy", "agent/completion_rate", "invalid_tool_rate_unconstrained"]
-OPTIONAL_COLUMNS = ["memorization/new_tools_accuracy"]
+OPTIONAL_COLUMNS = ["memorization/new_tools_accuracy", "agent/tool_selection_accuracy_any_order"]
 
 
 def training_losses(runs_dir):
@@ -51,18 +53,18 @@ def _plots(out_dir, rankings, sets, curves):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = sets["retrieval_test"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, by_set in rankings.items():
-        ranked = by_set["retrieval_test"]
-        ys = [metrics.mean_ndcg(ranked, [row[1] for row in rows], k) for k in range(1, 11)]
-        ax.plot(range(1, 11), ys, marker="o", label=name)
-    ax.set(xlabel="k", ylabel="NDCG@k (standard)", title="Retrieval on retrieval_test.json")
-    if rankings:   # none with --e2e-only: an empty plot
+    if rankings:   # none with --e2e-only, or in a merge of end-to-end shards (toolgen/e2e_merge.py)
+        rows = sets["retrieval_test"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, by_set in rankings.items():
+            ranked = by_set["retrieval_test"]
+            ys = [metrics.mean_ndcg(ranked, [row[1] for row in rows], k) for k in range(1, 11)]
+            ax.plot(range(1, 11), ys, marker="o", label=name)
+        ax.set(xlabel="k", ylabel="NDCG@k (standard)", title="Retrieval on retrieval_test.json")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "ndcg_at_k.png"), dpi=120)
-    plt.close(fig)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "ndcg_at_k.png"), dpi=120)
+        plt.close(fig)
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         for tag, points in sorted(curves.items()):

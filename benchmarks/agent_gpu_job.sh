@@ -18,7 +18,8 @@
 #     batched badly (fixed since: BatchingPolicy._gather) and held 8 steps at most (now 14).
 #   - 2026-11-26 (2): the same with E2E_TIME_LIMIT=600 DECODE=0: 70 and 80 of 188 finished; NESTFUL finished in
 #     66 s (Qwen) and 436 s (SmolLM2). A round of 188 loops took about a minute on a GPU shared by two models, so the
-#     ComplexFuncBench loops are now split over both GPUs, and the Qwen stage comes back for TRAIN=0.
+#     ComplexFuncBench loops are now split over both GPUs, answers come in segments of 128 tokens
+#     (BatchingPolicy.SEGMENT), and the Qwen stage comes back for TRAIN=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}

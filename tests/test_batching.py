@@ -11,24 +11,35 @@ from toolgen.data.gold import GoldCall, GoldRequest
 from toolgen.toolset import Toolset
 
 
-def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
-    from toolgen import decoding
-    sizes, real = [], decoding.generate_texts
+def weather_requests():
+    return [GoldRequest(f"r{i}", text, [GoldCall("current weather", {"city": city}, {"city": city}, {"t": i}, True)],
+                        None, "hand-made")
+            for i, (text, city) in enumerate([("How warm is it in Lisbon?", "Lisbon"),
+                                              ("Weather in Oslo right now, please", "Oslo"),
+                                              ("Is it raining in Porto?", "Porto"),
+                                              ("Current temperature in Kyoto", "Kyoto"),
+                                              ("Wind in Dublin today?", "Dublin")])]
 
-    def spy(model, tokenizer, prompts, max_new_tokens):
+
+def spy_on_generations(monkeypatch):
+    """Record each batched generation's size and the answers it continued."""
+    from toolgen import decoding
+    sizes, continued, real = [], [], decoding.generate_rows
+
+    def spy(model, tokenizer, prompts, max_new_tokens, answered=None):
         sizes.append(len(prompts))
-        return real(model, tokenizer, prompts, max_new_tokens)
-    monkeypatch.setattr(decoding, "generate_texts", spy)
+        continued.extend(a for a in answered or [] if a)
+        return real(model, tokenizer, prompts, max_new_tokens, answered)
+    monkeypatch.setattr(decoding, "generate_rows", spy)
+    return sizes, continued
+
+
+def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
+    sizes, _ = spy_on_generations(monkeypatch)
     tokenizer, model, _ = models.load_stage(os.path.join(trained["output_dir"], "agent_tuning"))
     model.eval()
     tools = Toolset.load(os.path.join(trained["data_dir"], "tool_tokens.json"))
-    requests = [GoldRequest(f"r{i}", text, [GoldCall("current weather", {"city": city}, {"city": city}, {"t": i}, True)],
-                            None, "hand-made")
-                for i, (text, city) in enumerate([("How warm is it in Lisbon?", "Lisbon"),
-                                                  ("Weather in Oslo right now, please", "Oslo"),
-                                                  ("Is it raining in Porto?", "Porto"),
-                                                  ("Current temperature in Kyoto", "Kyoto"),
-                                                  ("Wind in Dublin today?", "Dublin")])]
+    requests = weather_requests()
     config = AgentConfig(max_steps=3, argument_tokens=24)
     one, m1 = run_e2e(model, tokenizer, requests, tools, config)
     many, m2 = run_e2e(model, tokenizer, requests, tools, config, width=3)
@@ -47,6 +58,52 @@ def test_batched_runs_equal_one_at_a_time(trained, monkeypatch):
     assert cut == [] and (m_cut["e2e/requests"], m_cut["e2e/requests_cut"]) == (0, len(requests))
 
 
+def babbling_model(trained):
+    """The tiny stage with its base weights drawn again at a larger scale (seeded), the adapter off: greedy answers
+    run to the token budget with varied tokens (the untrained tiny base repeats one token)."""
+    import torch
+    tokenizer, model, _ = models.load_stage(os.path.join(trained["output_dir"], "agent_tuning"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora" not in name:
+                p.normal_(0, 0.3)
+    return tokenizer, model.eval()
+
+
+def test_answers_in_segments_equal_whole_answers(trained, monkeypatch):
+    """BatchingPolicy asks for long answers in segments (SEGMENT tokens, 5 here), each continuing the answer so far:
+    the same transcripts as one request at a time with whole answers."""
+    monkeypatch.setattr(BatchingPolicy, "SEGMENT", 5)
+    sizes, continued = spy_on_generations(monkeypatch)
+    tokenizer, model = babbling_model(trained)
+    tools = Toolset.load(os.path.join(trained["data_dir"], "tool_tokens.json"))
+    config = AgentConfig(max_steps=2, argument_tokens=24)
+    with model.disable_adapter():
+        one, m1 = run_e2e(model, tokenizer, weather_requests(), tools, config)
+        many, m2 = run_e2e(model, tokenizer, weather_requests(), tools, config, width=0)
+    assert [[(s.token, s.answers) for s in t.steps] for t in one] == [[(s.token, s.answers) for s in t.steps]
+                                                                       for t in many]
+    assert m1 == m2 and max(sizes) > 1
+    assert len(continued) > len(sizes) / 2 and max(len(a) for a in continued) >= 15   # 4th segments, and more
+
+
+def test_a_generation_continues_an_answer_as_one_generation_would(trained):
+    """decoding.generate_rows with `answered`: the continuation of the first k tokens is the rest of the whole
+    greedy answer, in a batch of rows continued from different points; a row cut by max_new_tokens is not done."""
+    from toolgen import decoding
+    tokenizer, model = babbling_model(trained)
+    prompts = [[{"role": "user", "content": q}] for q in ("How warm is it in Lisbon?", "Wind in Dublin today?")]
+    with model.disable_adapter():
+        whole = decoding.generate_rows(model, tokenizer, prompts, 20)
+        cut = [3, 11]
+        rest = decoding.generate_rows(model, tokenizer, prompts, 20 - max(cut),
+                                      [ids[:k] for (ids, _), k in zip(whole, cut)])
+    assert len(set(whole[0][0])) > 5 and [done for _, done in whole + rest] == [False] * 4
+    for (ids, _), (more, _), k in zip(whole, rest, cut):
+        assert more == ids[k:k + 20 - max(cut)]
+
+
 def test_generation_stops_each_row_once_its_json_object_is_complete():
     """The arguments turn ends at the object's closing brace (strings and escapes respected), row by row: a model
     that does not end its turn there no longer runs on to the 512-token argument budget; a thought never stops early."""
@@ -63,6 +120,10 @@ def test_generation_stops_each_row_once_its_json_object_is_complete():
     for text, done in (('{"city": "Oslo"}', True), ('{"city": "Os', False)):
         ids = torch.tensor([prompt + tokenizer(text, add_special_tokens=False)["input_ids"]] * 2)
         assert JsonObjectDone(tokenizer, len(prompt))(ids, None).tolist() == [done, done]
+    # a generation that continues an answer begun in an earlier segment judges the whole answer
+    rest = tokenizer('lo"}', add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + rest] * 2)
+    assert JsonObjectDone(tokenizer, len(prompt), ['{"city": "Os', ""])(ids, None).tolist() == [True, False]
 
 
 def test_generation_stops_a_row_that_loops():
@@ -79,6 +140,10 @@ def test_generation_stops_a_row_that_loops():
     assert RepeatingRow(prompt_length=3)(rows, None).tolist() == [True, False, False]
     assert not RepeatingRow(prompt_length=3)(torch.tensor([prompt + [11] * 40]), None).item()   # too few new tokens
     assert RepeatingRow(prompt_length=3)(torch.tensor([prompt + [11] * 65]), None).item()
+    # continuing answers: the loop row's first 40 answer tokens came in an earlier segment (now part of the prompt)
+    stop = RepeatingRow(prompt_length=3 + 40, answered=[40, 40, 40])
+    assert stop(rows, None).tolist() == [True, False, False] and stop.fired.tolist() == [True, False, False]
+    assert RepeatingRow(prompt_length=3 + 40, answered=[0, 0, 0])(rows, None).tolist() == [False] * 3   # 31 < 65
 
 
 def test_json_stop_fed_token_by_token_equals_the_whole_text():
@@ -126,12 +191,13 @@ class RecordingPolicy(BatchingPolicy):
 
     def __init__(self, wait_s):
         self.sizes = []   # before the worker thread starts
-        super().__init__(types.SimpleNamespace(prompt=lambda messages: [1]), wait_s)
+        tokenizer = types.SimpleNamespace(decode=lambda ids, skip_special_tokens: "{}")
+        super().__init__(types.SimpleNamespace(prompt=lambda messages: [1], tokenizer=tokenizer), wait_s)
 
     def _run(self, batch):
         self.sizes.append(len(batch))
         for slot in batch:
-            slot["result"] = "{}"
+            slot["result"] = ([2], True)   # a whole answer: one segment
 
 
 def ask_after(policy, delays):

@@ -15,6 +15,13 @@ from toolgen import decoding
 
 
 class BatchingPolicy:
+    # Answers are asked for in segments of at most SEGMENT tokens. A batch's generation lasts as long as its longest
+    # row, and one long answer (a Finish text, a looping string) held every loop of the round for up to the 512-token
+    # budget: in the 2 x H100 run a round of 188 ComplexFuncBench loops took about a minute, most answers being under
+    # 70 tokens (benchmarks/results/quality.md). A row not done after a segment asks again, its answer so far appended
+    # to its prompt, beside whatever the other loops ask next; greedy decoding continues it with the same tokens.
+    SEGMENT = 128
+
     def __init__(self, policy, wait_s=0.5):
         self.policy, self.wait_s = policy, wait_s
         self.cond = threading.Condition()
@@ -30,10 +37,16 @@ class BatchingPolicy:
         return self.policy.count_tokens(messages)
 
     def action_logprobs(self, messages, tokens):
-        return self.policy.pick(self._ask(("logprobs", None), messages), tokens)
+        return self.policy.pick(self._ask(("logprobs", None), self.policy.prompt(messages)), tokens)
 
     def generate(self, messages, max_new_tokens):
-        return self._ask(("generate", max_new_tokens), messages)
+        # tokenized here, in the loop's thread: the tokenizer's encoding runs outside the GIL, beside other loops'
+        prompt, answer, size = self.policy.prompt(messages), [], min(self.SEGMENT, max_new_tokens)
+        while True:   # a segment may run past the budget: cut to it, as one generation of max_new_tokens would be
+            ids, done = self._ask(("generate", size), prompt, answer)
+            answer = (answer + ids)[:max_new_tokens]
+            if done or len(answer) >= max_new_tokens:
+                return self.policy.tokenizer.decode(answer, skip_special_tokens=True).strip()
 
     def prompt(self, messages):
         return self.policy.prompt(messages)
@@ -54,9 +67,8 @@ class BatchingPolicy:
             self.cond.notify_all()
         self.worker.join()
 
-    def _ask(self, kind, messages):
-        # tokenized here, in the loop's thread: the tokenizer's encoding runs outside the GIL, beside other loops'
-        slot = {"kind": kind, "ids": self.policy.prompt(messages), "done": threading.Event()}
+    def _ask(self, kind, ids, answered=()):
+        slot = {"kind": kind, "ids": ids, "answered": list(answered), "done": threading.Event()}
         with self.cond:   # only the worker waits on the condition: each loop waits on its own slot
             self.pending.append(slot)
             self.cond.notify_all()
@@ -104,7 +116,8 @@ class BatchingPolicy:
                 if kind[0] == "logprobs":
                     rows = decoding.next_token_logprobs(model, tokenizer, [s["ids"] for s in slots])
                 else:
-                    rows = decoding.generate_texts(model, tokenizer, [s["ids"] for s in slots], kind[1])
+                    rows = decoding.generate_rows(model, tokenizer, [s["ids"] for s in slots], kind[1],
+                                                  [s["answered"] for s in slots])
                 for slot, row in zip(slots, rows):
                     slot["result"] = row
             except Exception as e:   # noqa: BLE001  (handed to the loops that asked, raised there)

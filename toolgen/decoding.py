@@ -62,12 +62,15 @@ class JsonObjectDone(StoppingCriteria):
     now). A token cut inside a multi-byte character decodes to a replacement character, never to a quote, brace or
     backslash, so the scan sees the same structure (tested against the whole text at every step)."""
 
-    def __init__(self, tokenizer, prompt_length):
-        self.tokenizer, self.fed, self.scans = tokenizer, prompt_length, None
+    def __init__(self, tokenizer, prompt_length, answered=None):
+        # answered: each row's answer so far (text), when this generation continues it (generate_rows)
+        self.tokenizer, self.fed, self.answered, self.scans = tokenizer, prompt_length, answered or [], None
 
     def __call__(self, input_ids, scores, **kwargs):
         if self.scans is None:
             self.scans = [JsonScan() for _ in range(input_ids.shape[0])]
+            for scan, text in zip(self.scans, self.answered):
+                scan.feed(text)
         texts = self.tokenizer.batch_decode(input_ids[:, self.fed:], skip_special_tokens=True)
         self.fed = input_ids.shape[1]
         for scan, text in zip(self.scans, texts):
@@ -82,16 +85,25 @@ class RepeatingRow(StoppingCriteria):
     anyway (invalid JSON, one repair turn); stopping it early changes no valid answer that is not itself a loop of
     `window` tokens."""
 
-    def __init__(self, prompt_length, window=64, period=16):
-        self.prompt_length, self.window, self.period = prompt_length, window, period
+    def __init__(self, prompt_length, window=64, period=16, answered=None):
+        # answered: each row's answer tokens before this generation (generate_rows continues answers)
+        self.prompt_length, self.window, self.period, self.answered = prompt_length, window, period, answered
+        self.fired = None
 
     def __call__(self, input_ids, scores, **kwargs):
-        new = input_ids[:, self.prompt_length:]
-        done = torch.zeros(new.shape[0], dtype=torch.bool, device=input_ids.device)
-        tail = new[:, -self.window:]
-        # tail[i] == new[i - p] for a period p that fits (none while fewer than window + 1 tokens are new)
-        for p in range(1, min(self.period, new.shape[1] - self.window) + 1):
-            done |= (tail == new[:, -self.window - p:new.shape[1] - p]).all(-1)
+        n, width = input_ids.shape
+        lengths = torch.full((n,), width - self.prompt_length, device=input_ids.device)   # each row's answer so far
+        if self.answered:
+            lengths += torch.tensor(self.answered, device=input_ids.device)
+        done = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
+        tail = input_ids[:, -self.window:]
+        # tail[i] == row[i - p] for a period p that fits in the row's answer (none below window + 1 answer tokens)
+        for p in range(1, min(self.period, width - self.window) + 1):
+            fits = lengths >= self.window + p
+            if not fits.any():
+                break
+            done |= fits & (tail == input_ids[:, -self.window - p:width - p]).all(-1)
+        self.fired = done if self.fired is None else self.fired | done
         return done
 
 
@@ -149,14 +161,30 @@ def generate_text(model, tokenizer, messages, max_new_tokens=96):
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts, max_new_tokens):
-    """generate_text for several conversations (or their ids) at once: left-padded, greedy; each row stops at its end
-    of turn (the rest of its row is padding) -> one text per prompt."""
+def generate_rows(model, tokenizer, prompts, max_new_tokens, answered=None):
+    """Greedy continuations of several conversations (or their ids) at once, left-padded; each row stops at its end
+    of turn, its complete JSON object or a loop (the rest of its row is padding) -> [(new token ids, done)], done:
+    the row stopped before max_new_tokens ran out. answered: for each prompt, the ids of an answer it already began
+    (toolgen/batching.py asks for long answers in segments): appended to the prompt, and judged whole by the stops."""
     device = next(model.parameters()).device
-    batch = LeftPadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": ids}
-                                                     for ids in (_ids(tokenizer, m) for m in prompts)])
+    answered = answered or [[] for _ in prompts]
+    batch = LeftPadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": ids} for ids in (
+        _ids(tokenizer, m) + list(a) for m, a in zip(prompts, answered))])
     width = batch["input_ids"].shape[1]
+    json_stop = JsonObjectDone(tokenizer, width, [tokenizer.decode(a, skip_special_tokens=True) for a in answered])
+    loop_stop = RepeatingRow(width, answered=[len(a) for a in answered])
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                         stopping_criteria=stop_rows(tokenizer, width))
-    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+                         stopping_criteria=StoppingCriteriaList([json_stop, loop_stop]))
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    rows = out[:, width:].tolist()
+    fired = loop_stop.fired.tolist() if loop_stop.fired is not None else [False] * len(rows)
+    return [(row, bool(eos & set(row)) or (json_stop.scans is not None and json_stop.scans[i].done) or fired[i])
+            for i, row in enumerate(rows)]
+
+
+def generate_texts(model, tokenizer, prompts, max_new_tokens):
+    """generate_text for several conversations (or their ids) at once -> one text per prompt."""
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for ids, _ in generate_rows(model, tokenizer, prompts, max_new_tokens)]

@@ -28,6 +28,8 @@ and the excess of the warmup updates over steady-state updates).
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -161,6 +163,28 @@ class Cards:
             self.cond.notify_all()
 
 
+def run_until(cmd, env, log, timeout):
+    """Run one job in its own process group -> its exit code, or "timeout": past `timeout` seconds its log gets
+    where each of its Python processes stands (py-spy dump, when installed: the reference config's compiled path sat
+    in its first update for 240 s on an H200 and the log said nothing), then the whole group is stopped (the
+    launcher's training process too, which a plain subprocess timeout would leave running on the GPU)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log.write(f"\n[throughput] timeout after {timeout} s; where its processes stand:\n")
+        log.flush()
+        spy = shutil.which("py-spy")
+        if spy:
+            subprocess.run([spy, "dump", "--subprocesses", "--pid", str(proc.pid)], stdout=log,
+                           stderr=subprocess.STDOUT, timeout=120)
+        else:
+            log.write("(py-spy is not installed: no stacks)\n")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return "timeout"
+
+
 def run_job(job, args, lock):
     folder = os.path.join(args.out, "jobs", job["name"])
     os.makedirs(folder, exist_ok=True)
@@ -175,11 +199,7 @@ def run_job(job, args, lock):
     for extra in [[]] + ([["--set", "train.compile=false"]] if job["gpus"] > 1 else []):
         t0 = time.perf_counter()   # a scaling job that fails compiled is tried once more without compilation
         with open(os.path.join(folder, "log.txt"), "a", encoding="utf-8") as log:
-            try:
-                code = subprocess.run(cmd + extra, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      timeout=args.timeout).returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
+            code = run_until(cmd + extra, env, log, args.timeout)
         if code == 0:
             break
     row = {**job, "command": " ".join(cmd + extra), "retried_without_compile": bool(extra),

@@ -75,3 +75,28 @@ def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):
     assert row["ours_spread"][0] <= row["ours_tokens_per_s"] <= row["ours_spread"][1]
     assert row["repeats"] == {"ours": 1, "plain": 1, "tuned": 1} and row["flops_per_token"]["total"] > 0
     assert "| retrieval | ours |" in open(tmp_path / "tp.md").read()
+
+
+def test_a_job_past_its_timeout_leaves_its_stacks_in_the_log_and_stops_with_its_children(tmp_path):
+    """run_until: a job that runs past the timeout is stopped with its whole process group (a launcher's child too),
+    and its log says so, with each process's stack where py-spy is installed."""
+    import time
+    child = tmp_path / "child.pid"
+    script = ("import subprocess, sys, time; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              f"open({str(child)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    with open(tmp_path / "log.txt", "w") as log:
+        t0 = time.monotonic()
+        assert throughput.run_until([sys.executable, "-c", script], dict(os.environ), log, 2) == "timeout"
+    assert time.monotonic() - t0 < 60
+    text = open(tmp_path / "log.txt").read()
+    assert "timeout after 2 s" in text and ("sleep" in text or "py-spy is not installed" in text)
+    pid = int(child.read_text())
+    for _ in range(50):   # the grandchild is gone (killed with the group, reaped by init)
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the job's child {pid} still runs")
+    with open(tmp_path / "log2.txt", "w") as log:
+        assert throughput.run_until([sys.executable, "-c", "print('ok')"], dict(os.environ), log, 30) == 0

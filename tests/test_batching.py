@@ -248,3 +248,29 @@ def test_the_first_wave_of_runs_asks_in_one_batch():
     out = run_batched(Run, [(f"r{i}",) for i in range(12)], policy, width=8)
     assert out == [f"r{i}" for i in range(12)]
     assert policy.sizes[0] == 8 and sum(policy.sizes) == 36
+
+
+def test_agent_loop_cpu_benchmark_runs_the_real_loop_with_an_instant_model(trained, tmp_path, capsys):
+    """benchmarks/agent_loop_cpu.py: all requests of a source at once through run_e2e, batches that cost nothing;
+    its table counts the requests and the batches."""
+    import json
+    import shutil
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import agent_loop_cpu
+    data = tmp_path / "data"
+    shutil.copytree(trained["data_dir"], data)
+    call = {"name": "current weather", "token": "<<SkyCast&&current weather>>", "tool": "current weather",
+            "api": "current weather", "label": "", "arguments": {"city": "Oslo"}, "resolved_arguments": {"city": "Oslo"},
+            "has_response": True, "response": {"t": 1}, "used_paths": [], "ambiguous_references": []}
+    records = [{"source": "weather", "uid": f"w{i}", "query_id": f"w{i}", "request": f"Weather {i}?", "tools": [],
+                "calls": [call], "answer": None, "finish": {}, "origin": "hand-made"} for i in range(3)]
+    (data / "agent_e2e_test.json").write_text(json.dumps(records))
+    agent_loop_cpu.main(["--data", str(data), "--tokenizer", os.path.join(trained["output_dir"], "agent_tuning",
+                                                                           "tokenizer"),
+                         "--source", "weather", "--max-steps", "3", "--repeats", "1"])
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3 |")]
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert 3 <= int(cells[1]) <= 9 and int(cells[4]) >= 2   # 1-3 steps per request; at least two batches

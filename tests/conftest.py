@@ -47,3 +47,11 @@ def trained(tmp_path_factory, sample_data):
     for stage in ("memorization", "retrieval", "agent"):
         _, histories[stage] = run_stage(stage, out, sample_data)
     return {"output_dir": str(out), "data_dir": sample_data, "histories": histories}
+
+
+def weather_call(city, temp):
+    """A gold call of a hand-made held-out request (agent_e2e_test.json's record layout)."""
+    args = {"city": city}
+    return {"name": "current weather", "token": "<<SkyCast&&current weather>>", "tool": "current weather",
+            "api": "current weather", "label": "", "arguments": args, "resolved_arguments": args, "has_response": True,
+            "response": {"temp": temp}, "used_paths": [], "ambiguous_references": []}

@@ -257,16 +257,14 @@ def test_agent_loop_cpu_benchmark_runs_the_real_loop_with_an_instant_model(train
     import shutil
     import sys
 
-    from conftest import ROOT
+    from conftest import ROOT, weather_call
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import agent_loop_cpu
     data = tmp_path / "data"
     shutil.copytree(trained["data_dir"], data)
-    call = {"name": "current weather", "token": "<<SkyCast&&current weather>>", "tool": "current weather",
-            "api": "current weather", "label": "", "arguments": {"city": "Oslo"}, "resolved_arguments": {"city": "Oslo"},
-            "has_response": True, "response": {"t": 1}, "used_paths": [], "ambiguous_references": []}
     records = [{"source": "weather", "uid": f"w{i}", "query_id": f"w{i}", "request": f"Weather {i}?", "tools": [],
-                "calls": [call], "answer": None, "finish": {}, "origin": "hand-made"} for i in range(3)]
+                "calls": [weather_call("Oslo", 1)], "answer": None, "finish": {}, "origin": "hand-made"}
+               for i in range(3)]
     (data / "agent_e2e_test.json").write_text(json.dumps(records))
     agent_loop_cpu.main(["--data", str(data), "--tokenizer", os.path.join(trained["output_dir"], "agent_tuning",
                                                                            "tokenizer"),

@@ -8,6 +8,8 @@ import shutil
 import pytest
 import torch
 
+from conftest import weather_call
+
 from toolgen import baselines, decoding, metrics, models, retrieval
 from toolgen.agent_metrics import agent_metrics, arguments_correct
 from toolgen.evaluate import main as evaluate_main
@@ -264,14 +266,6 @@ def test_quality_report_chooses_on_validation_and_reports_test(tmp_path):
     assert result["systems"]["toolgen/qwen/agent_tuning"]["retrieval/ndcg@5"] == 0.6   # only agent/* was taken
 
 
-def weather_call(city, temp):
-    """A gold call of a hand-made held-out request (agent_e2e_test.json's record layout)."""
-    args = {"city": city}
-    return {"name": "current weather", "token": "<<SkyCast&&current weather>>", "tool": "current weather",
-            "api": "current weather", "label": "", "arguments": args, "resolved_arguments": args, "has_response": True,
-            "response": {"temp": temp}, "used_paths": [], "ambiguous_references": []}
-
-
 def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_path):
     """agent_e2e_test.json -> the loop with the replay executor, for the agent stage and for the base told its tools:
     the metrics per source, the transcripts beside them; the numbers are the transcripts' (recomputed here)."""
@@ -365,7 +359,7 @@ def test_e2e_shards_merge_into_the_whole_run(trained, tmp_path, capsys):
         (tmp_path / folder / "metrics.json").write_text(json.dumps({"systems": {"s": {}}}))
         (tmp_path / folder / "transcripts" / "s_weather.json").write_text(json.dumps([{"uid": "w0"}]))
     with pytest.raises(e2e_merge.MergeError, match="request 'w0' is also in"):
-        e2e_merge.shard_transcripts([str(tmp_path / "a"), str(tmp_path / "b")], ["weather"])
+        e2e_merge.shard_transcripts(e2e_merge.shard_systems([str(tmp_path / "a"), str(tmp_path / "b")]), ["weather"])
     with pytest.raises(SystemExit):
         evaluate_main(args + ["--out", str(tmp_path / "bad"), "--e2e-shard", "2/2"])
     assert "expected K/N with 0 <= K < N" in capsys.readouterr().err

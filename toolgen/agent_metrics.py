@@ -191,12 +191,10 @@ def agent_metrics(model, tokenizer, action_tokens, trajectories, tool_scorer=Non
         finish_right.append(finish_ok)
         complete.append(all_right and finish_ok)
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0   # noqa: E731
-    if tool_scorer is not None:
-        return {"agent/tool_selection_accuracy": mean(tool_right),
-                "agent/tool_selection_accuracy_any_order": mean(any_order), "agent/finish_accuracy": mean(finish_right),
-                "agent/trajectories": len(trajectories), "agent/action_steps": len(tool_right)}, invalid
-    return {"agent/tool_selection_accuracy": mean(tool_right),
-            "agent/tool_selection_accuracy_any_order": mean(any_order), "agent/argument_accuracy": mean(arg_right),
-            "agent/finish_accuracy": mean(finish_right), "agent/completion_rate": mean(complete),
-            "agent/trajectories": len(trajectories), "agent/action_steps": len(tool_right),
-            "agent/argument_steps": len(arg_right)}, invalid
+    out = {"agent/tool_selection_accuracy": mean(tool_right), "agent/tool_selection_accuracy_any_order": mean(any_order),
+           "agent/finish_accuracy": mean(finish_right), "agent/trajectories": len(trajectories),
+           "agent/action_steps": len(tool_right)}
+    if tool_scorer is None:   # with a scorer the arguments were not generated
+        out.update({"agent/argument_accuracy": mean(arg_right), "agent/completion_rate": mean(complete),
+                    "agent/argument_steps": len(arg_right)})
+    return out, invalid

@@ -144,9 +144,12 @@ def beam_search_tools(model, tokenizer, messages, allowed_ids, k):
     return out[:, -1].tolist()
 
 
-def stop_rows(tokenizer, prompt_length):
-    """The agent's greedy generations stop a row at its complete JSON object or once it loops."""
-    return StoppingCriteriaList([JsonObjectDone(tokenizer, prompt_length), RepeatingRow(prompt_length)])
+def stop_rows(tokenizer, prompt_length, answered=None):
+    """The agent's greedy generations stop a row at its complete JSON object or once it loops -> [json stop, loop
+    stop]. answered: each row's answer ids from before this generation (generate_rows), judged with the new ones."""
+    texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answered] if answered else None
+    return StoppingCriteriaList([JsonObjectDone(tokenizer, prompt_length, texts),
+                                 RepeatingRow(prompt_length, answered=[len(a) for a in answered] if answered else None)])
 
 
 @torch.no_grad()
@@ -171,11 +174,11 @@ def generate_rows(model, tokenizer, prompts, max_new_tokens, answered=None):
     batch = LeftPadCollator(tokenizer.pad_token_id)([{"input_ids": ids, "labels": ids} for ids in (
         _ids(tokenizer, m) + list(a) for m, a in zip(prompts, answered))])
     width = batch["input_ids"].shape[1]
-    json_stop = JsonObjectDone(tokenizer, width, [tokenizer.decode(a, skip_special_tokens=True) for a in answered])
-    loop_stop = RepeatingRow(width, answered=[len(a) for a in answered])
+    stops = stop_rows(tokenizer, width, answered)
+    json_stop, loop_stop = stops
     out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                          max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                         stopping_criteria=StoppingCriteriaList([json_stop, loop_stop]))
+                         stopping_criteria=stops)
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
     rows = out[:, width:].tolist()

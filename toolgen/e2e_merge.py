@@ -40,11 +40,17 @@ def transcript_file(system, source):
     return os.path.join("transcripts", f"{system.replace('/', '_')}_{source}.json")
 
 
-def shard_transcripts(folders, sources):
-    """{(system, source): {uid: (folder, transcript dict)}} over the shard folders; a uid in two shards is an error."""
+def shard_systems(folders):
+    """[(folder, its metrics.json systems)], each shard's report read once (a folder given twice stays twice)."""
+    return [(folder, read_json(os.path.join(folder, "metrics.json"), MergeError).get("systems", {}))
+            for folder in folders]
+
+
+def shard_transcripts(shards, sources):
+    """{(system, source): {uid: (folder, transcript dict)}} over the shards ([(folder, systems)]); a uid in two
+    shards is an error."""
     found = {}
-    for folder in folders:
-        systems = read_json(os.path.join(folder, "metrics.json"), MergeError).get("systems", {})
+    for folder, systems in shards:
         for system in systems:
             for source in sources:
                 path = os.path.join(folder, transcript_file(system, source))
@@ -57,16 +63,16 @@ def shard_transcripts(folders, sources):
                                          "shard given twice, or shards of different splits)")
                     seen[t.get("uid")] = (folder, t)
     if not found:
-        raise MergeError(f"no end-to-end transcripts in {', '.join(folders)}")
+        raise MergeError(f"no end-to-end transcripts in {', '.join(folder for folder, _ in shards)}")
     return found
 
 
-def check_coverage(folders, requests):
+def check_coverage(shards, requests):
     """Each source's shards, by the counts their metrics report (finished + cut), add up to its held-out requests."""
     for source, rows in requests.items():
         counts = {}
-        for folder in folders:
-            for system, m in read_json(os.path.join(folder, "metrics.json"), MergeError).get("systems", {}).items():
+        for _, systems in shards:
+            for system, m in systems.items():
                 key = f"agent_e2e/{source}/requests"
                 if key in m:
                     counts[system] = counts.get(system, 0) + m[key] + m.get(f"agent_e2e/{source}/requests_cut", 0)
@@ -78,9 +84,10 @@ def check_coverage(folders, requests):
 
 def merge(folders, requests):
     """-> ({system: {agent_e2e/<source>/<metric>: value}}, {transcript file: merged transcripts, in request order})."""
-    check_coverage(folders, requests)
+    shards = shard_systems(folders)
+    check_coverage(shards, requests)
     systems, files = {}, {}
-    for (system, source), by_uid in shard_transcripts(folders, requests).items():
+    for (system, source), by_uid in shard_transcripts(shards, requests).items():
         gold = {r.uid: r for r in requests[source]}
         unknown = sorted(set(by_uid) - set(gold))
         if unknown:

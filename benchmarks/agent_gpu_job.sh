@@ -6,8 +6,10 @@
 #      TRAIN=0: the stage a former run brought back ($IN/qwen_agent_tuning.tgz, the pieces joined with cat).
 #   2. The agent stages end to end, all held-out requests of a source at once (--e2e-width 0), at most
 #      E2E_TIME_LIMIT seconds each: Qwen's and SmolLM2-135M's (smol_agent.tgz: trained in an earlier quality run on
-#      the same agent_tuning.json, sha256 b1cdffdd...). ComplexFuncBench is split over both GPUs (--e2e-shard K/2,
-#      merged by toolgen.e2e_merge); NESTFUL and Qwen's step-wise evaluation run beside it.
+#      the same agent_tuning.json, sha256 b1cdffdd...). ComplexFuncBench is split in SHARDS (default 2) processes
+#      per model (--e2e-shard K/SHARDS, shard K on GPU K mod the host's GPUs, merged by toolgen.e2e_merge); Qwen's
+#      loops start as soon as its stage is there. NESTFUL=1 and STEPWISE=1 (the defaults) add the NESTFUL loops and
+#      Qwen's step-wise evaluation beside them.
 #   3. DECODE=1: benchmarks/agent_decode.py once the loops are done, one model per GPU and nothing else on it.
 #   setsid nohup bash benchmarks/agent_gpu_job.sh > /tmp/alogs/job.log 2>&1 &
 # $IN receives wheels.tar (datasets, bm25s, gguf, nestful-wrapper...), qdata.tar.xz, qwen05.gguf, smol_agent.tgz,
@@ -20,13 +22,15 @@
 #     66 s (Qwen) and 436 s (SmolLM2). A round of 188 loops took about a minute on a GPU shared by two models, so the
 #     ComplexFuncBench loops are now split over both GPUs, answers come in segments of 128 tokens
 #     (BatchingPolicy.SEGMENT), and the Qwen stage comes back for TRAIN=0.
+#   - 2026-11-26 (3): one GPU, TRAIN=0 NESTFUL=0 STEPWISE=0 (both measured in full in run 2), two shards per model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX (imported by a library) would take 75 % of a GPU
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True        # several loops share a GPU
 IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} SMOL=/tmp/smol/agent_tuning LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares}
-TL=${E2E_TIME_LIMIT:-900} DECODE=${DECODE:-0} TRAIN=${TRAIN:-1}
+TL=${E2E_TIME_LIMIT:-900} DECODE=${DECODE:-0} TRAIN=${TRAIN:-1} SHARDS=${SHARDS:-2}
+NESTFUL=${NESTFUL:-1} STEPWISE=${STEPWISE:-1} NGPU=$(nvidia-smi -L | wc -l)
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN=$RUN/main/agent_tuning
 mkdir -p "$LOGS" "$RES"
@@ -49,22 +53,26 @@ if [ "$TRAIN" = 1 ]; then
 else
   waitfor "$IN/qwen_agent_tuning.tgz"; mkdir -p "$RUN/main"; tar xzf "$IN/qwen_agent_tuning.tgz" -C "$RUN/main"
 fi
+cfb() {   # STAGE NAME: one model's ComplexFuncBench loops, SHARDS processes spread over the GPUs
+  for ((k = 0; k < SHARDS; k++)); do e2e $((k % NGPU)) "$1" complexfuncbench "$2_cfb_$k" "$k/$SHARDS" & done
+}
+say "qwen loops start"
+cfb "$QWEN" qwen
+if [ "$NESTFUL" = 1 ]; then e2e 0 "$QWEN" nestful qwen_nestful & fi
 install_smollm2
 waitfor "$IN/smol_agent.tgz"; mkdir -p /tmp/smol; tar xzf "$IN/smol_agent.tgz" -C /tmp/smol
-say "smollm2 ready; loops start"
-for k in 0 1; do
-  e2e $k "$QWEN" complexfuncbench qwen_cfb_$k $k/2 &
-  e2e $k "$SMOL" complexfuncbench smol_cfb_$k $k/2 &
-done
-e2e 0 "$QWEN" nestful qwen_nestful &
-e2e 1 "$SMOL" nestful smol_nestful &
-CUDA_VISIBLE_DEVICES=1 python3 -m toolgen.evaluate --config "$QCONF" --no-e2e --no-base --no-baselines \
-  --set retrieval.prior=none --model "$QWEN" --data "$RUN/data" --out "$RES/qwen_stepwise" \
-  > "$LOGS/qwen_stepwise.log" 2>&1 || say "step-wise evaluation failed"
+say "smollm2 loops start"
+cfb "$SMOL" smol
+if [ "$NESTFUL" = 1 ]; then e2e $((1 % NGPU)) "$SMOL" nestful smol_nestful & fi
+if [ "$STEPWISE" = 1 ]; then
+  CUDA_VISIBLE_DEVICES=$((1 % NGPU)) python3 -m toolgen.evaluate --config "$QCONF" --no-e2e --no-base --no-baselines \
+    --set retrieval.prior=none --model "$QWEN" --data "$RUN/data" --out "$RES/qwen_stepwise" \
+    > "$LOGS/qwen_stepwise.log" 2>&1 || say "step-wise evaluation failed"
+fi
 wait
 for m in qwen smol; do
-  python3 -m toolgen.e2e_merge --data "$RUN/data" --out "$RES/e2e_${m}_cfb" "$RES/e2e_${m}_cfb_0" \
-    "$RES/e2e_${m}_cfb_1" || say "merge $m failed"
+  python3 -m toolgen.e2e_merge --data "$RUN/data" --out "$RES/e2e_${m}_cfb" "$RES/e2e_${m}_cfb_"* \
+    || say "merge $m failed"
 done
 say "loops done"
 decode() {   # GPU STAGE NAME (the repository on the path: python3 benchmarks/x.py puts only benchmarks/ there)

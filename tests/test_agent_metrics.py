@@ -3,8 +3,10 @@ recorded responses), argument normalisation, and the end-to-end metrics against 
 
 import json
 import os
+import sys
 
 import pytest
+from conftest import ROOT
 
 from toolgen.agent_metrics import DEFINITIONS, e2e_metrics, tool_step_verdicts
 from toolgen.data import complexfuncbench
@@ -145,3 +147,38 @@ def test_step_tool_verdicts_in_order_and_in_any_order_by_hand():
     assert in_order == [False, True, True, False]
     assert any_order == [True, True, True, False]
     assert tool_step_verdicts([], []) == ([], [])
+
+
+def test_e2e_breakdown_by_length_and_first_failure():
+    """benchmarks/e2e_breakdown.py on hand-made runs: a 1-call request solved, a 3-call one with its second call's
+    value wrong, a 3-call one stopped by the time limit and a 7-call one never started (neither scored)."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from e2e_breakdown import breakdown, markdown
+
+    def call(city):
+        return GoldCall("weather", {"city": city})
+    a = GoldRequest("a", "", [call("Paris")], None, "")
+    b = GoldRequest("b", "", [call("Paris"), call("Rome"), call("Oslo")], None, "")
+    c = GoldRequest("c", "", [call("Paris"), call("Rome"), call("Oslo")], None, "")
+    d = GoldRequest("d", "", [call(str(i)) for i in range(7)], None, "")
+    wrong = ("arguments differ from the closest expected call named weather (call 2): different value for 'city'; "
+             "missing 'units'")
+    runs = [Transcript("", "a", steps=[Step(0, "<<T&&weather>>", "weather", arguments={"city": "paris"}),
+                                       Step(1, FINISH)], stop_reason="finish"),
+            Transcript("", "b", steps=[Step(0, "<<T&&weather>>", "weather", arguments={"city": "Paris"}),
+                                       Step(1, "<<T&&weather>>", "weather", arguments={"city": "Roma"}, error=wrong),
+                                       Step(2, FINISH)], stop_reason="finish"),
+            Transcript("", "c", steps=[Step(0, "<<T&&weather>>", "weather", arguments={"city": "Paris"})],
+                       stop_reason="deadline")]
+    result = breakdown(runs, [a, b, c, d])
+    rows = result["by_length"]
+    assert list(rows) == ["1-2", "3-4", "7+"]
+    assert rows["1-2"] == {"held_out": 1, "run": 1, "success_rate": 1.0, "call_accuracy": 1.0,
+                           "tool_selection_accuracy": 1.0}
+    # b: 1 of 3 gold calls matched; tool choices weather, weather (right: calls of it are left), Finish (wrong: 2 left)
+    assert rows["3-4"] == {"held_out": 2, "run": 1, "success_rate": 0.0, "call_accuracy": pytest.approx(1 / 3),
+                           "tool_selection_accuracy": pytest.approx(2 / 3)}
+    assert rows["7+"] == {"held_out": 1, "run": 0}
+    assert result["first_failure"] == {"none": 1, "an argument": 1}
+    assert result["parameters"] == {"city": 1, "units": 1}
+    assert "| 7+ | 0 / 1 | - | - | - |" in markdown(result)

@@ -1,0 +1,102 @@
+"""Where an end-to-end agent run succeeds and where it first goes wrong (the numbers under the agent_e2e table of
+results/quality.md).
+
+    python benchmarks/e2e_breakdown.py --data DATA --transcripts FILE [--source complexfuncbench] [--json OUT]
+
+DATA is the prepared folder (its agent_e2e_test.json holds the gold requests), FILE a transcripts file that
+toolgen.evaluate or toolgen.e2e_merge wrote (transcripts/<system>_<source>.json). Requests without a transcript (cut by
+the time limit, or stopped by it: stop_reason "deadline") are counted, not scored. Prints, in markdown:
+  - by gold length (gold calls per request: 1-2, 3-4, 5-6, 7+): requests run / held out, and the e2e metrics of
+    toolgen.agent_metrics.e2e_metrics over the requests run (success, call accuracy, tool selection);
+  - the first failure of each run request: the first step whose call failed, by the replay executor's message
+    (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
+    request does not need; arguments invalid after the repair; other), or none.
+"""
+
+import argparse
+import collections
+import json
+import re
+
+from toolgen.agent_metrics import e2e_metrics
+from toolgen.checkpoint import read_json
+from toolgen.data.agent_sources import e2e_requests
+from toolgen.tokens import FINISH
+from toolgen.transcript import Transcript
+
+BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 10 ** 9))
+
+
+def bucket(n):
+    lo, hi = next(b for b in BUCKETS if b[0] <= n <= b[1])
+    return f"{lo}+" if hi == 10 ** 9 else f"{lo}-{hi}"
+
+
+def first_failure(transcript):
+    """(kind, [parameters]) of the first failed call, or ("none", [])."""
+    for s in transcript.steps:
+        if s.token == FINISH or not s.error:
+            continue
+        e = s.error
+        if e.startswith("invalid arguments after one repair"):
+            return "invalid after the repair", []
+        if "was already made" in e:
+            return "a call already made", []
+        if e.startswith("no call named"):
+            return "a tool the request does not need", []
+        if e.startswith("arguments differ"):
+            return "an argument", re.findall(r"'([^']+)'", e.split(":", 1)[1])
+        return "other", []
+    return "none", []
+
+
+def breakdown(transcripts, requests):
+    """{"by_length": {bucket: {...}}, "first_failure": {kind: count}, "parameters": {name: count}} for the transcripts
+    (any order) against the source's gold requests (all held out)."""
+    by_uid = {t.uid: t for t in transcripts if t.stop_reason != "deadline"}   # cut by the time limit: not scored
+    rows = {}
+    for b in dict.fromkeys(bucket(len(r.calls)) for r in sorted(requests, key=lambda r: len(r.calls))):
+        held = [r for r in requests if bucket(len(r.calls)) == b]
+        run = [r for r in held if r.uid in by_uid]
+        m = e2e_metrics([by_uid[r.uid] for r in run], run) if run else {}
+        rows[b] = {"held_out": len(held), "run": len(run), **{k: m[f"e2e/{k}"] for k in (
+            "success_rate", "call_accuracy", "tool_selection_accuracy") if m}}
+    kinds, params = collections.Counter(), collections.Counter()
+    for t in by_uid.values():
+        kind, names = first_failure(t)
+        kinds[kind] += 1
+        params.update(names)
+    return {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common())}
+
+
+def markdown(result):
+    lines = ["| gold calls | run / held out | success | call accuracy | tool selection |", "|---|---|---|---|---|"]
+    for b, r in result["by_length"].items():
+        cells = [f"{r[k]:.3f}" if k in r else "-" for k in ("success_rate", "call_accuracy", "tool_selection_accuracy")]
+        lines.append(f"| {b} | {r['run']} / {r['held_out']} | " + " | ".join(cells) + " |")
+    lines += ["", "First failure: " + ", ".join(f"{k} {v}" for k, v in result["first_failure"].items()),
+              "Parameters in the first argument failures: " + ", ".join(f"{k} {v}" for k, v in
+                                                                       result["parameters"].items())]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="the prepared folder (agent_e2e_test.json)")
+    p.add_argument("--transcripts", required=True, help="a transcripts file of toolgen.evaluate / toolgen.e2e_merge")
+    p.add_argument("--source", default="complexfuncbench")
+    p.add_argument("--json", help="also write the breakdown here")
+    args = p.parse_args(argv)
+    requests = e2e_requests(read_json(f"{args.data}/agent_e2e_test.json", SystemExit)).get(args.source)
+    if not requests:
+        raise SystemExit(f"{args.data}/agent_e2e_test.json: no held-out requests of source {args.source!r}")
+    transcripts = [Transcript.from_dict(d) for d in read_json(args.transcripts, SystemExit)]
+    result = breakdown(transcripts, requests)
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,8 @@
 #   bash benchmarks/add_tools.sh            # -> benchmarks/results/add_tools.{json,md}
 #   PARTS="split train80" bash benchmarks/add_tools.sh   # some parts (a part keeps what an earlier run finished)
 # Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | sweep (CANDIDATES, e.g.
-#   "0.3:1e-3 0.5:5e-4 0.7:3e-4": replay_fraction:learning_rate pairs, each added and scored on the validation split;
+#   "0.3:1e-3 0.5:5e-4 0.7:3e-4:new_rows:1": replay_fraction:learning_rate[:add_tools.train[:epochs]], each added and
+#   scored on the validation split;
 #   the best is used by add; nothing without CANDIDATES) | add (toolgen-add-tools, timed) | full (prepare + the chain
 #   on 100 %, timed) | evaluate (before, after, full; baselines on the full catalog) | report. Delete $RUN (default
 #   add_tools_run) to start over.
@@ -85,20 +86,25 @@ add() {
   $PY -m toolgen.add_tools --model "$RUN/m80/$FOLDER" --api-catalog "$RUN/split/new.jsonl" "${NEW_QUERIES[@]}" \
     ${add_traj[@]+"${add_traj[@]}"} --config "$CONFIG" --out "$out" --overwrite "$@"
 }
-# sweep: each CANDIDATE (replay_fraction:learning_rate[:train], train = all | new_rows: add_tools.train) added and scored on the validation split (the parent's held-out
+# sweep: each CANDIDATE (replay_fraction:learning_rate[:train[:epochs]], train: add_tools.train,
+# epochs: stages.add_tools.epochs, the time the addition may take) added and scored on the validation split (the parent's held-out
 # validation queries and the new queries' own, cut into new-only and old-only); the best one is the timed addition's
 if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; then
   for cand in "${CANDIDATES[@]}"; do
     folder="sweep_${cand//:/_}"
-    IFS=: read -r replay lr train <<< "$cand"
+    IFS=: read -r replay lr train epochs <<< "$cand"
     [ -f "$RUN/m80/$folder/stage.json" ] || add "$RUN/m80/$folder" --set "add_tools.replay_fraction=$replay" \
-      --set "stages.add_tools.learning_rate=$lr" --set "add_tools.train=${train:-all}"
+      --set "stages.add_tools.learning_rate=$lr" --set "add_tools.train=${train:-all}" \
+      ${epochs:+--set "stages.add_tools.epochs=$epochs"}
     [ -f "$RUN/valsets/val_new.json" ] || $PY benchmarks/add_tools_report.py testsets --data "$RUN/m80/$folder.data" \
       --split "$RUN/split" --out "$RUN/valsets" --file retrieval_val.json --prefix val
     $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines --model "$RUN/m80/$folder" \
       --data "$RUN/m80/$folder.data" --queries "$RUN/valsets/val_new.json" --queries "$RUN/valsets/val_old.json" \
       --out "$RUN/eval_$folder"
   done
+  # the parent on the same old-only validation queries: the forgetting each candidate shows (chosen.json)
+  $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines --model "$RUN/m80/$FOLDER" \
+    --data "$RUN/data80" --queries "$RUN/valsets/val_old.json" --out "$RUN/eval_sweep_parent"
   $PY benchmarks/add_tools_report.py choose --run "$RUN" --candidates "${CANDIDATES[@]}"
 fi
 if part add && [ ! -f "$RUN/m80/added/stage.json" ]; then

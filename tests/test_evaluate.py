@@ -350,6 +350,17 @@ def test_e2e_shards_merge_into_the_whole_run(trained, tmp_path, capsys):
     assert merged.pop("agent_e2e/weather/shards") == 2
     assert merged == pytest.approx(whole) and merged["agent_e2e/weather/requests"] == 3
     assert uids("merged") == ["w0", "w1", "w2"]
+    # the validation split (agent_e2e_val.json): the same requests give the same numbers under agent_e2e_val/, the
+    # transcripts apart (*_val.json), and the shards merge the same way
+    (data / "agent_e2e_val.json").write_text(json.dumps(records))
+    for k in (0, 1):
+        evaluate_main(args + ["--out", str(tmp_path / f"val{k}"), "--e2e-shard", f"{k}/2", "--e2e-split", "val"])
+    assert (tmp_path / "val0" / "transcripts" / "toolgen_agent_tuning_weather_val.json").exists()
+    e2e_merge.main(["--data", str(data), "--out", str(tmp_path / "val_merged"), "--e2e-split", "val",
+                    str(tmp_path / "val0"), str(tmp_path / "val1")])
+    val = json.load(open(tmp_path / "val_merged" / "metrics.json"))["systems"]["toolgen/agent_tuning"]
+    assert val == pytest.approx({k.replace("agent_e2e/", "agent_e2e_val/"): v for k, v in
+                                 {**whole, "agent_e2e/weather/shards": 2}.items()})
     with pytest.raises(SystemExit, match="the shards cover 2 of its 3 held-out requests"):
         e2e_merge.main(merge + [str(tmp_path / "shard0")])
     with pytest.raises(SystemExit, match="the shards cover 4 of its 3 held-out requests"):

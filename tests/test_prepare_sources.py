@@ -20,7 +20,8 @@ CAR = "<<cars&&Search_Car_Location>>"
 
 
 def with_sources(**kwargs):
-    return prepare(SAMPLE_DIR, complexfuncbench=FIXTURES, nestful=FIXTURES, **kwargs)
+    """The sample with both fixture sources; every request not held out for test trains unless val_fraction says."""
+    return prepare(SAMPLE_DIR, complexfuncbench=FIXTURES, nestful=FIXTURES, **{"val_fraction": 0.0, **kwargs})
 
 
 def from_source(examples, name):
@@ -111,6 +112,23 @@ def test_nestful_trajectories_keep_references_and_record_no_observation():
             "calls_with_complete_arguments": 11, "calls_with_observation": 0, "finish_with_answer": 3}
     skipped = out["prepare_report.json"]["skipped"]
     assert skipped["malformed_reference"] == 1 and skipped["answer_dropped_reference_to_unknown_variable"] == 1
+
+
+def test_validation_requests_are_e2e_records_and_train_nothing():
+    """val_fraction of the training requests (another hash than the test split's) goes to agent_e2e_val.json, in
+    the held-out record layout, and to no training file; the test split does not move."""
+    plain, out = with_sources(test_fraction=0.3, seed=2), with_sources(test_fraction=0.3, seed=2, val_fraction=0.5)
+    assert out["agent_e2e_test.json"] == plain["agent_e2e_test.json"]
+    val = out["agent_e2e_val.json"]
+    trained = {ex["query"] for ex in out["agent_tuning.json"] if "source" in ex}
+    pairs = {ex["messages"][0]["content"] for ex in out["retrieval_training.json"] if "source" in ex}
+    assert val and {r["request"] for r in val}.isdisjoint(trained | pairs)
+    assert trained | {r["request"] for r in val} == {ex["query"] for ex in plain["agent_tuning.json"] if "source" in ex}
+    assert set(val[0]) == set(out["agent_e2e_test.json"][0]) and plain["agent_e2e_val.json"] == []
+    for name in ("complexfuncbench", "nestful"):
+        counts = out["prepare_report.json"]["sources"][name]
+        assert counts["val_requests"] == len([r for r in val if r["source"] == name])
+        assert counts["train_requests"] == len(from_source(out["agent_tuning.json"], name))
 
 
 def test_no_placeholder_thought_and_no_marker_with_loss_anywhere():
@@ -205,13 +223,15 @@ def test_real_data_with_both_sources():
     report, sources = out["prepare_report.json"], out["prepare_report.json"]["sources"]
     cfb, nf = sources["complexfuncbench"], sources["nestful"]
     assert (cfb["apis"], cfb["requests"], cfb["requests_dropped"]) == (40, 1000, 0)
-    assert cfb["train_requests"] + cfb["test_requests"] == 1000 and 100 < cfb["test_requests"] < 300
+    assert cfb["train_requests"] + cfb["val_requests"] + cfb["test_requests"] == 1000
+    assert 100 < cfb["test_requests"] < 300 and 40 < cfb["val_requests"] < 120   # 10 % of the rest
+    assert len(out["agent_e2e_val.json"]) == cfb["val_requests"] + nf["val_requests"]
     assert cfb["ambiguous_references"] == 44
-    assert cfb["train_calls_with_ambiguous_references"] + cfb["test_calls_with_ambiguous_references"] == 29
+    assert sum(cfb[f"{side}_calls_with_ambiguous_references"] for side in ("train", "val", "test")) == 29
     assert cfb["trajectories"] == cfb["train_requests"] and cfb["calls_with_observation"] == cfb["calls"]
     assert cfb["calls"] - cfb["calls_with_complete_arguments"] == cfb["train_calls_with_ambiguous_references"]
     assert (nf["apis"], nf["requests"], nf["requests_dropped"], nf["answers_dropped"]) == (133, 300, 1, 2)
-    assert nf["train_requests"] + nf["test_requests"] == 299 and nf["calls_with_observation"] == 0
+    assert nf["train_requests"] + nf["val_requests"] + nf["test_requests"] == 299 and nf["calls_with_observation"] == 0
     assert len(out["agent_e2e_test.json"]) == len(out["retrieval_test_agent_sources.json"]) == \
         cfb["test_requests"] + nf["test_requests"]
     assert len(out["tool_memorization.json"]) == 2490 + 40 + 133
@@ -227,7 +247,7 @@ def test_real_data_with_both_sources():
                    messages[i - 1]["content"] != FINISH)
     assert not [m for ex in out["agent_tuning.json"] for m in ex["messages"] if m["content"] == "Thought: next step."]
     # responses cut to the budget, unless a later call reads more than fits
-    train, _ = gold.split(complexfuncbench.read().requests, 0, 0.2)
+    train, _ = gold.carve_val(gold.split(complexfuncbench.read().requests, 0, 0.2)[0], 0, 0.1)
     examples = from_source(out["agent_tuning.json"], "complexfuncbench")
     assert [ex["query"] for ex in examples] == [r.text for r in train]
     for ex, request in list(zip(examples, train))[::25]:

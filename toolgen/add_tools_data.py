@@ -23,10 +23,11 @@ from toolgen.tokens import tool_token_names
 STAGE_FILE = "add_tools.json"   # config.ADD_TOOLS.file
 # The prepared folder of the whole catalog: prepare's files (old examples + the new tools'), the stage file, a report.
 DATA_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
-              "retrieval_val.json", "agent_test.json", "agent_e2e_test.json", "retrieval_test_agent_sources.json",
+              "retrieval_val.json", "agent_test.json", "agent_e2e_test.json", "agent_e2e_val.json",
+              "retrieval_test_agent_sources.json",
               "tool_tokens.json", "prepare_report.json", STAGE_FILE, "add_tools_report.json")
 HELD_OUT = ("retrieval_test.json", "retrieval_val.json", "agent_test.json")
-COPIED = ("agent_e2e_test.json", "retrieval_test_agent_sources.json")   # agent sources: nothing new to add
+COPIED = ("agent_e2e_test.json", "agent_e2e_val.json", "retrieval_test_agent_sources.json")   # nothing new to add
 
 
 class AddToolsError(ValueError):

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from toolgen import baselines, decoding, e2e_merge, metrics, models, retrieval  # noqa: E402
 from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
-from toolgen.data.agent_sources import e2e_requests  # noqa: E402
+from toolgen.data.agent_sources import E2E_FILES, e2e_prefix  # noqa: E402
 from toolgen.agent_metrics import agent_metrics  # noqa: E402
 from toolgen.toolset import Toolset  # noqa: E402
 from toolgen.report import write_report
@@ -214,9 +214,10 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
     """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
     against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). args: --e2e-limit, --e2e-width
     and --e2e-time-limit (per source). base_tools {source: tokens}: the untrained base, told the source's tools in
-    its system turn (a prompt cannot hold the whole catalog) and choosing among them only."""
+    its system turn (a prompt cannot hold the whole catalog) and choosing among them only. On --e2e-split val the
+    metrics are agent_e2e_val/<source>/<metric>."""
     from toolgen.agent import AgentConfig, run_e2e
-    result, transcripts = {}, {}
+    result, transcripts, prefix = {}, {}, e2e_prefix(args.e2e_split)
     for source, rows in requests.items():
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
@@ -224,7 +225,7 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
         config = AgentConfig(max_steps=E2E_MAX_STEPS, tool_list=base_tools is not None)
         found, m = run_e2e(model, tokenizer, rows, subset, config, think=False, tool_scorer=tool_scorer,
                            width=args.e2e_width, desc=f"agent e2e {source}", time_limit=args.e2e_time_limit or None)
-        result.update({f"agent_e2e/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
+        result.update({f"{prefix}/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
         transcripts[source] = [t.to_dict() for t in found]
     return result, transcripts
 
@@ -260,6 +261,8 @@ def main(argv=None):
                    help="only the untrained base (of the first --model): e.g. to run its end-to-end agent in parallel")
     p.add_argument("--runs", help="TensorBoard folder for the loss plot (default: <model>/../runs)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end agent runs (agent_e2e_test.json)")
+    p.add_argument("--e2e-split", choices=list(E2E_FILES), default="test",
+                   help="val: the validation requests (agent_e2e_val.json), to choose the agent's settings")
     p.add_argument("--e2e-only", action="store_true",
                    help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
                         "and no +prior rows (an e2e job beside the evaluation, which computes those)")
@@ -309,18 +312,11 @@ def evaluate(args):
     inputs = {"sets": query_sets(args.data, args.queries, tools), "candidates": candidates,
               "memorization": load_json(os.path.join(args.data, STAGES["memorization"].file)),
               "agent_test": load_json(os.path.join(args.data, "agent_test.json")),
-              "e2e": {} if args.no_e2e or not os.path.exists(os.path.join(args.data, "agent_e2e_test.json"))
-              else e2e_requests(load_json(os.path.join(args.data, "agent_e2e_test.json"))),
+              "e2e": {} if args.no_e2e else e2e_merge.load_requests(args.data, args.e2e_split, args.e2e_source,
+                                                                     args.e2e_shard, EvalError),
               "source_tokens": source_tokens(tools)}
-    unknown = sorted(set(args.e2e_source) - set(inputs["e2e"]))
-    if args.e2e_source and not inputs["e2e"]:
-        raise EvalError("--e2e-source: no end-to-end requests to choose from (--no-e2e, or no "
-                        f"{args.data}/agent_e2e_test.json)")
-    if unknown:
-        raise EvalError(f"--e2e-source {unknown[0]}: {args.data}/agent_e2e_test.json has no such source (it has "
-                        f"{', '.join(sorted(inputs['e2e'])) or 'none'})")
-    k, n = args.e2e_shard or (0, 1)   # interleaved: each shard gets long requests and short ones alike
-    inputs["e2e"] = {s: rows[k::n] for s, rows in inputs["e2e"].items() if s in (args.e2e_source or [s])}
+    if args.e2e_source and args.no_e2e:
+        raise EvalError("--e2e-source: no end-to-end requests to choose from (--no-e2e)")
     inputs["toolset"] = Toolset.load(os.path.join(args.data, "tool_tokens.json")) if inputs["e2e"] else None
     sets = inputs["sets"]
     kinds = set() if args.no_baselines or args.e2e_only else set(baselines.INDEXES)
@@ -340,7 +336,7 @@ def evaluate(args):
             systems[name] = metrics_of
             if rankings_of:   # none with --e2e-only
                 rankings[name] = rankings_of
-            extra.update({f"transcripts/{name.replace('/', '_')}_{s}.json": t for s, t in transcripts.items()})
+            extra.update({e2e_merge.transcript_file(name, s, args.e2e_split): t for s, t in transcripts.items()})
     runs = args.runs or (os.path.join(os.path.dirname(os.path.normpath(args.model[0])), "runs") if args.model else None)
     reported = {name: rows for name, rows in sets.items() if name != VAL}
     write_report(args.out, systems, rankings, reported, runs,

@@ -23,7 +23,8 @@ from toolgen.tokens import FINISH, tool_token_names
 
 OUTPUT_FILES = ("tool_memorization.json", "retrieval_training.json", "agent_tuning.json", "retrieval_test.json",
                 "agent_test.json", "tool_tokens.json", "prepare_report.json", "retrieval_val.json",
-                "agent_e2e_test.json", "retrieval_test_agent_sources.json")   # these two: --complexfuncbench/--nestful
+                "agent_e2e_test.json", "agent_e2e_val.json",
+                "retrieval_test_agent_sources.json")   # these three: --complexfuncbench/--nestful
 CACHE_FILES = (query_writer.CACHE_FILE,)   # written only with the llm view; carried from the old --out to the new
 # What --toolbench DIR is searched for, in DIR and in DIR/data (a ToolBench download keeps everything under data/).
 LAYOUTS = ("ToolBench raw (toolenv/tools/<Category>/<tool>.json, instruction/*.json, answer/**/*.json)",
@@ -254,8 +255,8 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         report.read["synthetic_queries"] = sum(c["queries"] for c in view_counts.values())
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
                                               min_complete)
-    options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
-               "min_complete": min_complete}
+    options = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
+               "observation_budget": observation_budget, "min_complete": min_complete}
     extra = agent_sources.all_source_outputs(sources, names, options, report)
     retrieval_train += extra["retrieval_training"]
     agent_train += extra["agent_tuning"]
@@ -264,7 +265,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
                "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
                "agent_test.json": agent_test, "retrieval_val.json": retrieval_val,
                "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens),
-               "agent_e2e_test.json": extra["agent_e2e_test"],
+               "agent_e2e_test.json": extra["agent_e2e_test"], "agent_e2e_val.json": extra["agent_e2e_val"],
                "retrieval_test_agent_sources.json": extra["retrieval_test_agent_sources"]}
     if writer_records is not None:
         outputs[query_writer.CACHE_FILE] = writer_records

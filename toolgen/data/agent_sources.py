@@ -8,7 +8,9 @@ For each source (read by complexfuncbench.py / nestful.py; the formats are descr
     cut to the observation budget as the observation, then Finish);
   - a held-out request gives one record of agent_e2e_test.json (what a replay evaluation needs, see e2e_record) and
     one of retrieval_test_agent_sources.json (retrieval_test.json's format, query_id "<source>_<uid>"); neither goes
-    to retrieval_test.json or agent_test.json, which stay ToolBench's.
+    to retrieval_test.json or agent_test.json, which stay ToolBench's;
+  - a validation request (prepare's val_fraction of the training requests, gold.carve_val) gives one record of
+    agent_e2e_val.json and nothing to train on: the agent's settings are chosen there, never on test.
 
 Ambiguous references (ComplexFuncBench: 44, where a path without list index meets several different values) are kept
 and flagged: in training the arguments of such a call are context only (no loss: the right value is not known), in
@@ -24,10 +26,17 @@ from toolgen.data.toolbench import DataError
 from toolgen.tokens import FINISH
 
 READERS = {"complexfuncbench": complexfuncbench, "nestful": nestful}   # prepare's flag name -> reader module
+E2E_FILES = {"test": "agent_e2e_test.json", "val": "agent_e2e_val.json"}   # the replay evaluation's requests, by split
+
+
+def e2e_prefix(split):
+    """The metric prefix of an end-to-end run on a split: agent_e2e/<source>/... on test, agent_e2e_val/... on val."""
+    return "agent_e2e" if split == "test" else f"agent_e2e_{split}"
 # Per-source request counts of prepare_report.json "sources", before quality.COUNTS' trajectory counts.
-REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "train_requests", "test_requests",
+REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "train_requests", "val_requests",
+                  "test_requests",
                   "retrieval_pairs", "ambiguous_references", "train_calls_with_ambiguous_references",
-                  "test_calls_with_ambiguous_references")
+                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references")
 
 
 def read_sources(roots):
@@ -95,7 +104,8 @@ def e2e_record(name, request, keys, names, apis):
 
 
 def e2e_requests(records):
-    """agent_e2e_test.json records -> {source: [GoldRequest]}: the inverse of e2e_record, for the replay evaluation."""
+    """agent_e2e_{test,val}.json records -> {source: [GoldRequest]}: the inverse of e2e_record, for the replay
+    evaluation."""
     out = {}
     for r in records:
         calls = [gold.GoldCall(c["name"], c["arguments"], c["resolved_arguments"], c["response"], c["has_response"],
@@ -105,28 +115,30 @@ def e2e_requests(records):
     return out
 
 
-def _count_requests(counts, source, train, test):
+def _count_requests(counts, source, train, val, test):
     counts["apis"] = len(source.apis)
     dropped = sum(not reason.startswith("answer_dropped_") for reason, _ in source.skips)
     counts["requests"] = len(source.requests) + dropped
     counts["requests_dropped"] = dropped
     counts["answers_dropped"] = len(source.skips) - dropped
-    counts["train_requests"], counts["test_requests"] = len(train), len(test)
+    counts["train_requests"], counts["val_requests"], counts["test_requests"] = len(train), len(val), len(test)
     counts["ambiguous_references"] = sum(
         t in c.ambiguous for r in source.requests for c in r.calls for _, _, t in references.references(c.arguments))
-    for side, requests in (("train", train), ("test", test)):
+    for side, requests in (("train", train), ("val", val), ("test", test)):
         counts[f"{side}_calls_with_ambiguous_references"] = sum(bool(c.ambiguous) for r in requests for c in r.calls)
 
 
 def source_outputs(name, source, names, options, report):
-    """The examples and records of one source. options: seed, test_fraction, observation_budget, min_complete.
-    Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "retrieval_test_agent_sources"}: lists."""
+    """The examples and records of one source. options: seed, test_fraction, val_fraction, observation_budget,
+    min_complete. Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
+    "retrieval_test_agent_sources"}: lists."""
     for reason, detail in source.skips:
         report.skip(reason, detail)
     keys, apis = source.keys, {api.key: api for api in source.apis}
     train, test = gold.split(source.requests, options["seed"], options["test_fraction"])
+    train, val = gold.carve_val(train, options["seed"], options.get("val_fraction", 0.0))
     counts = report.sources.setdefault(name, quality.new_counts(REQUEST_COUNTS + quality.COUNTS))
-    _count_requests(counts, source, train, test)
+    _count_requests(counts, source, train, val, test)
     retrieval = [{**stages.retrieval_example(r.text, names[k]), "source": name}
                  for r in train for k in gold.to_query(r, keys).relevant]
     counts["retrieval_pairs"] = len(retrieval)
@@ -140,12 +152,14 @@ def source_outputs(name, source, names, options, report):
                                                    names) for r in test]
     return {"retrieval_training": retrieval, "agent_tuning": agent,
             "agent_e2e_test": [e2e_record(name, r, keys, names, apis) for r in test],
+            "agent_e2e_val": [e2e_record(name, r, keys, names, apis) for r in val],
             "retrieval_test_agent_sources": retrieval_test}
 
 
 def all_source_outputs(sources, names, options, report):
     """source_outputs of every source, concatenated per kind, in the order of READERS."""
-    out = {"retrieval_training": [], "agent_tuning": [], "agent_e2e_test": [], "retrieval_test_agent_sources": []}
+    out = {"retrieval_training": [], "agent_tuning": [], "agent_e2e_test": [], "agent_e2e_val": [],
+           "retrieval_test_agent_sources": []}
     for name in READERS:
         if name in sources:
             for kind, items in source_outputs(name, sources[name], names, options, report).items():

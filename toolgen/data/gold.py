@@ -299,3 +299,12 @@ def split(requests, seed, fraction):
     for r in requests:
         (test if is_test(r.text, seed, fraction) else train).append(r)
     return train, test
+
+
+def carve_val(train, seed, fraction):
+    """(train, validation): `fraction` of the training requests held out for choosing the agent's settings, by the
+    hash of prepare.is_val (another salt than the test split's, so the test split does not move)."""
+    kept, val = [], []
+    for r in train:
+        (val if is_test(r.text, f"val{seed}", fraction) else kept).append(r)
+    return kept, val

@@ -32,6 +32,7 @@ IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} SMOL=/tmp/smol/agent_tuning LOGS=${L
 TL=${E2E_TIME_LIMIT:-900} DECODE=${DECODE:-0} TRAIN=${TRAIN:-1} SHARDS=${SHARDS:-2}
 NESTFUL=${NESTFUL:-1} STEPWISE=${STEPWISE:-1} NGPU=$(nvidia-smi -L | wc -l)
 SPLIT=${E2E_SPLIT:-test}   # val: the loops on agent_e2e_val.json (a prepared folder that has it), to choose settings
+# E2E_ARGS: more toolgen.evaluate flags for every loop, e.g. "--e2e-block-repeats"
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 QWEN=$RUN/main/agent_tuning
 mkdir -p "$LOGS" "$RES"
@@ -39,7 +40,7 @@ source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels, install_sm
 e2e() {   # GPU STAGE SOURCE NAME [K/N]: one model's loop on one source's held-out requests (or a shard of them)
   CUDA_VISIBLE_DEVICES=$1 python3 -m toolgen.evaluate --model "$2" --data "$RUN/data" --out "$RES/e2e_$4" \
     --e2e-only --no-base --e2e-width 0 --e2e-time-limit "$TL" --e2e-source "$3" ${5:+--e2e-shard "$5"} \
-    --e2e-split "$SPLIT" \
+    --e2e-split "$SPLIT" ${E2E_ARGS:-} \
     > "$LOGS/e2e_$4.log" 2>&1 || say "e2e $4 failed (exit $?)"
 }
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $(nvidia-smi -L | wc -l)"

@@ -190,6 +190,30 @@ def test_max_steps_and_context_budget():
     assert fit_context(messages, lambda m: False) is None
 
 
+def test_block_repeats_keeps_a_call_made_twice_in_a_row_from_the_next_turn():
+    """block_repeats: after the same call (tool and arguments) twice in a row, the tool is not offered at the next
+    action turn (the next best one is taken); another argument, or the setting off, changes nothing."""
+    class Stuck(ScriptedPolicy):   # the model always wants the weather tool first, then Finish
+        def action_logprobs(self, messages, tokens):
+            self.prompts.append((list(messages), 1))
+            return torch.log_softmax(torch.tensor([5.0 if t == WEATHER else 2.0 if t == FINISH else 0.0
+                                                   for t in tokens]), -1)
+
+    def stuck_run(texts, **config):
+        policy = Stuck([], texts)
+        executor = CallableExecutor({"weather": lambda city: {"temp_c": 21}})
+        return Agent(policy, TOOLS, executor, AgentConfig(max_steps=4, **config)).run("Weather in Osaka?", "r1")
+
+    same = ['{"city": "Osaka"}', '{"city":"Osaka"}', ANSWER]
+    t = stuck_run(same, block_repeats=True)
+    assert [s.token for s in t.steps] == [WEATHER, WEATHER, FINISH] and t.stop_reason == "finish"
+    assert t.steps[2].candidates[0][0] == FINISH and [WEATHER, float("-inf")] not in t.steps[2].candidates[:1]
+    t = stuck_run(same[:2] + ['{"city": "Osaka"}'] * 2)   # off: the loop goes on calling it
+    assert [s.token for s in t.steps] == [WEATHER] * 4 and t.stop_reason == "max_steps"
+    t = stuck_run(['{"city": "Osaka"}', '{"city": "Kyoto"}', '{"city": "Kyoto"}', ANSWER], block_repeats=True)
+    assert [s.token for s in t.steps] == [WEATHER, WEATHER, WEATHER, FINISH]   # blocked only after Kyoto twice
+
+
 def test_documentation_round_trip_and_tool_files(sample_data, tmp_path):
     apis = read_api_jsonl(os.path.join(SAMPLE_DIR, "catalog.jsonl"))
     for api in apis:   # the input doc the loop shows is the training text, for every sample API

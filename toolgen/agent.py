@@ -47,6 +47,10 @@ class AgentConfig:
     observation_chars: int = OBSERVATION_BUDGET   # an observation is cut to this many characters (valid JSON kept)
     tool_list: bool = False                 # list every tool (token: description) in the system turn: how an
     #                                         untrained base is told what it can call
+    block_repeats: bool = False             # the same call (tool and arguments) made twice in a row: that tool is not
+    #                                         offered at the next action turn. Small models loop on one call (36 of
+    #                                         Qwen 0.5B's 188 ComplexFuncBench runs first failed on one); to be chosen
+    #                                         on agent_e2e_val.json
 
 
 class ModelPolicy:
@@ -103,6 +107,17 @@ class ContextFull(Exception):
     pass
 
 
+def repeated_call(steps):
+    """The tool token of the last two steps when they are the same call (tool and arguments, Finish aside), else
+    None: AgentConfig.block_repeats keeps it from the next action turn."""
+    if len(steps) < 2:
+        return None
+    a, b = steps[-2], steps[-1]
+    same = a.token == b.token != FINISH and a.arguments is not None and b.arguments is not None and \
+        json.dumps(a.arguments, sort_keys=True) == json.dumps(b.arguments, sort_keys=True)
+    return b.token if same else None
+
+
 class Agent:
     """Runs requests with one policy, tool set and executor. The executor is checked here, before any run."""
 
@@ -156,7 +171,8 @@ class Agent:
             step.thought = text[len("Thought:"):].strip() if text.startswith("Thought:") else text
             messages.append(msg("assistant", f"Thought: {step.thought}"))
         messages.append(msg("user", ASK_ACTION))
-        step.token, step.candidates = self._choose(t.request, step.thought, self._fit(messages, 1))
+        blocked = repeated_call(t.steps[:-1]) if cfg.block_repeats else None
+        step.token, step.candidates = self._choose(t.request, step.thought, self._fit(messages, 1), blocked)
         tool = self.tools.get(step.token)
         step.api = tool.api
         messages += [msg("assistant", step.token), msg("user", ASK_INPUT + tool.input_doc)]
@@ -178,8 +194,9 @@ class Agent:
             raise ContextFull()
         return view
 
-    def _choose(self, request, thought, messages):
-        """The action: argmax over the candidates of the model's log-probabilities, or of tool_scorer's scores."""
+    def _choose(self, request, thought, messages, blocked=None):
+        """The action: argmax over the candidates of the model's log-probabilities, or of tool_scorer's scores;
+        `blocked` (a token) is not offered."""
         logprobs = self.policy.action_logprobs(messages, self.candidates).float()
         scores = logprobs
         if self.tool_scorer is not None:
@@ -187,6 +204,9 @@ class Agent:
             if scores.shape != logprobs.shape:
                 raise AgentError(f"tool_scorer returned scores of shape {tuple(scores.shape)}, expected "
                                  f"{tuple(logprobs.shape)} (one per candidate)")
+        if blocked is not None:
+            scores = scores.clone()
+            scores[self.candidates.index(blocked)] = float("-inf")
         order = torch.sort(scores, descending=True, stable=True).indices[:3].tolist()   # ties: candidate order
         return self.candidates[order[0]], [[self.candidates[i], round(float(scores[i]), 4)] for i in order]
 
@@ -300,6 +320,8 @@ def parse_args(argv=None):
     p.add_argument("--argument-tokens", type=int, default=AgentConfig.argument_tokens,
                    help="most new tokens of an arguments answer")
     p.add_argument("--thought-tokens", type=int, default=AgentConfig.thought_tokens, help="most new tokens of a thought")
+    p.add_argument("--block-repeats", action="store_true",
+                   help="a call made twice in a row with the same arguments: its tool is not offered next")
     p.add_argument("--transcript", help="write the transcript (JSON) here")
     args = p.parse_args(argv)
     for flag, value in (("--max-steps", args.max_steps), ("--timeout", args.timeout),
@@ -350,6 +372,7 @@ def main(argv=None):
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,
                              context_budget=args.context_budget or None, thought_tokens=args.thought_tokens,
+                             block_repeats=args.block_repeats,
                              argument_tokens=args.argument_tokens)
         transcript = Agent(ModelPolicy(model, tokenizer), tools, executor, config).run(request)
         if args.transcript:

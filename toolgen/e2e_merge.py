@@ -37,7 +37,8 @@ def shard_spec(text):
 
 def transcript_file(system, source, split="test"):
     """Where toolgen.evaluate writes a system's transcripts of a source, inside its --out folder."""
-    return os.path.join("transcripts", f"{system.replace('/', '_')}_{source}{'' if split == 'test' else '_' + split}.json")
+    suffix = "" if split == "test" else f"_{split}"
+    return os.path.join("transcripts", f"{system.replace('/', '_')}_{source}{suffix}.json")
 
 
 def load_requests(data, split="test", sources=(), shard=None, error=MergeError):

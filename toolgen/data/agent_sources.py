@@ -29,14 +29,15 @@ READERS = {"complexfuncbench": complexfuncbench, "nestful": nestful}   # prepare
 E2E_FILES = {"test": "agent_e2e_test.json", "val": "agent_e2e_val.json"}   # the replay evaluation's requests, by split
 
 
+# Per-source request counts of prepare_report.json "sources", before quality.COUNTS' trajectory counts.
+REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "train_requests", "val_requests",
+                  "test_requests", "retrieval_pairs", "ambiguous_references", "train_calls_with_ambiguous_references",
+                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references")
+
+
 def e2e_prefix(split):
     """The metric prefix of an end-to-end run on a split: agent_e2e/<source>/... on test, agent_e2e_val/... on val."""
     return "agent_e2e" if split == "test" else f"agent_e2e_{split}"
-# Per-source request counts of prepare_report.json "sources", before quality.COUNTS' trajectory counts.
-REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "train_requests", "val_requests",
-                  "test_requests",
-                  "retrieval_pairs", "ambiguous_references", "train_calls_with_ambiguous_references",
-                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references")
 
 
 def read_sources(roots):

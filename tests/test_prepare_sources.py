@@ -129,6 +129,10 @@ def test_validation_requests_are_e2e_records_and_train_nothing():
         counts = out["prepare_report.json"]["sources"][name]
         assert counts["val_requests"] == len([r for r in val if r["source"] == name])
         assert counts["train_requests"] == len(from_source(out["agent_tuning.json"], name))
+    # --agent-val-fraction: the agent sources' share apart from the queries'
+    apart = with_sources(test_fraction=0.3, seed=2, val_fraction=0.5, agent_val_fraction=0.0)
+    assert apart["agent_e2e_val.json"] == [] and apart["retrieval_val.json"] == out["retrieval_val.json"]
+    assert apart["prepare_report.json"]["agent_val_fraction"] == 0.0
 
 
 def test_no_placeholder_thought_and_no_marker_with_loss_anywhere():

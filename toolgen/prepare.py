@@ -214,7 +214,7 @@ def _tool_tokens(apis, names, collisions, extra_tokens):
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
             seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
             observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0, val_fraction=0.1, views=(), multi_rounds=1,
-            writer=None, writer_cache=()):
+            writer=None, writer_cache=(), agent_val_fraction=None):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
 
     complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py)."""
@@ -255,8 +255,9 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         report.read["synthetic_queries"] = sum(c["queries"] for c in view_counts.values())
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
                                               min_complete)
-    options = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
-               "observation_budget": observation_budget, "min_complete": min_complete}
+    options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
+               "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
+               "min_complete": min_complete}
     extra = agent_sources.all_source_outputs(sources, names, options, report)
     retrieval_train += extra["retrieval_training"]
     agent_train += extra["agent_tuning"]
@@ -271,6 +272,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         outputs[query_writer.CACHE_FILE] = writer_records
     outputs["prepare_report.json"] = {
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
+        "agent_val_fraction": options["val_fraction"],
         "min_complete": min_complete, "observation_budget": observation_budget,
         "sources": {name: dict(counts) for name, counts in report.sources.items()},
         **({"views": view_counts} if views else {}), **({"query_writer": writer_report} if writer_report else {}),
@@ -379,6 +381,7 @@ def main(argv=None):
                           complexfuncbench=args.complexfuncbench, nestful=args.nestful,
                           observation_budget=args.observation_budget, min_complete=args.min_complete,
                           val_fraction=args.val_fraction, views=args.views, multi_rounds=args.multi_queries_per_api,
+                          agent_val_fraction=args.agent_val_fraction,
                           writer=prepare_views.writer_options(args), writer_cache=(
                               query_writer.read_cache(args.query_writer_cache) if args.query_writer_cache else [])
                           + old_cache)

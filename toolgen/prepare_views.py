@@ -37,6 +37,9 @@ def add_arguments(p):
     """The stage-2 views (toolgen/data/views.py), the query writer (toolgen/query_writer.py), the validation split."""
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of the non-test queries held out as retrieval_val.json (0: none; default 0.1)")
+    p.add_argument("--agent-val-fraction", type=float, default=None,
+                   help="fraction of the agent sources' training requests held out as agent_e2e_val.json "
+                        "(default: --val-fraction)")
     p.add_argument("--views", type=views_arg, default=(), metavar="LIST",
                    help=f"comma list of retrieval views written from the catalog: {', '.join(view_lib.VIEWS)} "
                         "(README: Data preparation)")
@@ -59,8 +62,9 @@ def add_arguments(p):
 def check_arguments(p, args):
     if (args.query_writer or args.query_writer_cache) and "llm" not in args.views:
         p.error("--query-writer and --query-writer-cache write the llm view: add llm to --views")
-    if not 0 <= args.val_fraction < 1:
-        p.error(f"--val-fraction {args.val_fraction}: give a fraction in [0, 1)")
+    for flag, value in (("--val-fraction", args.val_fraction), ("--agent-val-fraction", args.agent_val_fraction)):
+        if value is not None and not 0 <= value < 1:
+            p.error(f"{flag} {value}: give a fraction in [0, 1)")
 
 
 def writer_options(args):

@@ -8,8 +8,8 @@
 # and memorization; the agent stage would double the cost).
 # Runs so far (results/add_tools.md): an H200 without a sweep; an H100 beside three other jobs with
 # CANDIDATES="0.5:5e-4 0.7:3e-4" (MiniLM then came by a later transfer, so training ran first); then on one H200
-# alone: CANDIDATES="0.3:1e-2:new_rows:1 0.5:1e-2:new_rows:1 0.3:3e-2:new_rows:1" (cut by the machine's return
-# after the sweep), and CANDIDATES="0.3:1e-2:new_rows_head 0.5:1e-2:new_rows_head 0.5:1e-2:new_rows_head:3" (16 min).
+# alone: CANDIDATES="0.3:1e-2:new_rows:1 0.5:1e-2:new_rows:1 0.3:3e-2:new_rows:1" (collected early, after the
+# sweep), and CANDIDATES="0.3:1e-2:new_rows_head 0.5:1e-2:new_rows_head 0.5:1e-2:new_rows_head:3" (16 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30

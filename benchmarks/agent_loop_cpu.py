@@ -11,7 +11,6 @@ and the median time between batches (BatchingPolicy's wait of 0.5 s after the la
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from toolgen.agent import AgentConfig, ModelPolicy, run_e2e  # noqa: E402
 from toolgen.batching import BatchingPolicy  # noqa: E402
-from toolgen.data.agent_sources import e2e_requests  # noqa: E402
+from toolgen.e2e_merge import load_requests  # noqa: E402
 from toolgen.toolset import Toolset  # noqa: E402
 
 ANSWER = '{"query": "x"}'
@@ -74,8 +73,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    with open(os.path.join(args.data, "agent_e2e_test.json"), encoding="utf-8") as f:
-        requests = e2e_requests(json.load(f)).get(args.source)
+    requests = load_requests(args.data, error=SystemExit).get(args.source)
     if not requests:
         sys.exit(f"agent_loop_cpu: {args.data}/agent_e2e_test.json has no {args.source} requests")
     tools = Toolset.load(os.path.join(args.data, "tool_tokens.json"))

@@ -21,7 +21,8 @@ import re
 
 from toolgen.agent_metrics import e2e_metrics
 from toolgen.checkpoint import read_json
-from toolgen.data.agent_sources import E2E_FILES, e2e_requests
+from toolgen.data.agent_sources import E2E_FILES
+from toolgen.e2e_merge import load_requests
 from toolgen.tokens import FINISH
 from toolgen.transcript import Transcript
 
@@ -90,7 +91,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the breakdown here")
     args = p.parse_args(argv)
     path = f"{args.data}/{E2E_FILES[args.split]}"
-    requests = e2e_requests(read_json(path, SystemExit)).get(args.source)
+    requests = load_requests(args.data, args.split, error=SystemExit).get(args.source)
     if not requests:
         raise SystemExit(f"{path}: no requests of source {args.source!r}")
     transcripts = [Transcript.from_dict(d) for d in read_json(args.transcripts, SystemExit)]

@@ -9,7 +9,6 @@ With no --toolbench the shipped sample (toolgen/data/sample/) is used, so this r
 import argparse
 import collections
 import glob
-import hashlib
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import sys
 from toolgen import prepare_views, query_writer
 from toolgen.checkpoint import atomic_folder
 from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, stages, views as view_lib
+from toolgen.data.gold import is_test, is_val
 from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
                                     read_tools_dir, read_trajectories, resolve_queries)
 from toolgen.tokens import FINISH, tool_token_names
@@ -30,18 +30,6 @@ CACHE_FILES = (query_writer.CACHE_FILE,)   # written only with the llm view; car
 LAYOUTS = ("ToolBench raw (toolenv/tools/<Category>/<tool>.json, instruction/*.json, answer/**/*.json)",
            "StableToolBench (solvable_queries/test_instruction/*.json)",
            "a JSON Lines API catalog (catalog.jsonl, else the only *.jsonl file)")
-
-
-def is_test(text, seed, fraction):
-    """Deterministic split by query text: the same text always lands on the same side, so no text is shared."""
-    digest = hashlib.sha256(f"{seed}\0{' '.join(text.lower().split())}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-def is_val(text, seed, fraction):
-    """The validation split of the non-test queries: the same hash under another salt, so that it is independent of
-    the test split and does not move it (a query is test first; of the rest, `fraction` is validation)."""
-    return is_test(text, f"val{seed}", fraction)
 
 
 def detect_layout(root):

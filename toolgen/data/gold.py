@@ -287,10 +287,16 @@ def to_trajectory(request, budget=OBSERVATION_BUDGET, count=len):
 
 
 def is_test(text, seed, fraction):
-    """The split of prepare.is_test (same hash of seed and normalised text), so one text lands on the same side in
-    every source of a prepared folder; data/ cannot import prepare (imports flow one way)."""
+    """Deterministic split by text (seeded hash of the normalised text): the same text always lands on the same side,
+    in ToolBench's queries (prepare) and in every agent source of a prepared folder alike."""
     digest = hashlib.sha256(f"{seed}\0{' '.join(text.lower().split())}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def is_val(text, seed, fraction):
+    """The validation split of the non-test texts: the same hash under another salt, so that it is independent of
+    the test split and does not move it (a text is test first; of the rest, `fraction` is validation)."""
+    return is_test(text, f"val{seed}", fraction)
 
 
 def split(requests, seed, fraction):
@@ -302,9 +308,9 @@ def split(requests, seed, fraction):
 
 
 def carve_val(train, seed, fraction):
-    """(train, validation): `fraction` of the training requests held out for choosing the agent's settings, by the
-    hash of prepare.is_val (another salt than the test split's, so the test split does not move)."""
+    """(train, validation): `fraction` of the training requests held out for choosing the agent's settings (is_val:
+    the test split does not move)."""
     kept, val = [], []
     for r in train:
-        (val if is_test(r.text, f"val{seed}", fraction) else kept).append(r)
+        (val if is_val(r.text, seed, fraction) else kept).append(r)
     return kept, val

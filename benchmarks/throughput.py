@@ -6,12 +6,15 @@
 
 Systems (each job below is one process, or one `accelerate launch` of several):
   ours         `accelerate launch --config_file launch/accelerate/1gpu.yaml toolgen/train.py --config
-               launch/configs/llama-3.2-1b.yaml --stage S` — the reference config users run (packing, flex attention,
-               sparse tool rows, compiled decoder layers, fused AdamW), in bf16 (model.quantization=none), with
-               max_steps = warmup + steps and no checkpoints; the loop's own sampler, collator, gather and logging;
-  ours-amp     the same under bf16 autocast (`--mixed_precision bf16`): peft keeps the LoRA weights in fp32, and
-               without autocast every LoRA product is an fp32 GEMM with casts around it;
+               launch/configs/llama-3.2-1b.yaml --stage S` — the reference config users run (bf16 autocast from the
+               accelerate config, packed rows with varlen attention, sparse tool rows, fused AdamW, compiled decoder
+               layers), with bf16 LoRA
+               (model.quantization=none), max_steps = warmup + steps and no checkpoints; the loop's own sampler,
+               collator, gather and logging;
   ours-qlora   the same with the reference config's 4-bit QLoRA (as shipped);
+  --variant NAME=CHANGES: more loop systems, `ours` with CHANGES (comma-separated config overrides KEY=VALUE, and
+               `amp=no` / `amp=bf16` for the launcher's --mixed_precision), e.g.
+               --variant ours-uncompiled=train.compile=false;
   plain, tuned, tuned-eager: the HF Trainer + peft (benchmarks/trainer_baseline.py says what each sets).
 Scaling (--scaling N, agent shape): `ours` on N GPUs with DDP, DeepSpeed ZeRO-2 and ZeRO-3, the same global batch as
 on one GPU (gradient accumulation / N), so the first update's loss must equal the one-GPU run's.
@@ -40,8 +43,8 @@ sys.path.insert(0, ROOT)
 
 from toolgen.config import STAGES  # noqa: E402
 
-SYSTEMS = ("ours", "ours-amp", "ours-qlora", "plain", "tuned", "tuned-eager")
-LOOP = ("ours", "ours-amp", "ours-qlora")   # the systems that run toolgen/train.py
+TRAINER = ("plain", "tuned", "tuned-eager")
+LOOP = {"ours": [], "ours-qlora": ["model.quantization=4bit"]}   # the systems that run toolgen/train.py: their changes
 WARMUP_STEPS = {"memorization": (8, 30), "retrieval": (8, 30), "agent": (3, 10)}   # stage: (warmup, timed) updates
 LAUNCHERS = {"1gpu": "launch/accelerate/1gpu.yaml", "ddp": "launch/accelerate/multi_gpu.yaml",
              "zero2": "launch/accelerate/deepspeed_zero2.yaml", "zero3": "launch/accelerate/deepspeed_zero3.yaml"}
@@ -71,10 +74,11 @@ print(json.dumps(info))
 """
 
 
-def plan(stages, systems, repeats, once, scaling, scaling_stage="agent"):
-    """The jobs in run order. `once`: systems run in the first repeat only."""
+def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1):
+    """The jobs in run order. `once`: systems run in the first repeat only; `first`: the first repeat's number (more
+    repeats into an earlier run's folder)."""
     jobs = []
-    for r in range(1, repeats + 1):
+    for r in range(first, repeats + 1):
         for stage in stages:
             for system in systems:
                 if r == 1 or system not in once:
@@ -91,7 +95,7 @@ def command(job, args, folder):
     """The command line of one job (run from the repository root)."""
     stage = job["stage"]
     warmup, steps = args.steps[stage]
-    if job["system"] in LOOP:
+    if job["system"] in args.loop:
         from toolgen.config import load_config
         ga = load_config(args.config).stages[stage].gradient_accumulation_steps
         if ga % job["gpus"]:
@@ -99,18 +103,19 @@ def command(job, args, folder):
         # --gpu_ids all: 1gpu.yaml's gpu_ids "0" would otherwise replace the CUDA_VISIBLE_DEVICES this job was given
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(job["gpus"]),
                   "--gpu_ids", "all"]
+        changes = args.loop[job["system"]]
+        amp = [c.split("=", 1)[1] for c in changes if c.startswith("amp=")]
         if args.tiny:
             launch += ["--config_file", "launch/accelerate/cpu.yaml"]
         else:
             launch += ["--config_file", LAUNCHERS[job["launcher"]]]
-            if job["launcher"].startswith("zero") or job["system"] == "ours-amp":
-                launch += ["--mixed_precision", "bf16"]   # (the DS JSON's bf16 "auto" follows this flag)
+            if job["launcher"].startswith("zero") or amp:   # (the DS JSON's bf16 "auto" follows this flag)
+                launch += ["--mixed_precision", amp[-1] if amp else "bf16"]
         sets = [f"model.name={args.model}", f"stages.{stage}.max_steps={warmup + steps}", "train.save_steps=0",
-                f"stages.{stage}.gradient_accumulation_steps={ga // job['gpus']}",
-                f"model.quantization={'4bit' if job['system'] == 'ours-qlora' else 'none'}"]
-        if args.tiny:   # flex attention and compilation are CUDA paths
+                f"stages.{stage}.gradient_accumulation_steps={ga // job['gpus']}", "model.quantization=none"]
+        sets += args.ours_set + [c for c in changes if not c.startswith("amp=")]
+        if args.tiny:   # flash and flex attention and compilation are CUDA paths
             sets += ["model.attn_implementation=sdpa", "train.compile=false"]
-        sets += args.ours_set
         # --from-scratch: a fresh adapter instead of the previous stage's, the same work per step
         return launch + ["toolgen/train.py", "--config", args.config, "--stage", stage, "--data-dir", args.data,
                          "--output-dir", folder, "--overwrite", "--from-scratch"] + [x for s in sets for x in ("--set", s)]
@@ -135,7 +140,7 @@ def steady_state(clock, warmup, steps):
 def result(job, args, folder):
     """What a finished job measured, from the files it wrote."""
     warmup, steps = args.steps[job["stage"]]
-    if job["system"] not in LOOP:
+    if job["system"] not in args.loop:
         with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
             return json.load(f)
     with open(os.path.join(folder, STAGES[job["stage"]].folder, "metrics.json"), encoding="utf-8") as f:
@@ -265,10 +270,15 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run folder: data/, jobs/<name>/, results.jsonl, run.json")
     p.add_argument("--stages", nargs="+", default=list(WARMUP_STEPS), choices=list(WARMUP_STEPS))
-    p.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=SYSTEMS, help="none: scaling jobs only")
-    p.add_argument("--once", nargs="*", default=["ours-amp", "ours-qlora", "tuned-eager"], choices=SYSTEMS,
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=CHANGES",
+                   help="a loop system: ours with CHANGES (KEY=VALUE,... and amp=no|bf16)")
+    p.add_argument("--systems", nargs="*", default=["ours", "ours-qlora", *TRAINER],
+                   help="loop systems, variants and Trainer systems (none: scaling jobs only)")
+    p.add_argument("--once", nargs="*", default=["ours-qlora"],
                    help="systems measured in the first repeat only (device time)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeat-from", type=int, default=1,
+                   help="the first repeat to run: more repeats into an earlier run's folder (e.g. 2 with --repeats 3)")
     p.add_argument("--scaling", type=int, default=None, help="GPUs of the scaling jobs (default: all, if > 1)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
     p.add_argument("--timeout", type=int, default=300, help="seconds before a job is stopped and recorded as failed")
@@ -277,6 +287,15 @@ def main():
                    help="config overrides for the loop's jobs (e.g. train.compile=false)")
     p.add_argument("--tiny", action="store_true", help="the tiny model on CPU, few steps: checks the scripts only")
     args = p.parse_args()
+    args.loop = dict(LOOP)
+    for v in args.variant:
+        name, sep, changes = v.partition("=")
+        if not sep or name in args.loop or name in TRAINER:
+            p.error(f"--variant {v!r}: expected NAME=CHANGES with a new name")
+        args.loop[name] = [c for c in changes.split(",") if c]
+    unknown = [s for s in args.systems + args.once if s not in args.loop and s not in TRAINER]
+    if unknown:
+        p.error(f"unknown systems {unknown}: known {[*args.loop, *TRAINER]} (variants with --variant)")
     args.model = "tiny" if args.tiny else "random:llama-3.2-1b"
     if args.tiny:
         args.config, args.steps, args.scaling = "launch/configs/tiny.yaml", {s: (1, 2) for s in WARMUP_STEPS}, 0
@@ -291,7 +310,7 @@ def main():
     args.out = os.path.abspath(args.out)
     args.data = os.path.join(args.out, "data")
     os.makedirs(args.out, exist_ok=True)
-    jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling)
+    jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling, first=args.repeat_from)
     prepare_run(args, card_ids, jobs)
     run_all(jobs, args, card_ids)
 

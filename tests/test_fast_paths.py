@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import ROOT, TINY, run_stage
 from toolgen import models
 from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, tokenize_messages
-from toolgen.config import load_config
+from toolgen.config import ConfigError, load_config
 from toolgen.tool_rows import sparse_tool_rows
 from toolgen.loss import target_loss
 
@@ -61,17 +61,22 @@ def test_sparse_tool_rows_give_peft_loss_and_gradients(sample_data, tied):
     assert delta_grads and all(g.abs().sum() > 0 for g in delta_grads)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "varlen"])
 def test_packed_batch_gives_the_padded_batch_loss_and_gradients(sample_data, attn):
-    tokenizer, model, _, params = lora_tiny(sample_data, f"model.attn_implementation={attn}", "lora.dropout=0")
+    """varlen: attention within each example of the row (toolgen/attention.py; on CPU one causal sdpa per example)."""
+    tokenizer, model, _, params = lora_tiny(sample_data, f"model.attn_implementation={attn}", "lora.dropout=0",
+                                            "train.packing=true")
+    assert model.config._attn_implementation == attn
     examples = stage_examples(tokenizer, sample_data)
     padded = LeftPadCollator(tokenizer.pad_token_id)(examples)
-    packed = PackedCollator(tokenizer.pad_token_id, pad_to_multiple_of=64)(examples)
+    packed = PackedCollator(tokenizer.pad_token_id, pad_to_multiple_of=64, varlen=attn == "varlen")(examples)
     assert packed["input_ids"].shape[0] == 1 and packed["input_ids"].shape[1] % 64 == 0
     assert int(packed["num_tokens"]) == int(padded["attention_mask"].sum())
     assert int((packed["labels"] != IGNORE).sum()) == int((padded["labels"] != IGNORE).sum())
-    assert_same(loss_and_grads(model, packed, len(tokenizer), params),
-                loss_and_grads(model, padded, len(tokenizer), params))
+    packed_result = loss_and_grads(model, packed, len(tokenizer), params)
+    if attn == "varlen":   # it takes packed rows only: the padded batch is the reference, computed with sdpa
+        model.set_attn_implementation("sdpa")
+    assert_same(packed_result, loss_and_grads(model, padded, len(tokenizer), params))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -96,6 +101,16 @@ def test_packed_collator_keeps_examples_apart():
     # the first token of an example is never a target (it would be predicted from the previous example)
     assert b["labels"].tolist() == [[IGNORE, 6, 7, IGNORE, 9, IGNORE, IGNORE, IGNORE]]
     assert int(b["num_tokens"]) == 5
+    assert "cu_seq_lens_q" not in b
+    v = PackedCollator(pad_token_id=0, pad_to_multiple_of=4, varlen=True)(examples)
+    # where each example starts, the padding tail (3 tokens) an example of its own; the longest is 3 tokens
+    assert v["cu_seq_lens_q"].tolist() == v["cu_seq_lens_k"].tolist() == [0, 3, 5, 8]
+    assert v["cu_seq_lens_q"].dtype == torch.int32 and v["max_length_q"] == v["max_length_k"] == 3
+
+
+def test_varlen_needs_packing():
+    with pytest.raises(ConfigError, match="varlen .* needs train.packing=true"):
+        load_config(TINY, ["model.attn_implementation=varlen"])
 
 
 def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_data):
@@ -103,16 +118,21 @@ def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_da
     same loss curve and save the same adapter (with the same tensor names)."""
     steps = ["stages.memorization.max_steps=12", "lora.dropout=0"]
     runs = {"plain": ["train.sparse_tool_rows=false"], "packed": ["train.packing=true"],
-            "compiled": ["train.packing=true", "train.compile=true"]}
+            "compiled": ["train.packing=true", "train.compile=true"],
+            "varlen": ["train.packing=true", "model.attn_implementation=varlen"]}
     out = {}
     for name, overrides in runs.items():
         _, out[name] = run_stage("memorization", tmp_path / name, sample_data, *steps, *overrides)
     assert out["plain"][-1] < out["plain"][0]
-    for name in ("packed", "compiled"):
+    # a varlen stage trains with varlen and serves (left-padded batches, generation) on sdpa
+    varlen_stage = str(tmp_path / "varlen" / "tool_memorization")
+    assert models.load_stage(varlen_stage, trainable=True)[1].config._attn_implementation == "varlen"
+    assert models.load_stage(varlen_stage)[1].config._attn_implementation == "sdpa"
+    for name in ("packed", "compiled", "varlen"):
         assert out[name] == pytest.approx(out["plain"], rel=1e-4, abs=1e-4)
     adapters = {n: load_file(str(tmp_path / n / "tool_memorization" / "adapter" / "adapter_model.safetensors"))
                 for n in runs}
-    for name in ("packed", "compiled"):
+    for name in ("packed", "compiled", "varlen"):
         assert sorted(adapters[name]) == sorted(adapters["plain"])
         for k, v in adapters["plain"].items():
             torch.testing.assert_close(adapters[name][k], v, rtol=1e-3, atol=1e-5)

@@ -60,11 +60,14 @@ def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):
     the Trainer baselines, then the report with the keys the results need."""
     run = tmp_path / "run"
     subprocess.run([sys.executable, "benchmarks/throughput.py", "--tiny", "--out", str(run), "--stages", "retrieval",
-                    "--systems", "ours", "plain", "tuned", "--repeats", "1"], cwd=ROOT, check=True, timeout=900)
+                    "--systems", "ours", "ours-packed", "plain", "tuned", "--repeats", "1",
+                    "--variant", "ours-packed=train.packing=true"], cwd=ROOT, check=True, timeout=900)
     rows = [json.loads(line) for line in open(run / "results.jsonl")]
-    assert {r["system"] for r in rows} == {"ours", "plain", "tuned"} and not any("error" in r for r in rows)
+    assert {r["system"] for r in rows} == {"ours", "ours-packed", "plain", "tuned"} and not any("error" in r for r in rows)
     ours = next(r for r in rows if r["system"] == "ours")
     assert "toolgen/train.py" in ours["command"] and ours["timed_tokens"] > 0
+    packed = next(r for r in rows if r["system"] == "ours-packed")   # a variant: the loop with its change
+    assert "--set train.packing=true" in packed["command"] and "--set train.packing=true" not in ours["command"]
     subprocess.run([sys.executable, "benchmarks/throughput_report.py", str(run), "--out", str(tmp_path / "tp")],
                    cwd=ROOT, check=True, timeout=300, capture_output=True)
     result = json.load(open(tmp_path / "tp.json"))
@@ -75,6 +78,7 @@ def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):
     assert row["ours_spread"][0] <= row["ours_tokens_per_s"] <= row["ours_spread"][1]
     assert row["repeats"] == {"ours": 1, "plain": 1, "tuned": 1} and row["flops_per_token"]["total"] > 0
     assert "| retrieval | ours |" in open(tmp_path / "tp.md").read()
+    assert row["systems"]["ours-packed"]["tokens_per_s"] > 0
 
 
 def test_a_job_past_its_timeout_leaves_its_stacks_in_the_log_and_stops_with_its_children(tmp_path):
@@ -100,3 +104,33 @@ def test_a_job_past_its_timeout_leaves_its_stacks_in_the_log_and_stops_with_its_
         raise AssertionError(f"the job's child {pid} still runs")
     with open(tmp_path / "log2.txt", "w") as log:
         assert throughput.run_until([sys.executable, "-c", "print('ok')"], dict(os.environ), log, 30) == 0
+
+
+def test_report_reads_the_targets_on_the_shipped_system_and_scaling_against_its_own_one_gpu_run(tmp_path):
+    """--ours names the loop system that is the shipped config; QLoRA is compared with `ours` (it is ours + 4bit) and
+    N GPUs with one GPU of the system they ran: hand-made rows, hand-computed medians and ratios."""
+    import throughput_report
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lengths.json").write_text(json.dumps({"agent": {"tokens": [4, 6], "targets": [1, 2]}}))
+    (tmp_path / "run.json").write_text(json.dumps({
+        "card": "NVIDIA H200", "gpus": 4, "versions": {}, "command": "c", "model": "tiny", "tools": 2,
+        "config": "launch/configs/tiny.yaml", "steps": {"agent": [1, 2]}, "matmul_peak_flops": 8e14}))
+    rows = [("ours", 1, 100.0), ("ours", 1, 120.0), ("ours", 1, 90.0),             # median 100
+            ("ours-compiled", 1, 300.0), ("ours-compiled", 1, 250.0), ("ours-compiled", 1, 280.0),   # median 280
+            ("ours-qlora", 1, 85.0), ("plain", 1, 70.0), ("tuned-eager", 1, 140.0),
+            ("ours", 4, 360.0)]
+    with open(tmp_path / "results.jsonl", "w") as f:
+        for system, gpus, tps in rows:
+            f.write(json.dumps({"stage": "agent", "system": system, "gpus": gpus, "tokens_per_s": tps,
+                                "launcher": "ddp" if gpus > 1 else "1gpu", "peak_mem_gib": 1.0,
+                                "first_loss": 2.0}) + "\n")
+    r = throughput_report.report(str(tmp_path), ours="ours-compiled")
+    row = r["stages"]["agent"]
+    assert row["ours_tokens_per_s"] == 280 and row["tuned_tokens_per_s"] == 140 and row["plain_tokens_per_s"] == 70
+    assert row["repeats"]["ours"] == 3 and row["tuned_system"] == "tuned-eager"
+    assert row["qlora_over_bf16"] == pytest.approx(85 / 100)            # against `ours`, not the shipped variant
+    scaling = r["scaling"]["4"]
+    assert scaling["system"] == "ours" and scaling["one_gpu_tokens_per_s"] == 100
+    assert scaling["ddp_speedup"] == pytest.approx(3.6)                # 360 / 100, not 360 / 280
+    md = throughput_report.markdown(r)
+    assert "`ours-compiled` (the reference config as shipped)" in md and "--ours ours-compiled" in md

@@ -10,6 +10,7 @@ import contextlib
 
 import torch
 
+from toolgen import attention
 from toolgen.loss import IGNORE  # noqa: F401  (re-exported: the collators write it)
 
 
@@ -112,24 +113,29 @@ class PackedCollator:
     example, and there is no attention_mask: from the restarts transformers builds a mask in which no example attends
     to another (a document mask for sdpa/eager/flex_attention, varlen kernels for flash_attention_2). The row's length
     is rounded up to a multiple of `pad_to_multiple_of` (a padding tail that is its own example, without labels) so
-    that compiled kernels see few distinct shapes."""
+    that compiled kernels see few distinct shapes.
+    varlen (model.attn_implementation=varlen): the row also carries where each example starts (toolgen/attention.py),
+    the padding tail counted as one more example."""
 
-    def __init__(self, pad_token_id, pad_to_multiple_of=None):
-        self.pad_token_id, self.multiple = pad_token_id, pad_to_multiple_of
+    def __init__(self, pad_token_id, pad_to_multiple_of=None, varlen=False):
+        self.pad_token_id, self.multiple, self.varlen = pad_token_id, pad_to_multiple_of, varlen
 
     def __call__(self, examples):
-        ids, labels, positions = [], [], []
+        ids, labels, positions, lengths = [], [], [], []
         for e in examples:
             n = len(e["input_ids"])
             ids += e["input_ids"]
             labels += [IGNORE] + list(e["labels"][1:])   # the first token is never predicted from the one before it
             positions += range(n)
+            lengths.append(n)
         real = len(ids)
         if self.multiple and real % self.multiple:
             tail = self.multiple - real % self.multiple
             ids, labels, positions = ids + [self.pad_token_id] * tail, labels + [IGNORE] * tail, positions + list(range(tail))
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions]), "num_tokens": torch.tensor(real)}
+            lengths.append(tail)
+        batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                 "position_ids": torch.tensor([positions]), "num_tokens": torch.tensor(real)}
+        return {**batch, **attention.boundaries(lengths)} if self.varlen else batch
 
 
 def num_tokens(batch):
@@ -178,7 +184,8 @@ def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=
     batch = stage_cfg.per_device_batch_size
     sampler = (LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * batch, train_cfg.seed)
                if train_cfg.group_by_length else None)
-    collate = (PackedCollator(tokenizer.pad_token_id, train_cfg.pack_to_multiple_of) if train_cfg.packing
+    collate = (PackedCollator(tokenizer.pad_token_id, train_cfg.pack_to_multiple_of,
+                              varlen=attn_implementation == attention.NAME) if train_cfg.packing
                else LeftPadCollator(tokenizer.pad_token_id, document_mask="flash" not in attn_implementation))
     return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                       num_workers=train_cfg.num_workers, collate_fn=collate)

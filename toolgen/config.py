@@ -45,7 +45,8 @@ class ModelConfig:
     #                                   (tests),
     #                                   "random:llama-3.2-1b" (the reference shape with random weights, for speed runs)
     dtype: str = "auto"               # auto (bf16 where supported, else fp32) | bfloat16 | float32 | float16
-    attn_implementation: str = "sdpa"  # sdpa | eager | flex_attention | flash_attention_2 (when installed)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flex_attention | varlen (packed rows: toolgen/attention.py)
+    #                                    | flash_attention_2 (when installed)
     quantization: str = "none"        # none | 4bit (bitsandbytes NF4, QLoRA)
     gradient_checkpointing: bool = False
     tie_word_embeddings: bool = True  # only for the tiny model built in code
@@ -138,7 +139,7 @@ class Config:
 # Keys whose value must be one of a few words; checked at load, so a typo never trains with a silent default.
 CHOICES = {
     "model.dtype": ("auto", "bfloat16", "float32", "float16"),
-    "model.attn_implementation": ("sdpa", "eager", "flex_attention", "flash_attention_2"),
+    "model.attn_implementation": ("sdpa", "eager", "flex_attention", "varlen", "flash_attention_2"),
     "model.quantization": ("none", "4bit"),
     "train.optimizer": ("adamw", "sgd"),
     "train.lr_scheduler": ("cosine", "constant"),
@@ -254,6 +255,9 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{where}: unknown stage(s) {sorted(unknown)}; known: {list(ALL_STAGES)}")
     cfg = _build(Config, raw, where)
     cfg.stages = {s: _build(StageConfig, stages.get(s) or {}, where, f"stages.{s}.") for s in ALL_STAGES}
+    if cfg.model.attn_implementation == "varlen" and not cfg.train.packing:
+        raise ConfigError(f"{where}: model.attn_implementation=varlen attends within the examples of a packed row: "
+                          "it needs train.packing=true")
     if cfg.add_tools.train != "all" and cfg.train.weight_decay:
         raise ConfigError(f"{where}: add_tools.train={cfg.add_tools.train} needs train.weight_decay=0 (it is "
                           f"{cfg.train.weight_decay}): AdamW would decay the parent's rows, which get no gradient")

@@ -6,6 +6,8 @@ the gradient do not depend on how an update is split into micro-batches or proce
 
 import torch
 
+from toolgen import attention
+
 IGNORE = -100   # the label of a token that carries no loss (prompt, role headers, padding)
 
 
@@ -23,8 +25,9 @@ def target_loss(model, batch, vocab_size):
     """
     labels = batch["labels"][:, 1:]
     positions = (labels != IGNORE).any(0).nonzero().squeeze(-1)
+    varlen = {k: batch[k] for k in attention.KEYS if k in batch}   # where the examples of a packed row start
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False)
+                position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False, **varlen)
     logits = out.logits[..., :vocab_size].float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels[:, positions].reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")

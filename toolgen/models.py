@@ -10,6 +10,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from toolgen import attention
 from toolgen.checkpoint import atomic_folder
 from toolgen.tokens import add_tool_tokens, is_tied
 
@@ -191,6 +192,8 @@ def load_base(model_cfg, tool_tokens, device_map=None):
     tokenizer = load_tokenizer(path)
     dtype = torch_dtype(model_cfg.dtype)
     kwargs = {"dtype": dtype, "attn_implementation": model_cfg.attn_implementation}
+    if model_cfg.attn_implementation == attention.NAME:
+        attention.register()
     if model_cfg.quantization == "4bit":
         from transformers import BitsAndBytesConfig
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -238,8 +241,9 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     with open(os.path.join(stage_dir, "stage.json"), encoding="utf-8") as f:
         info = json.load(f)
     model_cfg = model_cfg or _build(ModelConfig, info["model"], f"{stage_dir}/stage.json")
-    if not trainable and model_cfg.attn_implementation in ("flex_attention", "eager"):
-        # Inference (left-padded batches, generation) runs on SDPA: flex attention pays only for packed training rows,
+    if not trainable and model_cfg.attn_implementation in ("flex_attention", "varlen", "eager"):
+        # Inference (left-padded batches, generation) runs on SDPA: flex and varlen attention pay only for (and varlen
+        # works only on) packed training rows,
         # and eager is a training workaround (Qwen2's NaN gradients with sdpa, configs/quality-qwen05.yaml) whose
         # [batch, heads, length, length] scores ran an evaluation out of GPU memory. Same numbers up to rounding.
         model_cfg = dataclasses.replace(model_cfg, attn_implementation="sdpa")

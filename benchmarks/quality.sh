@@ -8,6 +8,8 @@
 #                                                   # (needs a GPU); WRITER_CACHE=FILE: from a query_writer.jsonl
 #   VAL_FRACTION=0.2 ...                            # the share of training queries carved out for validation
 #   AGENT_VAL_FRACTION=0.1 ...                      # the agent sources' share (agent_e2e_val.json)
+#   INPUT_DOC=params ...                            # the arguments turn also shows each parameter's type, allowed
+#                                                   # values and description (toolgen-prepare --input-doc; default names)
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
 #   prepare     data (views name,ask,params,multi_tool,multi_category, + llm with WRITER or WRITER_CACHE, + the agent
 #               sources) and data_views_base (views name,ask: the earlier best), with the llm view also
@@ -40,7 +42,7 @@ prepare() {
     --queries "$Q/G2_category.json" --trajectories "$S/toolbench/toolbench/tooleval/results/default_evalset" \
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" \
     --complexfuncbench --nestful --val-fraction "${VAL_FRACTION:-0.2}" \
-    --agent-val-fraction "${AGENT_VAL_FRACTION:-0.1}" "$@"
+    --agent-val-fraction "${AGENT_VAL_FRACTION:-0.1}" --input-doc "${INPUT_DOC:-names}" "$@"
 }
 WRITER_FLAGS=()
 [ -z "${WRITER:-}" ] || WRITER_FLAGS+=(--query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}")

@@ -380,3 +380,33 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
                             str(tmp_path / "epochs")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert flags.split()[-2:] == ["--set", "stages.add_tools.epochs=1"]
+
+
+def test_a_params_parent_gets_params_docs_for_new_tools_and_keeps_its_old_ones(tmp_path):
+    """A parent prepared with --input-doc params: the new tools' input docs carry their parameters too, and an old
+    tool rebuilt from tool_tokens.json (old_catalog: what new trajectories calling it are written with) shows exactly
+    the doc the parent learnt; trained_input_doc reads the mode a stage learnt from its prepared folder."""
+    from toolgen.add_tools_data import old_catalog
+    from toolgen.data import stages
+    from toolgen.toolset import trained_input_doc
+    old = Api("Weather", "SkyCast", "current weather", api_description="Now.",
+              required=(json.dumps({"name": "city", "type": "STRING", "description": "A **city**."}),),
+              optional=(json.dumps({"name": "units", "type": "string", "enum": ["C", "F"]}),))
+    doc = json.loads(stages.api_input_doc(old, params=True))
+    token = "<<SkyCast&&current weather>>"
+    prepared = {"tokens": [token, FINISH], "distractors": 0, "input_doc": "params", "collisions": [],
+                "tools": {token: {"category": "Weather", "tool": "SkyCast", "api": "current weather", "input_doc": doc}}}
+    apis, names = old_catalog(prepared["tools"])
+    assert names[old.key] == token and stages.api_input_doc(apis[old.key], params=True) == json.dumps(doc)
+    new = {("Misc", "Fresh", "one"): Api("Misc", "Fresh", "one", required=(json.dumps({"name": "x", "type": "number"}),))}
+    names, replaced, collisions = name_new_tools(prepared, new, False, "new.jsonl")
+    out, _, _ = tool_tokens_json(prepared, new, names, replaced, collisions)
+    assert out["tools"]["<<Fresh&&one>>"]["input_doc"]["parameters"] == {"x": "number"}
+    assert out["tools"][token]["input_doc"] == doc and out["input_doc"] == "params"
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    (tmp_path / "tool_tokens.json").write_text(json.dumps(out))
+    (stage / "stage.json").write_text(json.dumps({"data_file": str(tmp_path / "add_tools.json")}))
+    assert trained_input_doc(str(stage)) == "params"
+    (stage / "stage.json").write_text("{}")
+    assert trained_input_doc(str(stage)) == "names"   # nothing to read: the default

@@ -259,3 +259,37 @@ def test_real_data_with_both_sources():
         assert all(len(text) <= gold.OBSERVATION_BUDGET or call.used_paths
                    for text, call in zip(observations, request.calls))
     assert report["read"]["apis"] == 2490
+
+
+def test_input_doc_params_shows_types_allowed_values_and_descriptions(tmp_path):
+    """--input-doc params: the arguments turn shows each parameter's type, allowed values and (cleaned, capped)
+    description, in training and in tool_tokens.json alike, and the loop's tools (prepared folder or spec file) show
+    the same text; the default stays the names alone."""
+    from toolgen.data import stages
+    from toolgen.toolset import Toolset
+    api = gold.api_from_spec({"name": "Search_Hotels", "description": "Search Hotels.", "query_parameters": {
+        "dest_id": {"type": "number", "description": "Can be **retrieved**  from\n`searchDestination`.", "required": True},
+        "sort_by": {"type": "String", "description": "", "required": False, "enum": ["price", "distance"]},
+        "note": {"type": "string", "description": "word " * 100, "required": False}}}, "x", "cfb",
+        lambda spec: ("hotels", ""))
+    doc = json.loads(stages.api_input_doc(api, params=True))
+    assert doc["required"] == ["dest_id"] and doc["optional"] == ["sort_by", "note"]
+    assert doc["parameters"]["dest_id"] == "number: Can be retrieved from `searchDestination`."
+    assert doc["parameters"]["sort_by"] == "string, one of price | distance"
+    note = doc["parameters"]["note"]   # "string: " + at most PARAM_TEXT characters cut at a word, then " ..."
+    assert note.startswith("string: word word") and note.endswith(" ...") and len(note) <= 8 + stages.PARAM_TEXT + 4
+    assert "parameters" not in json.loads(stages.api_input_doc(api))
+
+    out = with_sources(test_fraction=0.0, input_doc="params")
+    tools = out["tool_tokens.json"]
+    assert tools["input_doc"] == "params" and out["prepare_report.json"]["input_doc"] == "params"
+    assert tools["tools"][CAR]["input_doc"]["parameters"] == {"query": "string: Names of locations, cities, districts, "
+                                                                       "places, countries, counties etc."}
+    shown = [m["content"][len(stages.ASK_INPUT):] for ex in from_source(out["agent_tuning.json"], "complexfuncbench")
+             for m in ex["messages"] if m["content"].startswith(stages.ASK_INPUT + '{"name": "Search_Car_Location"')]
+    assert shown and set(shown) == {json.dumps(tools["tools"][CAR]["input_doc"], ensure_ascii=False)}
+    (tmp_path / "tool_tokens.json").write_text(json.dumps(tools))
+    spec_file = os.path.join(FIXTURES, "complexfuncbench", "complexfuncbench-spec.json")
+    assert (Toolset.load(str(tmp_path)).get(CAR).input_doc == Toolset.load(spec_file, params=True).get(CAR).input_doc
+            == shown[0])
+    assert with_sources(test_fraction=0.0)["tool_tokens.json"]["input_doc"] == "names"

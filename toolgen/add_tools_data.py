@@ -51,9 +51,13 @@ def old_catalog(tools):
     apis, names = {}, {}
     for token, entry in tools.items():
         doc = entry.get("input_doc") or {}
+        texts = doc.get("parameters") or {}   # --input-doc params: each parameter's text, kept as it was trained
+
+        def param(n):
+            return json.dumps({"name": n, **({"input_text": texts[n]} if n in texts else {})})
         api = Api(entry["category"], entry["tool"], entry["api"], api_description=doc.get("description") or "",
-                  required=tuple(json.dumps({"name": n}) for n in doc.get("required", [])),
-                  optional=tuple(json.dumps({"name": n}) for n in doc.get("optional", [])))
+                  required=tuple(param(n) for n in doc.get("required", [])),
+                  optional=tuple(param(n) for n in doc.get("optional", [])))
         apis[api.key], names[api.key] = api, token
     return apis, names
 
@@ -91,7 +95,8 @@ def tool_tokens_json(prepared, new_apis, names, replaced, collisions):
         tools.pop(names[k], None)   # a replaced documentation: the entry is written anew (maybe another category)
         tools[names[k]] = {"category": k[0], "tool": k[1], "api": k[2],
                            "documentation": stages.api_documentation(new_apis[k]),
-                           "input_doc": json.loads(stages.api_input_doc(new_apis[k]))}
+                           "input_doc": json.loads(stages.api_input_doc(new_apis[k],
+                                                                        prepared.get("input_doc") == "params"))}
     out = {**prepared, "tokens": old_tokens + added, "tools": tools,
            "collisions": list(prepared.get("collisions", [])) + collisions}
     if "distractors" in prepared:
@@ -132,7 +137,8 @@ def query_examples(paths, catalog, names, new_keys, split, report):
 def trajectory_examples(paths, catalog, names, new_tokens, split, report):
     """Trajectories that call a new tool, split as the parent's were: (train examples, test examples)."""
     train, test = prepare._agent_examples(prepare._expand(paths), catalog, names, split["seed"],
-                                          split["test_fraction"], report, split["min_complete"])
+                                          split["test_fraction"], report, split["min_complete"],
+                                          split["input_doc"] == "params")
     def calls_new(ex):
         return any(m["role"] == "assistant" and m["content"] in new_tokens for m in ex["messages"])
     for ex in train + test:
@@ -217,7 +223,7 @@ def split_settings(data_dir):
             report = json.load(f)
     return {"seed": report.get("seed", 0), "test_fraction": report.get("test_fraction", 0.2),
             "val_fraction": report.get("val_fraction", 0.1), "min_complete": report.get("min_complete", 0.0),
-            "observation_budget": report.get("observation_budget")}
+            "observation_budget": report.get("observation_budget"), "input_doc": report.get("input_doc", "names")}
 
 
 def stage_file(train, old, chain, add_cfg, seed, replaced_tokens):

@@ -28,7 +28,7 @@ from toolgen.executors import (CallTimeout, NoExecutor, ReplayExecutor, ToolErro
                                call_with_timeout)
 from toolgen.observations import fit_context, observation_text
 from toolgen.prompt_cache import PromptCache
-from toolgen.toolset import FINISH_TOOL, AgentError, Toolset
+from toolgen.toolset import FINISH_TOOL, AgentError, Toolset, trained_input_doc
 from toolgen.transcript import Step, Transcript
 from toolgen.tokens import FINISH
 
@@ -339,7 +339,8 @@ def check_inputs(args):
         if not os.path.isfile(os.path.join(args.model, needed)):
             raise AgentError(f"--model {args.model}: not a finished stage folder ({needed} is missing)")
     try:
-        tools = Toolset.load(args.tools or args.model)
+        # a catalog or spec file gets the input docs the model learnt (toolgen-prepare --input-doc)
+        tools = Toolset.load(args.tools or args.model, params=trained_input_doc(args.model) == "params")
     except AgentError as e:
         raise AgentError(f"--tools: {e}") from None
     executor, replay_text = build_executor(args.executor, args.timeout)

@@ -148,7 +148,7 @@ def _resolve_steps(trajectory, catalog, names):
     return resolved, None
 
 
-def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, report, min_complete=0.0):
+def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, report, min_complete=0.0, params=False):
     """One trajectory per query text (the most complete, then the longest: quality.rank); unknown functions and
     unfinished ones skipped; quality.select drops those below min_complete and incomplete ones of the test split."""
     by_query = {}
@@ -176,11 +176,11 @@ def _agent_examples(trajectory_files, catalog, names, seed, test_fraction, repor
     counts = report.sources.setdefault("toolbench", quality.new_counts())
     train, test = [], []
     for resolved, held_out, t in quality.select(candidates, min_complete, counts, report):
-        (test if held_out else train).append(stages.agent_example(t, resolved))
+        (test if held_out else train).append(stages.agent_example(t, resolved, params))
     return train, test
 
 
-def _tool_tokens(apis, names, collisions, extra_tokens):
+def _tool_tokens(apis, names, collisions, extra_tokens, input_doc="names"):
     """tool_tokens.json. Distractors (e.g. ToolGen's 46,984 token names): in the vocabulary and among the candidates,
     never a target."""
     distractors = []
@@ -191,21 +191,23 @@ def _tool_tokens(apis, names, collisions, extra_tokens):
         if bad:
             raise DataError(f"{extra_tokens}: not a tool token: {bad[0]!r}")
     return {"tokens": [names[k] for k in sorted(apis)] + distractors + [FINISH],
-            "distractors": len(distractors),
+            "distractors": len(distractors), "input_doc": input_doc,
             "tools": {names[k]: {"category": k[0], "tool": k[1], "api": k[2],
                                  "documentation": stages.api_documentation(apis[k]),
                                  # what the agent shows before the arguments turn, as in training
-                                 "input_doc": json.loads(stages.api_input_doc(apis[k]))} for k in sorted(apis)},
+                                 "input_doc": json.loads(stages.api_input_doc(apis[k], input_doc == "params"))}
+                      for k in sorted(apis)},
             "collisions": collisions}
 
 
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
             seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
             observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0, val_fraction=0.1, views=(), multi_rounds=1,
-            writer=None, writer_cache=(), agent_val_fraction=None):
+            writer=None, writer_cache=(), agent_val_fraction=None, input_doc="names"):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
 
-    complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py)."""
+    complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py).
+    input_doc: what the arguments turn shows of the parameters (stages.INPUT_DOCS), in training and in tool_tokens.json."""
     inputs = find_inputs(toolbench, tools_dir, api_catalog, queries, trajectories)
     report = Report(strict)
     raw_queries, query_counts = [], {}
@@ -242,10 +244,10 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         retrieval_train += examples
         report.read["synthetic_queries"] = sum(c["queries"] for c in view_counts.values())
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
-                                              min_complete)
+                                              min_complete, input_doc == "params")
     options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
                "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
-               "min_complete": min_complete}
+               "min_complete": min_complete, "input_params": input_doc == "params"}
     extra = agent_sources.all_source_outputs(sources, names, options, report)
     retrieval_train += extra["retrieval_training"]
     agent_train += extra["agent_tuning"]
@@ -253,7 +255,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     outputs = {"tool_memorization.json": memorization, "retrieval_training.json": retrieval_train,
                "agent_tuning.json": agent_train, "retrieval_test.json": retrieval_test,
                "agent_test.json": agent_test, "retrieval_val.json": retrieval_val,
-               "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens),
+               "tool_tokens.json": _tool_tokens(all_apis, names, collisions, extra_tokens, input_doc),
                "agent_e2e_test.json": extra["agent_e2e_test"], "agent_e2e_val.json": extra["agent_e2e_val"],
                "retrieval_test_agent_sources.json": extra["retrieval_test_agent_sources"]}
     if writer_records is not None:
@@ -261,7 +263,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     outputs["prepare_report.json"] = {
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
         "agent_val_fraction": options["val_fraction"],
-        "min_complete": min_complete, "observation_budget": observation_budget,
+        "min_complete": min_complete, "observation_budget": observation_budget, "input_doc": input_doc,
         "sources": {name: dict(counts) for name, counts in report.sources.items()},
         **({"views": view_counts} if views else {}), **({"query_writer": writer_report} if writer_report else {}),
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
@@ -338,6 +340,9 @@ def parse_args(argv):
     p.add_argument("--min-complete", type=_fraction, default=0.0, metavar="FRACTION",
                    help="drop trajectories whose share of tool calls with complete arguments is below FRACTION "
                         "(0..1; default 0 keeps all; counted in prepare_report.json)")
+    p.add_argument("--input-doc", choices=stages.INPUT_DOCS, default="names",
+                   help="what the agent's arguments turn shows of an API's parameters: their names (default), or "
+                        "params: also each one's type, allowed values and description")
     prepare_views.add_arguments(p)
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
@@ -369,7 +374,7 @@ def main(argv=None):
                           complexfuncbench=args.complexfuncbench, nestful=args.nestful,
                           observation_budget=args.observation_budget, min_complete=args.min_complete,
                           val_fraction=args.val_fraction, views=args.views, multi_rounds=args.multi_queries_per_api,
-                          agent_val_fraction=args.agent_val_fraction,
+                          agent_val_fraction=args.agent_val_fraction, input_doc=args.input_doc,
                           writer=prepare_views.writer_options(args), writer_cache=(
                               query_writer.read_cache(args.query_writer_cache) if args.query_writer_cache else [])
                           + old_cache)

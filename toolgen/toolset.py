@@ -88,26 +88,29 @@ class Toolset:
         return list(self._by_api.get(name, []))
 
     @classmethod
-    def from_apis(cls, apis, specs=None, source=""):
+    def from_apis(cls, apis, specs=None, source="", params=False):
         """Api records -> tools named as prepare names them (tool_token_names over the same keys gives the same
-        tokens as long as the catalog is the one the model was prepared from). specs: {Api key: raw record}."""
+        tokens as long as the catalog is the one the model was prepared from). specs: {Api key: raw record};
+        params: the input docs of `toolgen-prepare --input-doc params` (the model's data says which it learnt)."""
         unique = {}
         for api in apis:
             unique.setdefault(api.key, api)   # first occurrence wins, as in prepare's Catalog
         names, _ = tool_token_names(list(unique))
-        return cls([Tool(names[k], a.api, json.loads(stages.api_input_doc(a)), (specs or {}).get(k, {}))
+        return cls([Tool(names[k], a.api, json.loads(stages.api_input_doc(a, params)), (specs or {}).get(k, {}))
                     for k, a in sorted(unique.items())], source)
 
     @classmethod
-    def load(cls, path):
-        """A prepared or stage folder, tool_tokens.json, a .jsonl catalog or a spec file -> Toolset (AgentError)."""
+    def load(cls, path, params=False):
+        """A prepared or stage folder, tool_tokens.json, a .jsonl catalog or a spec file -> Toolset (AgentError).
+        params: a catalog's or spec file's input docs as `--input-doc params` writes them (a prepared folder's
+        tool_tokens.json holds the docs its model learnt)."""
         if os.path.isdir(path):
             path = os.path.join(path, "tool_tokens.json")
         if not os.path.isfile(path):
             raise AgentError(f"{path}: not found")
         try:
             if path.endswith(".jsonl"):
-                return _from_catalog(path)
+                return _from_catalog(path, params)
             data = json.loads(read_text(path))
         except DataError as e:
             raise AgentError(str(e)) from None
@@ -118,7 +121,7 @@ class Toolset:
         if isinstance(data, list) and data and all(isinstance(t, str) for t in data):
             return _from_stage_tokens(data, path)
         if isinstance(data, list) and data and all(isinstance(s, dict) and "query_parameters" in s for s in data):
-            return _from_specs(data, path)
+            return _from_specs(data, path, params)
         raise AgentError(f"{path}: not a tool_tokens.json ({{'tokens', 'tools'}}), a stage folder's token list, a "
                          "JSON Lines catalog (.jsonl) or a spec file (a list of specs with 'query_parameters')")
 
@@ -139,35 +142,51 @@ def _from_tool_tokens(data, path, keep=None):
     return Toolset(tools, path)
 
 
-def _from_stage_tokens(tokens, path):
-    """A stage folder's tool_tokens.json (names only): the documentation comes from the prepared folder of the data
-    file its stage.json names."""
-    stage_json = os.path.join(os.path.dirname(path), "stage.json")
+def _prepared_tool_tokens(stage_dir):
+    """-> (the tool_tokens.json of the prepared folder a stage trained on, per its stage.json; or None, why not)."""
+    stage_json = os.path.join(stage_dir, "stage.json")
     try:
         with open(stage_json, encoding="utf-8") as f:
             data_file = json.load(f)["data_file"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise AgentError(f"{path} lists token names only and {stage_json} names no data file: pass the prepared "
-                         "folder's tool_tokens.json or a catalog with --tools") from None
+        return None, f"{stage_json} names no data file"
     prepared = os.path.join(os.path.dirname(data_file), "tool_tokens.json")
-    if not os.path.isfile(prepared):
-        raise AgentError(f"{path} lists token names only and {prepared} (named by {stage_json}) is gone: pass the "
-                         "prepared folder's tool_tokens.json or a catalog with --tools")
+    return (prepared, "") if os.path.isfile(prepared) else (None, f"{prepared} (named by {stage_json}) is gone")
+
+
+def trained_input_doc(stage_dir):
+    """What the stage's arguments turns showed of the parameters (toolgen-prepare --input-doc): "names" or "params";
+    "names" when its prepared folder cannot be read (data prepared before the option)."""
+    prepared, _ = _prepared_tool_tokens(stage_dir)
+    try:
+        with open(prepared, encoding="utf-8") as f:
+            return json.load(f).get("input_doc", "names")
+    except (TypeError, OSError, ValueError, AttributeError):
+        return "names"
+
+
+def _from_stage_tokens(tokens, path):
+    """A stage folder's tool_tokens.json (names only): the documentation comes from the prepared folder of the data
+    file its stage.json names."""
+    prepared, why = _prepared_tool_tokens(os.path.dirname(path))
+    if prepared is None:
+        raise AgentError(f"{path} lists token names only and {why}: pass the prepared folder's tool_tokens.json or a "
+                         "catalog with --tools")
     with open(prepared, encoding="utf-8") as f:
         return _from_tool_tokens(json.load(f), prepared, keep=set(tokens) - {FINISH})
 
 
-def _from_catalog(path):
+def _from_catalog(path, params=False):
     """A JSON Lines catalog; each API keeps its line as its HTTP spec (method, url)."""
     apis = read_api_jsonl(path)
     records = [json.loads(line) for line in read_text(path).split("\n") if line.strip()]
     specs = {}
     for api, record in zip(apis, records):
         specs.setdefault(api.key, record)
-    return Toolset.from_apis(apis, specs, path)
+    return Toolset.from_apis(apis, specs, path, params)
 
 
-def _from_specs(records, path):
+def _from_specs(records, path, params=False):
     """A ComplexFuncBench or NESTFUL spec file, grouped into tools as its reader groups them."""
     cfb = all(str(s.get("endpoint", "")).startswith("/api/v1/") for s in records)
     source = complexfuncbench if cfb else nestful
@@ -175,4 +194,4 @@ def _from_specs(records, path):
         apis = [gold.api_from_spec(s, f"{path} record {i}", source.NAME, source.tool_of) for i, s in enumerate(records)]
     except DataError as e:
         raise AgentError(str(e)) from None
-    return Toolset.from_apis(apis, {a.key: s for a, s in zip(apis, records)}, path)
+    return Toolset.from_apis(apis, {a.key: s for a, s in zip(apis, records)}, path, params)

@@ -131,7 +131,7 @@ def _count_requests(counts, source, train, val, test):
 
 def source_outputs(name, source, names, options, report):
     """The examples and records of one source. options: seed, test_fraction, val_fraction, observation_budget,
-    min_complete. Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
+    min_complete, input_params (stages.api_input_doc's params). Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
     "retrieval_test_agent_sources"}: lists."""
     for reason, detail in source.skips:
         report.skip(reason, detail)
@@ -147,7 +147,7 @@ def source_outputs(name, source, names, options, report):
     for r in train:
         t = gold.to_trajectory(r, options["observation_budget"])
         trajectories.append((_resolved(t, r, keys, apis, names), False, t))
-    agent = [{**stages.agent_example(t, resolved), "source": name}
+    agent = [{**stages.agent_example(t, resolved, options.get("input_params", False)), "source": name}
              for resolved, _, t in quality.select(trajectories, options["min_complete"], counts, report)]
     retrieval_test = [stages.retrieval_test_record(dataclasses.replace(gold.to_query(r, keys), uid=f"{name}_{r.uid}"),
                                                    names) for r in test]

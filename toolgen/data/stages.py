@@ -36,11 +36,34 @@ def api_documentation(api):
     return "\n".join(lines)
 
 
-def api_input_doc(api):
-    """The short JSON documentation shown before the arguments turn."""
-    return json.dumps({"name": api.api, "description": api.api_description,
-                       "required": [p.get("name") for p in api.params("required")],
-                       "optional": [p.get("name") for p in api.params("optional")]}, ensure_ascii=False)
+INPUT_DOCS = ("names", "params")   # what the arguments turn shows of the parameters (toolgen-prepare --input-doc)
+PARAM_TEXT = 240                   # characters of a parameter's description kept in the "params" input doc
+
+
+def api_input_doc(api, params=False):
+    """The short JSON documentation shown before the arguments turn: the API, its description and its parameters'
+    names; params=True (--input-doc params) adds each parameter's type, allowed values and description (formats such
+    as YYYY-MM-DD, where a value comes from), which the names alone do not say."""
+    doc = {"name": api.api, "description": api.api_description,
+           "required": [p.get("name") for p in api.params("required")],
+           "optional": [p.get("name") for p in api.params("optional")]}
+    if params:
+        doc["parameters"] = {p.get("name"): _param_text(p) for p in api.params("required") + api.params("optional")}
+    return json.dumps(doc, ensure_ascii=False)
+
+
+def _param_text(p):
+    """"type, one of a | b: description" with markdown emphasis and runs of white space removed (or the text an
+    input doc already has: add_tools_data.old_catalog rebuilds an API from one)."""
+    if "input_text" in p:
+        return p["input_text"]
+    description = " ".join(str(p.get("description") or "").replace("**", "").split())
+    if len(description) > PARAM_TEXT:
+        description = description[:PARAM_TEXT].rsplit(" ", 1)[0] + " ..."
+    kind = str(p.get("type") or "string").lower()
+    if p.get("enum"):
+        kind += ", one of " + " | ".join(str(v) for v in p["enum"])
+    return f"{kind}: {description}" if description else kind
 
 
 def memorization_example(api, token):
@@ -70,8 +93,9 @@ def retrieval_test_record(query, names):
             "relevant": [names[k] for k in query.relevant], "missing_relevant": query.missing}
 
 
-def agent_example(trajectory, resolved):
-    """resolved: [(token, api or None for Finish, step)] in order. Nothing missing carries loss (quality.py's rules):
+def agent_example(trajectory, resolved, params=False):
+    """resolved: [(token, api or None for Finish, step)] in order; params: api_input_doc's. Nothing missing carries
+    loss (quality.py's rules):
     a step without a thought starts at ASK_ACTION (no placeholder thought); arguments that are not a real target are
     context only, shown as recorded or as MISSING_ARGUMENTS; a call without a recorded response gets NO_OBSERVATION."""
     messages = [msg("system", AGENT_SYSTEM), msg("user", trajectory.query)]
@@ -80,7 +104,7 @@ def agent_example(trajectory, resolved):
             messages.append(msg("assistant", f"Thought: {quality.thought(step)}", True))
         messages.append(msg("user", ASK_ACTION))
         messages.append(msg("assistant", token, True))
-        doc = api_input_doc(api) if api is not None else json.dumps(FINISH_DOC)
+        doc = api_input_doc(api, params) if api is not None else json.dumps(FINISH_DOC)
         messages.append(msg("user", ASK_INPUT + doc))
         shown = step.arguments if step.arguments is not None else MISSING_ARGUMENTS
         messages.append(msg("assistant", shown, quality.arguments_complete(step, api)))

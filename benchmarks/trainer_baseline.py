@@ -129,7 +129,7 @@ def run(args):
     with open(os.path.join(args.data_dir, "tool_tokens.json"), encoding="utf-8") as f:
         tool_tokens = json.load(f)["tokens"]
     tokenizer, model = build_model(args.system, args.model, cfg, tool_tokens, device)
-    dataset = stage_dataset(tokenizer, os.path.join(args.data_dir, STAGES[args.stage].file), sc.max_length)
+    dataset, _ = stage_dataset(tokenizer, os.path.join(args.data_dir, STAGES[args.stage].file), sc.max_length)
     collate = collator(args.system, tokenizer)
     clock = Clock(args.warmup, args.steps, device)
     targs = TrainingArguments(

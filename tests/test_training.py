@@ -59,6 +59,39 @@ def test_truncation_keeps_the_target(sample_data):
     assert len(enc["input_ids"]) == 32 and any(l != IGNORE for l in enc["labels"])
 
 
+def test_what_max_length_cuts_is_counted_and_said(sample_data, tmp_path, capsys):
+    """A two-turn example longer than max_length keeps its start: its second answer's targets are cut, counted by
+    stage_dataset and said by the loop; an example that fits cuts nothing."""
+    from toolgen.collate import stage_dataset
+    _, tokenizer, _, _ = tiny_with_tokens(sample_data)
+    long = [{"role": "user", "content": "word " * 10, "loss": False},
+            {"role": "assistant", "content": "first answer", "loss": True},
+            {"role": "user", "content": "word " * 60, "loss": False},
+            {"role": "assistant", "content": "second answer here", "loss": True}]
+    short = long[:2]
+    (tmp_path / "stage.json").write_text(json.dumps([{"messages": long}, {"messages": short}]))
+    full = tokenize_messages(tokenizer, long)
+    first_end = len(tokenize_messages(tokenizer, short)["input_ids"])
+    n_targets = lambda labels: sum(l != IGNORE for l in labels[1:])  # noqa: E731
+    second = n_targets(full["labels"]) - n_targets(full["labels"][:first_end])   # the second answer's targets
+    assert second > 0 and len(full["input_ids"]) > first_end + 10
+    dataset, cut = stage_dataset(tokenizer, str(tmp_path / "stage.json"), first_end + 5)
+    assert dataset.column_names == ["input_ids", "labels"]
+    assert cut == {"examples": 2, "examples_cut": 1, "target_tokens": n_targets(full["labels"]) + n_targets(
+        tokenize_messages(tokenizer, short)["labels"]), "target_tokens_cut": second}
+    _, cut = stage_dataset(tokenizer, str(tmp_path / "stage.json"), len(full["input_ids"]))
+    assert cut["examples_cut"] == cut["target_tokens_cut"] == 0
+    data = tmp_path / "data"   # the two examples as a memorization file (any stage file would do)
+    data.mkdir()
+    (data / "tool_tokens.json").write_text(open(os.path.join(sample_data, "tool_tokens.json")).read())
+    (data / "tool_memorization.json").write_text(json.dumps([{"messages": long}, {"messages": short}] * 4))
+    run_stage("memorization", tmp_path / "run", data, f"stages.memorization.max_length={first_end + 5}",
+              "stages.memorization.max_steps=1")
+    said = capsys.readouterr().out
+    assert f"4 of 8 examples of {data / 'tool_memorization.json'} are longer than stages.memorization.max_length=" in said
+    assert f"{4 * second / (4 * cut['target_tokens']):.1%} of the target tokens are cut off" in said
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_tool_rows_start_at_the_mean_of_their_words(sample_data, tied):
     tokens, tokenizer, model, tool_ids = tiny_with_tokens(sample_data, tied)

@@ -53,12 +53,27 @@ def tokenize_messages(tokenizer, messages, max_length=None):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         input_ids += ids
         labels += ids if loss else [IGNORE] * len(ids)
+    return _truncated(input_ids, labels, max_length)
+
+
+def _truncated(input_ids, labels, max_length):
     if max_length and len(input_ids) > max_length:
         if any(l != IGNORE for l in labels[:max_length]):
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         else:
             input_ids, labels = input_ids[-max_length:], labels[-max_length:]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def _targets(labels):
+    return sum(l != IGNORE for l in labels[1:])   # loss.count_targets: the first label is never predicted
+
+
+def _tokenized_with_cut(tokenizer, messages, max_length):
+    """tokenize_messages, plus how many target tokens the example has and how many max_length cut off."""
+    full = tokenize_messages(tokenizer, messages)
+    cut = _truncated(full["input_ids"], full["labels"], max_length)
+    return {**cut, "targets": _targets(full["labels"]), "targets_cut": _targets(full["labels"]) - _targets(cut["labels"])}
 
 
 def prompt_ids(tokenizer, messages):
@@ -166,21 +181,27 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 
 
 def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextlib.nullcontext):
-    """A stage file -> a datasets.Dataset of {"input_ids", "labels"}, tokenized with loss masks (cached by datasets).
+    """A stage file -> (datasets.Dataset of {"input_ids", "labels"}, tokenized with loss masks and cached by datasets;
+    what max_length cut: {"examples", "examples_cut", "target_tokens", "target_tokens_cut"}). A long example keeps its
+    start, so the targets cut are its last turns (an agent trajectory's later calls and Finish): the loop says so.
     benchmarks/trainer_baseline.py feeds the same examples to the HF Trainer."""
     from datasets import load_dataset
     dataset = load_dataset("json", data_files=data_file, split="train")
     with main_process_first():   # one process tokenizes, the others read its cache
-        return dataset.map(lambda ex: tokenize_messages(tokenizer, ex["messages"], max_length),
-                           remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
+        dataset = dataset.map(lambda ex: _tokenized_with_cut(tokenizer, ex["messages"], max_length),
+                              remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
+    cut = {"examples": len(dataset), "examples_cut": sum(c > 0 for c in dataset["targets_cut"]),
+           "target_tokens": sum(dataset["targets"]), "target_tokens_cut": sum(dataset["targets_cut"])}
+    return dataset.remove_columns(["targets", "targets_cut"]), cut
 
 
 def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext,
                  attn_implementation="sdpa"):
-    """A stage file -> DataLoader: tokenized examples in length-grouped or shuffled order, left-padded (document
-    mask, except for flash attention) or packed batches of `per_device_batch_size` examples."""
+    """A stage file -> (DataLoader, what max_length cut: stage_dataset's): tokenized examples in length-grouped or
+    shuffled order, left-padded (document mask, except for flash attention) or packed batches of
+    `per_device_batch_size` examples."""
     from torch.utils.data import DataLoader
-    dataset = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first)
+    dataset, cut = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first)
     batch = stage_cfg.per_device_batch_size
     sampler = (LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * batch, train_cfg.seed)
                if train_cfg.group_by_length else None)
@@ -188,4 +209,4 @@ def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=
                               varlen=attn_implementation == attention.NAME) if train_cfg.packing
                else LeftPadCollator(tokenizer.pad_token_id, document_mask="flash" not in attn_implementation))
     return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
-                      num_workers=train_cfg.num_workers, collate_fn=collate)
+                      num_workers=train_cfg.num_workers, collate_fn=collate), cut

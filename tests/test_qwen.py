@@ -67,3 +67,15 @@ def test_eager_trained_stage_runs_inference_on_sdpa(tmp_path, sample_data):
     with torch.no_grad():
         torch.testing.assert_close(served.eval()(**inputs).logits[real], trained.eval()(**inputs).logits[real],
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_varlen_attention_trains_qwen2_like_the_packed_sdpa_path(tmp_path, sample_data):
+    """Qwen2's attention passes its own keywords (sliding_window) through the interface: varlen takes them and gives
+    packed SDPA's loss curve (the way to long agent examples without eager's full score matrices)."""
+    runs = {}
+    for attn in ("sdpa", "varlen"):
+        _, runs[attn] = run_stage("memorization", tmp_path / attn, sample_data, "model.name=tiny-qwen2",
+                                  "train.packing=true", f"model.attn_implementation={attn}", "lora.dropout=0",
+                                  "stages.memorization.max_steps=6")
+    assert runs["varlen"][-1] < runs["varlen"][0]
+    assert runs["varlen"] == pytest.approx(runs["sdpa"], rel=1e-4, abs=1e-4)

@@ -10,6 +10,8 @@
 #   AGENT_VAL_FRACTION=0.1 ...                      # the agent sources' share (agent_e2e_val.json)
 #   INPUT_DOC=params ...                            # the arguments turn also shows each parameter's type, allowed
 #                                                   # values and description (toolgen-prepare --input-doc; default names)
+#   TRAIN_SETS="stages.agent.max_length=8192 train.packing=true model.attn_implementation=varlen" ...
+#                                                   # config overrides for main's stages (train.py --set)
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
 #   prepare     data (views name,ask,params,multi_tool,multi_category, + llm with WRITER or WRITER_CACHE, + the agent
 #               sources) and data_views_base (views name,ask: the earlier best), with the llm view also
@@ -63,7 +65,9 @@ if part prepare; then
     prepare --out "$RUN/data_views_nollm" --views "$FIVE"
 fi
 if part train; then
-  for s in $($PY -m toolgen.config stages); do stage main data "$s"; done
+  read -ra train_sets <<< "${TRAIN_SETS:-}"
+  sets=(); for x in ${train_sets[@]+"${train_sets[@]}"}; do sets+=(--set "$x"); done
+  for s in $($PY -m toolgen.config stages); do stage main data "$s" ${sets[@]+"${sets[@]}"}; done
 fi
 if part views; then
   memo=$($PY -m toolgen.config folder memorization) retr=$($PY -m toolgen.config folder retrieval)

@@ -313,10 +313,11 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
     (data / "agent_e2e_test.json").write_text(json.dumps(both))
     args = ["--model", os.path.join(trained["output_dir"], "agent_tuning"), "--data", str(data), "--e2e-only",
             "--no-base"]
-    evaluate_main(args + ["--out", str(tmp_path / "one"), "--e2e-source", "other", "--e2e-block-repeats"])
+    evaluate_main(args + ["--out", str(tmp_path / "one"), "--e2e-source", "other", "--e2e-block-repeats",
+                          "--e2e-context-budget", "8192"])
     one = json.load(open(tmp_path / "one" / "metrics.json"))["systems"]["toolgen/agent_tuning"]
     settings = json.load(open(tmp_path / "one" / "transcripts" / "toolgen_agent_tuning_other.json"))[0]["settings"]
-    assert settings["block_repeats"] is True   # the loop's setting reached the runs
+    assert settings["block_repeats"] is True and settings["context_budget"] == 8192   # the loop's settings reached the runs
     assert {k.split("/")[1] for k in one} == {"other"}
     assert one["agent_e2e/other/requests"] == 2
     with pytest.raises(SystemExit, match="--e2e-source nope: .* has no such source \\(it has other, weather\\)"):

@@ -76,7 +76,7 @@ print(json.dumps(info))
 
 def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1):
     """The jobs in run order. `once`: systems run in the first repeat only; `first`: the first repeat's number (more
-    repeats into an earlier run's folder)."""
+    repeats into an earlier run's folder: its scaling jobs are not planned again)."""
     jobs = []
     for r in range(first, repeats + 1):
         for stage in stages:
@@ -84,7 +84,7 @@ def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1
                 if r == 1 or system not in once:
                     jobs.append({"name": f"{stage}-{system}-r{r}", "stage": stage, "system": system, "repeat": r,
                                  "gpus": 1, "launcher": "1gpu"})
-    if scaling and scaling > 1:
+    if scaling and scaling > 1 and first == 1:
         for launcher in ("ddp", "zero2", "zero3"):
             jobs.append({"name": f"{scaling_stage}-ours-{launcher}{scaling}", "stage": scaling_stage, "system": "ours",
                          "repeat": 1, "gpus": scaling, "launcher": launcher})
@@ -293,6 +293,8 @@ def main():
         if not sep or name in args.loop or name in TRAINER:
             p.error(f"--variant {v!r}: expected NAME=CHANGES with a new name")
         args.loop[name] = [c for c in changes.split(",") if c]
+    if not 1 <= args.repeat_from <= args.repeats:
+        p.error(f"--repeat-from {args.repeat_from}: expected 1 .. --repeats ({args.repeats})")
     unknown = [s for s in args.systems + args.once if s not in args.loop and s not in TRAINER]
     if unknown:
         p.error(f"unknown systems {unknown}: known {[*args.loop, *TRAINER]} (variants with --variant)")

@@ -9,8 +9,9 @@ Keys (throughput.json): stages -> stage -> ours/plain/tuned/qlora `_tokens_per_s
 steady-state non-pad tokens per second), `_spread` ([min, max]), `_peak_mem_gib` (max_memory_allocated, whole
 process, median), `_peak_reserved_gib`, `ours_mfu` (benchmarks/flops.py: useful FLOPs per token x tokens/s / the card's
 datasheet dense bf16 peak), `ours_mfu_measured_peak`, `repeats`, `tuned_system` (the better of the tuned Trainer
-settings that ran); scaling -> N -> {ddp_speedup, zero2_speedup, zero3_speedup: tokens/s on N GPUs / ours on one GPU,
-same stage and global batch; zero3_peak_mem_gib (rank 0); first_loss per setup}; card; measures.
+settings that ran), `qlora_over_bf16` (ours-qlora / ours: they differ by the 4-bit base alone); scaling -> N ->
+{system, ddp_speedup, zero2_speedup, zero3_speedup: tokens/s on N GPUs / the same system on one GPU, same stage and
+global batch; zero3_peak_mem_gib (rank 0); first_loss per setup}; ours_system; card; measures.
 """
 
 import argparse
@@ -207,6 +208,9 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "results", "throughput"), help="path without extension")
     p.add_argument("--ours", default="ours", help="the loop system that is the reference config as shipped")
     args = p.parse_args()
+    _, rows, _ = load(args.run)
+    if not any(r["system"] == args.ours and r["gpus"] == 1 and "error" not in r for r in rows):
+        p.error(f"--ours {args.ours}: no one-GPU result of that system in {args.run}/results.jsonl")
     r = report(args.run, args.ours)
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         json.dump(r, f, indent=1)

@@ -408,5 +408,8 @@ def test_a_params_parent_gets_params_docs_for_new_tools_and_keeps_its_old_ones(t
     (tmp_path / "tool_tokens.json").write_text(json.dumps(out))
     (stage / "stage.json").write_text(json.dumps({"data_file": str(tmp_path / "add_tools.json")}))
     assert trained_input_doc(str(stage)) == "params"
+    older = {k: v for k, v in out.items() if k != "input_doc"}   # prepared before --input-doc existed
+    (tmp_path / "tool_tokens.json").write_text(json.dumps(older))
+    assert trained_input_doc(str(stage)) == "names"
     (stage / "stage.json").write_text("{}")
-    assert trained_input_doc(str(stage)) == "names"   # nothing to read: the default
+    assert trained_input_doc(str(stage)) is None   # nothing to read: unknown (the agent CLI warns)

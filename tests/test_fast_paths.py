@@ -108,9 +108,19 @@ def test_packed_collator_keeps_examples_apart():
     assert v["cu_seq_lens_q"].dtype == torch.int32 and v["max_length_q"] == v["max_length_k"] == 3
 
 
-def test_varlen_needs_packing():
+def test_varlen_needs_packing_and_refuses_what_it_would_not_compute():
+    from toolgen import attention
     with pytest.raises(ConfigError, match="varlen .* needs train.packing=true"):
         load_config(TINY, ["model.attn_implementation=varlen"])
+    q, k = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+    row = attention.boundaries([4, 2])
+    out, _ = attention.varlen_attention(None, q, k, k, None, **row)
+    assert out.shape == (1, 6, 4, 8)
+    with pytest.raises(ValueError, match="needs train.packing"):   # a padded batch: no example boundaries
+        attention.varlen_attention(None, q, k, k, None)
+    for extra in ({"sliding_window": 4}, {"softcap": 30.0}, {"dropout": 0.1}):   # plain causal attention would be wrong
+        with pytest.raises(ValueError, match="computes plain causal attention"):
+            attention.varlen_attention(None, q, k, k, None, **row, **extra)
 
 
 def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_data):

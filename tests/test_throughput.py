@@ -53,6 +53,9 @@ def test_jobs_interleave_repeats_and_scaling_comes_last():
                          "agent-ours-r1", "agent-plain-r1", "agent-tuned-eager-r1"]
     assert names[6:10] == ["retrieval-ours-r2", "retrieval-plain-r2", "agent-ours-r2", "agent-plain-r2"]
     assert [(j["launcher"], j["gpus"]) for j in jobs[10:]] == [("ddp", 4), ("zero2", 4), ("zero3", 4)]
+    # more repeats into the same folder: from the second on, the scaling jobs ran already
+    more = throughput.plan(["agent"], ["ours"], 3, set(), 4, first=2)
+    assert [j["name"] for j in more] == ["agent-ours-r2", "agent-ours-r3"]
 
 
 def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):

@@ -52,14 +52,16 @@ def old_catalog(tools):
     for token, entry in tools.items():
         doc = entry.get("input_doc") or {}
         texts = doc.get("parameters") or {}   # --input-doc params: each parameter's text, kept as it was trained
-
-        def param(n):
-            return json.dumps({"name": n, **({"input_text": texts[n]} if n in texts else {})})
         api = Api(entry["category"], entry["tool"], entry["api"], api_description=doc.get("description") or "",
-                  required=tuple(param(n) for n in doc.get("required", [])),
-                  optional=tuple(param(n) for n in doc.get("optional", [])))
+                  required=tuple(_param_json(n, texts) for n in doc.get("required", [])),
+                  optional=tuple(_param_json(n, texts) for n in doc.get("optional", [])))
         apis[api.key], names[api.key] = api, token
     return apis, names
+
+
+def _param_json(name, texts):
+    """A parameter record for Api; an input doc's own text for it rides along (stages.api_input_doc shows it as is)."""
+    return json.dumps({"name": name, **({"input_text": texts[name]} if name in texts else {})})
 
 
 def name_new_tools(prepared, new_apis, replace_docs, where):
@@ -223,7 +225,7 @@ def split_settings(data_dir):
             report = json.load(f)
     return {"seed": report.get("seed", 0), "test_fraction": report.get("test_fraction", 0.2),
             "val_fraction": report.get("val_fraction", 0.1), "min_complete": report.get("min_complete", 0.0),
-            "observation_budget": report.get("observation_budget"), "input_doc": report.get("input_doc", "names")}
+            "observation_budget": report.get("observation_budget")}
 
 
 def stage_file(train, old, chain, add_cfg, seed, replaced_tokens):
@@ -252,7 +254,8 @@ def build_outputs(parent, api_list, args, add_cfg):
     prepared = parent["prepared"]
     names, replaced, collisions = name_new_tools(prepared, new_apis, args.replace_docs, args.api_catalog)
     tool_tokens, added, promoted = tool_tokens_json(prepared, new_apis, names, replaced, collisions)
-    split = split_settings(parent["data_dir"])
+    # the input docs the parent learnt, for the new tools and the new trajectories alike (tool_tokens_json reads it too)
+    split = {**split_settings(parent["data_dir"]), "input_doc": prepared.get("input_doc", "names")}
     train_files = [STAGES[s].file for s in STAGES]
     old = read_stage_files(parent["data_dir"], train_files + list(HELD_OUT) + list(COPIED))
     split["held_out_queries"] = old["retrieval_test.json"] + old["retrieval_val.json"]

@@ -340,7 +340,11 @@ def check_inputs(args):
             raise AgentError(f"--model {args.model}: not a finished stage folder ({needed} is missing)")
     try:
         # a catalog or spec file gets the input docs the model learnt (toolgen-prepare --input-doc)
-        tools = Toolset.load(args.tools or args.model, params=trained_input_doc(args.model) == "params")
+        learnt = trained_input_doc(args.model)
+        if learnt is None and args.tools:
+            print(f"toolgen-agent: warning: the data {args.model} trained on is gone, so which input docs it learnt is "
+                  "unknown: a catalog or spec file's tools show parameter names only", file=sys.stderr)
+        tools = Toolset.load(args.tools or args.model, params=learnt == "params")
     except AgentError as e:
         raise AgentError(f"--tools: {e}") from None
     executor, replay_text = build_executor(args.executor, args.timeout)

@@ -33,8 +33,8 @@ def register():
         from torch.nn.attention.varlen import varlen_attn
         params = inspect.signature(varlen_attn).parameters
         # torch 2.10 spells causal `is_causal=True`, later versions `window_size=(-1, 0)`
-        _FLASH.update(fn=varlen_attn, causal={"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True},
-                      scale="scale" in params, gqa="enable_gqa" in params)
+        causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+        _FLASH.update(fn=varlen_attn, causal=causal, scale="scale" in params, gqa="enable_gqa" in params)
 
 
 def boundaries(lengths):
@@ -52,20 +52,28 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if cu_seq_lens_q is None or query.shape[0] != 1:
         raise ValueError("model.attn_implementation=varlen attends within the examples of one packed row: it needs "
                          "train.packing=true (the collator's cu_seq_lens_q); inference loads the model with sdpa")
-    if dropout:
-        raise ValueError("model.attn_implementation=varlen has no attention dropout")
+    unsupported = [k for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None]
+    if dropout or unsupported:   # computing plain causal attention instead would train a different model silently
+        raise ValueError(f"model.attn_implementation=varlen computes plain causal attention; this model asks for "
+                         f"{', '.join(unsupported) or 'attention dropout'}: use sdpa or flex_attention")
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))   # [tokens, heads, dim]
     scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-    out = _flash(q, k, v, cu_seq_lens_q, max_length_q, scale) if q.is_cuda else _per_example(q, k, v, cu_seq_lens_q, scale)
+    if q.is_cuda:
+        out = _flash(q, k, v, cu_seq_lens_q, max_length_q, scale)
+    else:
+        out = _per_example(q, k, v, cu_seq_lens_q, scale)
     return out.unsqueeze(0), None
 
 
 def _flash(q, k, v, cu, longest, scale):
     """FlashAttention varlen, causal; grouped-query heads passed as they are where varlen_attn takes `enable_gqa`,
     else repeated."""
-    if q.dtype not in (torch.bfloat16, torch.float16):
+    if torch.is_autocast_enabled("cuda"):   # fp32 weights under autocast: RoPE leaves q, k in fp32, v in bf16
+        q, k, v = (t.to(torch.get_autocast_dtype("cuda")) for t in (q, k, v))
+    if {q.dtype, k.dtype, v.dtype} - {torch.bfloat16} and {q.dtype, k.dtype, v.dtype} - {torch.float16}:
         raise ValueError(f"model.attn_implementation=varlen runs FlashAttention, which needs bf16 or fp16 "
-                         f"activations (got {q.dtype}): use model.dtype bfloat16 or bf16 mixed precision")
+                         f"activations (got {q.dtype}, {k.dtype}, {v.dtype}): use model.dtype bfloat16 or bf16 "
+                         "mixed precision")
     kwargs = dict(_FLASH["causal"])
     if _FLASH["scale"]:
         kwargs["scale"] = scale

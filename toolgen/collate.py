@@ -73,7 +73,8 @@ def _tokenized_with_cut(tokenizer, messages, max_length):
     """tokenize_messages, plus how many target tokens the example has and how many max_length cut off."""
     full = tokenize_messages(tokenizer, messages)
     cut = _truncated(full["input_ids"], full["labels"], max_length)
-    return {**cut, "targets": _targets(full["labels"]), "targets_cut": _targets(full["labels"]) - _targets(cut["labels"])}
+    targets = _targets(full["labels"])
+    return {**cut, "targets": targets, "targets_cut": targets - _targets(cut["labels"])}
 
 
 def prompt_ids(tokenizer, messages):
@@ -183,7 +184,8 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
 def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextlib.nullcontext):
     """A stage file -> (datasets.Dataset of {"input_ids", "labels"}, tokenized with loss masks and cached by datasets;
     what max_length cut: {"examples", "examples_cut", "target_tokens", "target_tokens_cut"}). A long example keeps its
-    start, so the targets cut are its last turns (an agent trajectory's later calls and Finish): the loop says so.
+    start (its end when the start holds no target), so the targets cut are mostly its last turns (an agent
+    trajectory's later calls and Finish): the loop says so.
     benchmarks/trainer_baseline.py feeds the same examples to the HF Trainer."""
     from datasets import load_dataset
     dataset = load_dataset("json", data_files=data_file, split="train")

@@ -91,7 +91,7 @@ class TrainConfig:
     num_workers: int = 0
     group_by_length: bool = False     # batches of similar lengths (less padding); the order is still shuffled
     packing: bool = False             # a batch as one row without padding, examples kept apart by a document mask
-    #                                   (best with model.attn_implementation=flex_attention on GPU; sdpa works too)
+    #                                   (best with model.attn_implementation=varlen on GPU: no mask; sdpa works too)
     pack_to_multiple_of: int = 64     # packed row length rounded up to this: fewer shapes for compiled kernels
     sparse_tool_rows: bool = True     # gradient for the tool-token rows only (toolgen/tool_rows.py), same result
     compile: bool = False             # torch.compile each decoder layer (accelerate's regional compilation)

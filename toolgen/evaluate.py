@@ -222,9 +222,9 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
             [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
+        budget = {} if args.e2e_context_budget is None else {"context_budget": args.e2e_context_budget or None}
         config = AgentConfig(max_steps=E2E_MAX_STEPS, tool_list=base_tools is not None,
-                             block_repeats=args.e2e_block_repeats, **({"context_budget": args.e2e_context_budget}
-                                                                      if args.e2e_context_budget else {}))
+                             block_repeats=args.e2e_block_repeats, **budget)
         found, m = run_e2e(model, tokenizer, rows, subset, config, think=False, tool_scorer=tool_scorer,
                            width=args.e2e_width, desc=f"agent e2e {source}", time_limit=args.e2e_time_limit or None)
         result.update({f"{prefix}/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
@@ -266,7 +266,8 @@ def main(argv=None):
     p.add_argument("--e2e-split", choices=list(E2E_FILES), default="test",
                    help="val: the validation requests (agent_e2e_val.json), to choose the agent's settings")
     p.add_argument("--e2e-block-repeats", action="store_true", help="the loop's AgentConfig.block_repeats")
-    p.add_argument("--e2e-context-budget", type=int, help="the loop's AgentConfig.context_budget (tokens; default 4096)")
+    p.add_argument("--e2e-context-budget", type=int,
+                   help="the loop's AgentConfig.context_budget (tokens; default 4096; 0: no limit)")
     p.add_argument("--e2e-only", action="store_true",
                    help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
                         "and no +prior rows (an e2e job beside the evaluation, which computes those)")
@@ -296,8 +297,8 @@ def main(argv=None):
         p.error("give --data and --out, or --output-dir")
     if args.e2e_only and args.no_e2e:
         p.error("--e2e-only and --no-e2e exclude each other")
-    for flag, value in (("--e2e-limit", args.e2e_limit), ("--e2e-width", args.e2e_width),
-                        ("--e2e-time-limit", args.e2e_time_limit)):
+    for flag, value in (("--e2e-limit", args.e2e_limit), ("--e2e-width", args.e2e_width), ("--e2e-time-limit",
+                        args.e2e_time_limit), ("--e2e-context-budget", args.e2e_context_budget or 0)):
         if value < 0:
             p.error(f"{flag} {value}: must be 0 or more")
     try:

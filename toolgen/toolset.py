@@ -25,7 +25,8 @@ class AgentError(ValueError):
 class Tool:
     token: str
     api: str                                    # the API (function) name: what callables, gold calls and specs name
-    doc: dict                                   # {"name", "description", "required", "optional"}: api_input_doc's fields
+    doc: dict                                   # api_input_doc's fields: name, description, required, optional
+    #                                             (and parameters, with --input-doc params)
     spec: dict = field(default_factory=dict)    # HTTP: the catalog record or spec (method, url / host + endpoint)
 
     @property
@@ -155,14 +156,17 @@ def _prepared_tool_tokens(stage_dir):
 
 
 def trained_input_doc(stage_dir):
-    """What the stage's arguments turns showed of the parameters (toolgen-prepare --input-doc): "names" or "params";
-    "names" when its prepared folder cannot be read (data prepared before the option)."""
+    """What the stage's arguments turns showed of the parameters (toolgen-prepare --input-doc): "names" or "params"
+    ("names" for data prepared before the option); None when its prepared folder cannot be read."""
     prepared, _ = _prepared_tool_tokens(stage_dir)
+    if prepared is None:
+        return None
     try:
         with open(prepared, encoding="utf-8") as f:
-            return json.load(f).get("input_doc", "names")
-    except (TypeError, OSError, ValueError, AttributeError):
-        return "names"
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data.get("input_doc", "names") if isinstance(data, dict) else None
 
 
 def _from_stage_tokens(tokens, path):

@@ -197,7 +197,8 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         accelerator.print(f"[{args.stage}] warning: {cut['examples_cut']} of {cut['examples']} examples of {data_file} "
                           f"are longer than stages.{args.stage}.max_length={sc.max_length}: "
                           f"{cut['target_tokens_cut'] / max(cut['target_tokens'], 1):.1%} of the target tokens are "
-                          "cut off and not trained (their last turns); raise max_length (packing keeps it cheap)")
+                          "cut off and not trained (an example keeps its start); raise max_length (packing keeps it "
+                          "cheap)")
     fused = accelerator.device.type == "cuda" and not uses_deepspeed(accelerator)
     if fused:
         model.to(accelerator.device)   # fused AdamW needs its parameters on the GPU when it is built

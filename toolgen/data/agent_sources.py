@@ -131,7 +131,8 @@ def _count_requests(counts, source, train, val, test):
 
 def source_outputs(name, source, names, options, report):
     """The examples and records of one source. options: seed, test_fraction, val_fraction, observation_budget,
-    min_complete, input_params (stages.api_input_doc's params). Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
+    min_complete, input_params (stages.api_input_doc's params).
+    Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
     "retrieval_test_agent_sources"}: lists."""
     for reason, detail in source.skips:
         report.skip(reason, detail)

@@ -2,6 +2,7 @@
 # How benchmarks/results/throughput.* are made on a lent multi-GPU host with no network:
 #   IN=DIR RUN=/tmp/tp setsid nohup bash benchmarks/throughput_gpu_job.sh > /tmp/tp.log 2>&1 &
 #   python3 benchmarks/throughput_report.py /tmp/tp        # when it has finished (or to read what has)
+#   tar czf $OUT/tp.tgz -C /tmp/tp run.json results.jsonl data/lengths.json   # back as one file (a call returns 8)
 # IN holds wheels.tar (the wheels of ../shared/gpu-wheels: deepspeed, bitsandbytes, liger-kernel, datasets and their
 # small dependencies). The run: `ours` (the reference config as shipped, bf16 LoRA), the plain and the tuned-eager
 # Trainer, three interleaved repeats each; once each, `ours` with 4-bit QLoRA and two variants that say what the
@@ -10,6 +11,7 @@
 # on every GPU). As it ran on 4 x H200 (benchmarks/results/throughput.md), the reference config did not compile yet:
 # `ours` there is ours-uncompiled here, and the compiled loop was the variant ours-compiled, repeated by a second
 # command (--repeat-from 2) into the same folder.
+# TIMEOUT (default 360 s) stops a job: a compiled one spends 95-135 s compiling.
 # Before it, a check that FlashAttention varlen (toolgen/attention.py) gives one causal SDPA per example on this card.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +36,7 @@ print("varlen_attn calls:", {k: v for k, v in attention._FLASH.items() if k != "
 print("max |flash - per-example sdpa (fp32)|:", (flash.float() - ref).abs().max().item())
 EOF
 say "$(cat "$RUN/varlen_check.txt" | tail -n 2 | tr '\n' ' ')"
-python3 benchmarks/throughput.py --out "$RUN" --timeout "${TIMEOUT:-240}" --repeats 3 \
+python3 benchmarks/throughput.py --out "$RUN" --timeout "${TIMEOUT:-360}" --repeats 3 \
   --variant ours-uncompiled=train.compile=false \
   --variant ours-padded=amp=no,train.packing=false,model.attn_implementation=sdpa,train.compile=false \
   --systems ours plain tuned-eager ours-qlora ours-uncompiled ours-padded \

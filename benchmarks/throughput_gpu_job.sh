@@ -5,7 +5,8 @@
 #   tar czf $OUT/tp.tgz -C /tmp/tp run.json results.jsonl data/lengths.json   # back as one file (a call returns 8)
 # IN holds wheels.tar (the wheels of ../shared/gpu-wheels: deepspeed, bitsandbytes, liger-kernel, datasets and their
 # small dependencies). The run: `ours` (the reference config as shipped, bf16 LoRA), the plain and the tuned-eager
-# Trainer, three interleaved repeats each; once each, `ours` with 4-bit QLoRA and two variants that say what the
+# Trainer, three interleaved repeats each; once each, the compiled tuned Trainer (`tuned`: SDPA since flex attention
+# did not finish), `ours` with 4-bit QLoRA and two variants that say what the
 # reference config's switches buy — no compilation (ours-uncompiled) and the loop as the run before measured it
 # (ours-padded: no autocast, left-padded batches, SDPA, no compilation); then the scaling jobs (DDP, ZeRO-2, ZeRO-3
 # on every GPU). As it ran on 4 x H200 (benchmarks/results/throughput.md), the reference config did not compile yet:
@@ -39,6 +40,6 @@ say "$(cat "$RUN/varlen_check.txt" | tail -n 2 | tr '\n' ' ')"
 python3 benchmarks/throughput.py --out "$RUN" --timeout "${TIMEOUT:-360}" --repeats 3 \
   --variant ours-uncompiled=train.compile=false \
   --variant ours-padded=amp=no,train.packing=false,model.attn_implementation=sdpa,train.compile=false \
-  --systems ours plain tuned-eager ours-qlora ours-uncompiled ours-padded \
-  --once ours-qlora ours-uncompiled ours-padded ${SCALING:+--scaling "$SCALING"}
+  --systems ours plain tuned-eager tuned ours-qlora ours-uncompiled ours-padded \
+  --once tuned ours-qlora ours-uncompiled ours-padded ${SCALING:+--scaling "$SCALING"}
 say "done"

@@ -10,14 +10,14 @@ gradient accumulation, learning rate, LoRA (r, alpha, dropout, all linear layers
                DataCollatorForSeq2Seq (pad to the longest, right), SDPA attention, the default loss over full logits.
   tuned:       what a careful user adds: vocabulary padded to a multiple of 64; padding-free batches
                (DataCollatorWithFlattening, each flattened row rounded up to a multiple of 256 tokens by a padding
-               sequence without labels, so that compiled kernels see few shapes); flex attention (a block-sparse
-               document mask; SDPA would get a dense mask); `torch_compile=True` with accelerate's regional compilation
-               and dynamic shapes (ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1, ACCELERATE_DYNAMO_USE_DYNAMIC=1:
-               without them every new row length compiles the whole model again). `train_sampling_strategy="group_by_length"` is on but moot:
-               a flattened row has no padding to save.
-  tuned-eager: `tuned` without compilation, with SDPA (a dense document mask over the flattened row) instead of flex
-               attention (uncompiled flex attention compiles its kernel for every new length), and with Liger's
-               kernels for RoPE, RMSNorm and SwiGLU.
+               sequence without labels, so that compiled kernels see few shapes); Liger's kernels for RoPE, RMSNorm and
+               SwiGLU; `torch_compile=True` with accelerate's regional compilation and dynamic shapes
+               (ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION=1, ACCELERATE_DYNAMO_USE_DYNAMIC=1: without them every new
+               row length compiles the whole model again); SDPA with the dense document mask transformers builds.
+               With flex attention instead (block-sparse mask) it did not finish 35 steps in 3-4 minutes on an H200
+               (a kernel compiled for every new length: results/throughput.md), so `tuned` no longer uses it.
+               `train_sampling_strategy="group_by_length"` is on but moot: a flattened row has no padding to save.
+  tuned-eager: `tuned` without compilation.
 Liger's fused linear cross-entropy is not used by any system: it reads `lm_head.weight`, which under peft's trainable
 tokens is the frozen table, so the tool rows' trained delta would never reach the logits or get a gradient through the
 head (liger_kernel/transformers/model/llama.py unwraps only ModulesToSaveWrapper).
@@ -57,13 +57,12 @@ def build_model(system, model_name, cfg, tool_tokens, device):
     tokenizer.add_tokens(tool_tokens)
     tool_ids = tokenizer.convert_tokens_to_ids(tool_tokens)
     cuda = device == "cuda"
-    attn = "flex_attention" if system == "tuned" and cuda else "sdpa"   # flex attention has no backward on CPU
-    if system == "tuned-eager" and cuda:
+    if system in ("tuned", "tuned-eager") and cuda:
         from liger_kernel.transformers import apply_liger_kernel_to_llama
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                 attn_implementation=attn)
+                                                 attn_implementation="sdpa")
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=None if system == "plain" else 64)
     model.config.use_cache = False
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,

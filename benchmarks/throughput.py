@@ -8,9 +8,8 @@ Systems (each job below is one process, or one `accelerate launch` of several):
   ours         `accelerate launch --config_file launch/accelerate/1gpu.yaml toolgen/train.py --config
                launch/configs/llama-3.2-1b.yaml --stage S` — the reference config users run (bf16 autocast from the
                accelerate config, packed rows with varlen attention, sparse tool rows, fused AdamW, compiled decoder
-               layers), with bf16 LoRA
-               (model.quantization=none), max_steps = warmup + steps and no checkpoints; the loop's own sampler,
-               collator, gather and logging;
+               layers), with bf16 LoRA (model.quantization=none), max_steps = warmup + steps and no checkpoints;
+               the loop's own sampler, collator, gather and logging;
   ours-qlora   the same with the reference config's 4-bit QLoRA (as shipped);
   --variant NAME=CHANGES: more loop systems, `ours` with CHANGES (comma-separated config overrides KEY=VALUE, and
                `amp=no` / `amp=bf16` for the launcher's --mixed_precision), e.g.

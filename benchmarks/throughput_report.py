@@ -120,6 +120,8 @@ def scaling_table(rows, stages):
 
 def report(run, ours="ours"):
     info, rows, lengths = load(run)
+    if not any(r["system"] == ours and r["gpus"] == 1 and "error" not in r for r in rows):
+        raise ValueError(f"--ours {ours}: no one-GPU result of that system in {run}/results.jsonl")
     stages = stage_table(info, rows, lengths, ours)
     return {"measures": "toolgen/train.py loop", "ours_system": ours, "card": info["card"], "gpus": info["gpus"],
             "versions": info["versions"], "command": info["command"], "model": info["model"], "config": info["config"],
@@ -208,10 +210,10 @@ def main():
     p.add_argument("--out", default=os.path.join(HERE, "results", "throughput"), help="path without extension")
     p.add_argument("--ours", default="ours", help="the loop system that is the reference config as shipped")
     args = p.parse_args()
-    _, rows, _ = load(args.run)
-    if not any(r["system"] == args.ours and r["gpus"] == 1 and "error" not in r for r in rows):
-        p.error(f"--ours {args.ours}: no one-GPU result of that system in {args.run}/results.jsonl")
-    r = report(args.run, args.ours)
+    try:
+        r = report(args.run, args.ours)
+    except ValueError as e:
+        p.error(str(e))
     with open(args.out + ".json", "w", encoding="utf-8") as f:
         json.dump(r, f, indent=1)
     with open(args.out + ".md", "w", encoding="utf-8") as f:

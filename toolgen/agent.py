@@ -339,8 +339,9 @@ def check_inputs(args):
         if not os.path.isfile(os.path.join(args.model, needed)):
             raise AgentError(f"--model {args.model}: not a finished stage folder ({needed} is missing)")
     try:
-        # a catalog or spec file gets the input docs the model learnt (toolgen-prepare --input-doc)
-        learnt = trained_input_doc(args.model)
+        # a catalog or spec file gets the input docs the model learnt (toolgen-prepare --input-doc); the model's own
+        # folder lists the learnt docs themselves
+        learnt = trained_input_doc(args.model) if args.tools else None
         if learnt is None and args.tools:
             print(f"toolgen-agent: warning: the data {args.model} trained on is gone, so which input docs it learnt is "
                   "unknown: a catalog or spec file's tools show parameter names only", file=sys.stderr)

@@ -218,11 +218,11 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
     metrics are agent_e2e_val/<source>/<metric>."""
     from toolgen.agent import AgentConfig, run_e2e
     result, transcripts, prefix = {}, {}, e2e_prefix(args.e2e_split)
+    budget = {} if args.e2e_context_budget is None else {"context_budget": args.e2e_context_budget or None}
     for source, rows in requests.items():
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
             [tools.tools[t] for t in tools.tokens if t in base_tools.get(source, ())], tools.source)
-        budget = {} if args.e2e_context_budget is None else {"context_budget": args.e2e_context_budget or None}
         config = AgentConfig(max_steps=E2E_MAX_STEPS, tool_list=base_tools is not None,
                              block_repeats=args.e2e_block_repeats, **budget)
         found, m = run_e2e(model, tokenizer, rows, subset, config, think=False, tool_scorer=tool_scorer,

@@ -243,8 +243,9 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     model_cfg = model_cfg or _build(ModelConfig, info["model"], f"{stage_dir}/stage.json")
     if not trainable and model_cfg.attn_implementation in ("flex_attention", "varlen", "eager"):
         # Inference (left-padded batches, generation) runs on SDPA: flex and varlen attention pay only for packed
-        # training rows (varlen works on nothing else), and eager is a training workaround (Qwen2's NaN gradients with sdpa, configs/quality-qwen05.yaml) whose
-        # [batch, heads, length, length] scores ran an evaluation out of GPU memory. Same numbers up to rounding.
+        # training rows (varlen works on nothing else), and eager is a training workaround (Qwen2's NaN gradients
+        # with sdpa, configs/quality-qwen05.yaml) whose [batch, heads, length, length] scores ran an evaluation out of
+        # GPU memory. Same numbers up to rounding.
         model_cfg = dataclasses.replace(model_cfg, attn_implementation="sdpa")
     with open(os.path.join(stage_dir, "tool_tokens.json"), encoding="utf-8") as f:
         tokens = json.load(f)

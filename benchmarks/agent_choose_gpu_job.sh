@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The agent run that chooses on validation (issue 15), on ONE lent GPU with no network, inputs arriving in pieces into
+# $IN (each step waits for its file): wheels.tar, qdata.tar.xz (the quality run's prepared folder with
+# agent_e2e_val.json, --input-doc names), qdata_params.tar.xz (the same folder made with --input-doc params: only the
+# agent files differ), qwen05.gguf.
+#   1. Qwen2.5-Coder-0.5B's chain (benchmarks/configs/quality-qwen05.yaml) with whole trajectories: the agent stage at
+#      max_length 8192 (2048 cut 44 % of its targets: quality.md), every stage on packed rows with the varlen kernel.
+#      One GPU holds the two-GPU global batches: per-device batch x2 for stages 1-2, accumulation for the agent.
+#      A stage that fails on varlen is trained again as before (eager attention, padded rows; stages 1-2 only).
+#   2. Two agent stages from the same retrieval stage: names (the arguments turn names the parameters) and params
+#      (each parameter's type, allowed values and description).
+#   3. The loop on agent_e2e_val.json for each stage, with and without --e2e-block-repeats (context budget 8192).
+#      The rule, fixed before the run: the highest ComplexFuncBench validation call_accuracy, ties to success_rate.
+#   4. One test run of the choice (agent_e2e_test.json: ComplexFuncBench in TEST_SHARDS processes, NESTFUL), and the
+#      step-wise metrics of the chosen stage on agent_test.json. Everything under $RES, packed into $RES.tgz at the end
+#      (also when the job stops early). The loops are launch-bound: shards side by side on the one GPU run faster.
+#   setsid nohup bash benchmarks/agent_choose_gpu_job.sh > /tmp/alogs/job.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares}
+VAL_TL=${VAL_TIME_LIMIT:-240} TEST_TL=${TEST_TIME_LIMIT:-330} VAL_SHARDS=${VAL_SHARDS:-4}
+TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192}
+QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+FAST=(--set train.packing=true --set model.attn_implementation=varlen)
+STAGE_SETS=(--set stages.memorization.per_device_batch_size=128 --set stages.retrieval.per_device_batch_size=128
+            --set stages.agent.max_length=8192 --set stages.agent.per_device_batch_size=2
+            --set stages.agent.gradient_accumulation_steps=4)
+EAGER=(--set train.packing=false --set model.attn_implementation=eager)
+mkdir -p "$LOGS" "$RES"
+source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels
+folder() { python3 -m toolgen.config folder "$1"; }
+train() {   # OUT DATA STAGE LOG [train.py args]: one stage on the GPU, skipped when finished
+  local out=$1 data=$2 s=$3 log=$4; shift 4
+  [ -f "$out/$(folder "$s")/stage.json" ] && return 0
+  CUDA_VISIBLE_DEVICES=0 python3 -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$QCONF" \
+    --stage "$s" --output-dir "$out" --data-dir "$data" "${STAGE_SETS[@]}" "$@" >> "$LOGS/$log.log" 2>&1
+}
+e2e() {   # VARIANT SPLIT SOURCE NAME [more toolgen.evaluate flags]: one loop of that variant's agent stage
+  local v=$1 split=$2 source=$3 name=$4; shift 4
+  CUDA_VISIBLE_DEVICES=0 python3 -m toolgen.evaluate --model "$RUN/$v/$(folder agent)" --data "$RUN/data_$v" \
+    --out "$RES/$name" --e2e-only --no-base --e2e-width 0 --e2e-source "$source" --e2e-split "$split" \
+    --e2e-context-budget "$BUDGET" "$@" > "$LOGS/$name.log" 2>&1 || say "e2e $name failed (exit $?)"
+}
+cfb() {   # VARIANT SPLIT NAME SHARDS TIME_LIMIT [flags]: ComplexFuncBench in SHARDS processes, merged into $RES/NAME
+  local v=$1 split=$2 name=$3 n=$4 tl=$5 pids=(); shift 5
+  for ((k = 0; k < n; k++)); do
+    e2e "$v" "$split" complexfuncbench "${name}_$k" --e2e-time-limit "$tl" --e2e-shard "$k/$n" "$@" & pids+=($!)
+  done
+  wait "${pids[@]}"
+  python3 -m toolgen.e2e_merge --data "$RUN/data_$v" --out "$RES/$name" --e2e-split "$split" "$RES/${name}"_? \
+    > "$LOGS/merge_$name.log" 2>&1 || say "merge $name failed"
+}
+pack() {   # what came of the run, also when it stops early: $RES.tgz
+  for v in main params; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
+    for d in "$RUN/$v"/*/; do
+      [ -d "$d" ] && [ ! -L "${d%/}" ] || continue
+      mkdir -p "$RES/stages/$v"
+      for f in stage.json metrics.json; do cp "$d$f" "$RES/stages/$v/$(basename "$d").$f" 2>/dev/null || true; done
+    done
+  done
+  rm -rf "$RES/logs"; cp -r "$LOGS" "$RES/logs"; tar czf "$RES.tgz.tmp" -C "$(dirname "$RES")" "$(basename "$RES")"
+  mv "$RES.tgz.tmp" "$RES.tgz"
+}
+trap pack EXIT
+say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+install_wheels
+waitfor "$IN/qdata.tar.xz"; mkdir -p "$RUN/x"; tar xJf "$IN/qdata.tar.xz" -C "$RUN/x"; mv "$RUN/x/data" "$RUN/data_main"
+waitfor "$IN/qdata_params.tar.xz"; tar xJf "$IN/qdata_params.tar.xz" -C "$RUN/x"; mv "$RUN/x/data" "$RUN/data_params"
+waitfor "$IN/qwen05.gguf"; mkdir -p models; ln -sfn "$IN/qwen05.gguf" "$QGGUF"
+python3 -c "from toolgen import models; print(models.resolve_model('gguf-file:$QGGUF'))"
+say "qwen ready"
+for s in memorization retrieval; do
+  if ! train "$RUN/main" "$RUN/data_main" "$s" "train_$s" "${FAST[@]}"; then
+    say "$s failed on varlen (log: train_$s.log); again with eager attention on padded rows"
+    train "$RUN/main" "$RUN/data_main" "$s" "train_$s" "${EAGER[@]}"
+  fi
+  say "$s trained"
+done
+RETR=$RUN/main/$(folder retrieval)
+val_loops() {   # VARIANT: its stage's validation loops, without and with --e2e-block-repeats
+  cfb "$1" val "val_$1_plain" "$VAL_SHARDS" "$VAL_TL" & local plain=$!
+  cfb "$1" val "val_$1_block" "$VAL_SHARDS" "$VAL_TL" --e2e-block-repeats & local block=$!
+  wait "$plain" "$block"   # these two only: the other stage's loops may still run
+}
+train "$RUN/main" "$RUN/data_main" agent train_agent_main "${FAST[@]}"; say "agent (names) trained"
+val_loops main & names_val=$!
+train "$RUN/params" "$RUN/data_params" agent train_agent_params "${FAST[@]}" --parent "$RETR"
+say "agent (params) trained"
+val_loops params
+wait "$names_val"
+say "validation loops done"
+python3 - "$RES" > "$RES/choice.json" <<'EOF'
+import json, os, sys
+res, rows = sys.argv[1], []
+for variant in ("main", "params"):
+    for setting in ("plain", "block"):
+        row = {"variant": variant, "setting": setting}
+        path = os.path.join(res, f"val_{variant}_{setting}", "metrics.json")
+        if os.path.exists(path):
+            (m,) = json.load(open(path))["systems"].values()
+            row["complexfuncbench"] = {k.split("/")[-1]: v for k, v in m.items() if "/complexfuncbench/" in k}
+        rows.append(row)
+scored = [r for r in rows if "complexfuncbench" in r]
+best = max(scored, key=lambda r: (r["complexfuncbench"]["call_accuracy"], r["complexfuncbench"]["success_rate"]))
+print(json.dumps({"rule": "highest ComplexFuncBench validation call_accuracy, ties to success_rate",
+                  "chosen": {"variant": best["variant"], "setting": best["setting"]}, "rows": rows}, indent=1))
+EOF
+read -r V B < <(python3 -c "import json,sys; c=json.load(open('$RES/choice.json'))['chosen']; print(c['variant'], c['setting'])")
+say "chosen on validation: $V $B"
+FLAGS=(); [ "$B" = block ] && FLAGS=(--e2e-block-repeats)
+cfb "$V" test test_cfb "$TEST_SHARDS" "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
+e2e "$V" test nestful test_nestful --e2e-time-limit "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
+CUDA_VISIBLE_DEVICES=0 python3 -m toolgen.evaluate --config "$QCONF" --no-e2e --no-base --no-baselines \
+  --set retrieval.prior=none --set stages.agent.max_length=8192 --model "$RUN/$V/$(folder agent)" --data "$RUN/data_$V" --out "$RES/test_stepwise" \
+  > "$LOGS/test_stepwise.log" 2>&1 || say "step-wise evaluation failed" &
+wait
+say "end"

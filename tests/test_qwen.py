@@ -50,7 +50,7 @@ def test_qwen2_tool_rows_masks_training_and_reload(tmp_path, sample_data, tied):
 
 
 def test_eager_trained_stage_runs_inference_on_sdpa(tmp_path, sample_data):
-    """Eager attention is a training setting (quality-qwen05.yaml); load_stage serves inference on SDPA (eager's full
+    """Eager attention is a training setting (Qwen trained with it until varlen); load_stage serves inference on SDPA (eager's full
     score matrices ran an evaluation out of memory) with the same logits, and keeps eager for further training."""
     trained, _ = run_stage("memorization", tmp_path, sample_data, "model.name=tiny-qwen2",
                            "model.attn_implementation=eager", "stages.memorization.max_steps=2")

@@ -10,6 +10,8 @@
 #   AGENT_VAL_FRACTION=0.1 ...                      # the agent sources' share (agent_e2e_val.json)
 #   INPUT_DOC=params ...                            # the arguments turn also shows each parameter's type, allowed
 #                                                   # values and description (toolgen-prepare --input-doc; default names)
+#   RECOVERY_SHARE=0.3 ...                          # that share of the agent sources' trajectories gets a failed
+#                                                   # call, its error and the call done right (--recovery-share)
 #   TRAIN_SETS="stages.agent.max_length=8192 train.packing=true model.attn_implementation=varlen" ...
 #                                                   # config overrides for main's stages (train.py --set)
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
@@ -44,7 +46,8 @@ prepare() {
     --queries "$Q/G2_category.json" --trajectories "$S/toolbench/toolbench/tooleval/results/default_evalset" \
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" \
     --complexfuncbench --nestful --val-fraction "${VAL_FRACTION:-0.2}" \
-    --agent-val-fraction "${AGENT_VAL_FRACTION:-0.1}" --input-doc "${INPUT_DOC:-names}" "$@"
+    --agent-val-fraction "${AGENT_VAL_FRACTION:-0.1}" --input-doc "${INPUT_DOC:-names}" \
+    --recovery-share "${RECOVERY_SHARE:-0}" "$@"
 }
 WRITER_FLAGS=()
 [ -z "${WRITER:-}" ] || WRITER_FLAGS+=(--query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}")

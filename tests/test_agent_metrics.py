@@ -11,7 +11,8 @@ from conftest import ROOT
 from toolgen.agent_metrics import DEFINITIONS, e2e_metrics, tool_step_verdicts
 from toolgen.data import complexfuncbench
 from toolgen.data.gold import GoldCall, GoldRequest
-from toolgen.executors import ReplayExecutor, ToolError, normalize, read_replay_file
+from toolgen.data.matching import normalize
+from toolgen.executors import ReplayExecutor, ToolError, read_replay_file
 from toolgen.tokens import FINISH
 from toolgen.toolset import Tool
 from toolgen.transcript import Step, Transcript

@@ -1,6 +1,6 @@
 """End-to-end agent metrics: pure functions over transcripts and their gold requests, tested against hand-computed
 values. A predicted call matches a gold call when the names are equal and the arguments are equal once normalised
-(executors.normalize: strings case/space-folded, "1" == 1, key order irrelevant); compared with the resolved values
+(matching.normalize: strings case/space-folded, "1" == 1, key order irrelevant); compared with the resolved values
 where responses were recorded (ComplexFuncBench) and with the $varN.path$ references kept where none were (NESTFUL),
 exactly as the replay executor matches them. Each gold call is matched at most once.
 
@@ -15,7 +15,7 @@ import torch
 
 from toolgen import decoding
 from toolgen.data.stages import ASK_INPUT
-from toolgen.executors import gold_arguments, match_call, normalize
+from toolgen.data.matching import gold_arguments, match_call, normalize
 from toolgen.tokens import FINISH
 
 DEFINITIONS = {

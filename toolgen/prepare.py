@@ -203,11 +203,12 @@ def _tool_tokens(apis, names, collisions, extra_tokens, input_doc="names"):
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
             seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
             observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0, val_fraction=0.1, views=(), multi_rounds=1,
-            writer=None, writer_cache=(), agent_val_fraction=None, input_doc="names"):
+            writer=None, writer_cache=(), agent_val_fraction=None, input_doc="names", recovery_share=0.0):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
 
     complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py).
-    input_doc: what the arguments turn shows of the parameters (stages.INPUT_DOCS), in training and in tool_tokens.json."""
+    input_doc: what the arguments turn shows of the parameters (stages.INPUT_DOCS), in training and in tool_tokens.json.
+    recovery_share: the share of the agent sources' training trajectories given a failed attempt (data/recovery.py)."""
     inputs = find_inputs(toolbench, tools_dir, api_catalog, queries, trajectories)
     report = Report(strict)
     raw_queries, query_counts = [], {}
@@ -247,7 +248,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
                                               min_complete, input_doc == "params")
     options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
                "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
-               "min_complete": min_complete, "input_params": input_doc == "params"}
+               "min_complete": min_complete, "input_params": input_doc == "params", "recovery_share": recovery_share}
     extra = agent_sources.all_source_outputs(sources, names, options, report)
     retrieval_train += extra["retrieval_training"]
     agent_train += extra["agent_tuning"]
@@ -264,6 +265,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
         "agent_val_fraction": options["val_fraction"],
         "min_complete": min_complete, "observation_budget": observation_budget, "input_doc": input_doc,
+        "recovery_share": recovery_share,
         "sources": {name: dict(counts) for name, counts in report.sources.items()},
         **({"views": view_counts} if views else {}), **({"query_writer": writer_report} if writer_report else {}),
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
@@ -343,6 +345,9 @@ def parse_args(argv):
     p.add_argument("--input-doc", choices=stages.INPUT_DOCS, default="names",
                    help="what the agent's arguments turn shows of an API's parameters: their names (default), or "
                         "params: also each one's type, allowed values and description")
+    p.add_argument("--recovery-share", type=_fraction, default=0.0, metavar="FRACTION",
+                   help="give that share of the ComplexFuncBench / NESTFUL training trajectories one failed call, its "
+                        "replay error and the call done right (toolgen/data/recovery.py; 0..1, default 0)")
     prepare_views.add_arguments(p)
     p.add_argument("--config", help="a training config: its data.toolbench and data.prepare_args are used")
     args = p.parse_args(argv)
@@ -375,6 +380,7 @@ def main(argv=None):
                           observation_budget=args.observation_budget, min_complete=args.min_complete,
                           val_fraction=args.val_fraction, views=args.views, multi_rounds=args.multi_queries_per_api,
                           agent_val_fraction=args.agent_val_fraction, input_doc=args.input_doc,
+                          recovery_share=args.recovery_share,
                           writer=prepare_views.writer_options(args), writer_cache=(
                               query_writer.read_cache(args.query_writer_cache) if args.query_writer_cache else [])
                           + old_cache)

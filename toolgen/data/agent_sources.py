@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 
-from toolgen.data import complexfuncbench, gold, nestful, quality, references, stages
+from toolgen.data import complexfuncbench, gold, nestful, quality, recovery, references, stages
 from toolgen.data.toolbench import DataError
 from toolgen.tokens import FINISH
 
@@ -32,7 +32,7 @@ E2E_FILES = {"test": "agent_e2e_test.json", "val": "agent_e2e_val.json"}   # the
 # Per-source request counts of prepare_report.json "sources", before quality.COUNTS' trajectory counts.
 REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "train_requests", "val_requests",
                   "test_requests", "retrieval_pairs", "ambiguous_references", "train_calls_with_ambiguous_references",
-                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references")
+                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references", "recovery_examples")
 
 
 def e2e_prefix(split):
@@ -131,7 +131,7 @@ def _count_requests(counts, source, train, val, test):
 
 def source_outputs(name, source, names, options, report):
     """The examples and records of one source. options: seed, test_fraction, val_fraction, observation_budget,
-    min_complete, input_params (stages.api_input_doc's params).
+    min_complete, input_params (stages.api_input_doc's params), recovery_share (recovery.py).
     Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
     "retrieval_test_agent_sources"}: lists."""
     for reason, detail in source.skips:
@@ -147,9 +147,13 @@ def source_outputs(name, source, names, options, report):
     trajectories = []
     for r in train:
         t = gold.to_trajectory(r, options["observation_budget"])
-        trajectories.append((_resolved(t, r, keys, apis, names), False, t))
+        trajectories.append((_resolved(t, r, keys, apis, names), False, (t, r)))
+    selected = quality.select(trajectories, options["min_complete"], counts, report)
+    with_attempts, counts["recovery_examples"] = recovery.add_attempts(
+        [(resolved, r.calls) for resolved, _, (_, r) in selected], options.get("recovery_share", 0.0),
+        options["seed"], name)
     agent = [{**stages.agent_example(t, resolved, options.get("input_params", False)), "source": name}
-             for resolved, _, t in quality.select(trajectories, options["min_complete"], counts, report)]
+             for resolved, (_, _, (t, _)) in zip(with_attempts, selected)]
     retrieval_test = [stages.retrieval_test_record(dataclasses.replace(gold.to_query(r, keys), uid=f"{name}_{r.uid}"),
                                                    names) for r in test]
     return {"retrieval_training": retrieval, "agent_tuning": agent,

@@ -97,17 +97,18 @@ def agent_example(trajectory, resolved, params=False):
     """resolved: [(token, api or None for Finish, step)] in order; params: api_input_doc's. Nothing missing carries
     loss (quality.py's rules):
     a step without a thought starts at ASK_ACTION (no placeholder thought); arguments that are not a real target are
-    context only, shown as recorded or as MISSING_ARGUMENTS; a call without a recorded response gets NO_OBSERVATION."""
+    context only, shown as recorded or as MISSING_ARGUMENTS; a call without a recorded response gets NO_OBSERVATION;
+    a failed attempt (recovery.py) is context only, token and arguments, with its error as the observation."""
     messages = [msg("system", AGENT_SYSTEM), msg("user", trajectory.query)]
     for token, api, step in resolved:
         if quality.thought(step):
             messages.append(msg("assistant", f"Thought: {quality.thought(step)}", True))
         messages.append(msg("user", ASK_ACTION))
-        messages.append(msg("assistant", token, True))
+        messages.append(msg("assistant", token, not step.failed))
         doc = api_input_doc(api, params) if api is not None else json.dumps(FINISH_DOC)
         messages.append(msg("user", ASK_INPUT + doc))
         shown = step.arguments if step.arguments is not None else MISSING_ARGUMENTS
-        messages.append(msg("assistant", shown, quality.arguments_complete(step, api)))
+        messages.append(msg("assistant", shown, quality.arguments_complete(step, api) and not step.failed))
         if api is not None:
             messages.append(msg("tool", step.observation if quality.has_observation(step) else NO_OBSERVATION))
     return {"messages": messages, "query": trajectory.query}

@@ -50,6 +50,7 @@ class Step:
     thought: str = ""
     observation: str | None = ""  # None: the source recorded no response (NESTFUL); "": none came back or it was cut
     ambiguous: bool = False       # the arguments hold a reference that met several values (ComplexFuncBench)
+    failed: bool = False          # a recovery attempt (data/recovery.py): context only, its observation an error
 
 
 @dataclass

@@ -4,12 +4,12 @@
 # whose relevant APIs are all new (all old) score the new (old) tools, model alone and with the prior.
 #   bash benchmarks/add_tools.sh            # -> benchmarks/results/add_tools.{json,md}
 #   PARTS="split train80" bash benchmarks/add_tools.sh   # some parts (a part keeps what an earlier run finished)
-# Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | sweep (CANDIDATES, e.g.
-#   "0.3:1e-3 0.5:5e-4 0.7:3e-4:new_rows:1": replay_fraction:learning_rate[:add_tools.train[:epochs]], each added and
-#   scored on the validation split;
-#   the best is used by add; nothing without CANDIDATES) | add (toolgen-add-tools, timed) | full (prepare + the chain
-#   on 100 %, timed) | evaluate (before, after, full; baselines on the full catalog) | report. Delete $RUN (default
-#   add_tools_run) to start over.
+# Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | full (prepare + the
+#   chain on 100 %, timed) | sweep (CANDIDATES, e.g. "0.3:1e-3 0.5:5e-4 0.7:3e-4:new_rows:1":
+#   replay_fraction:learning_rate[:add_tools.train[:epochs]], each added (timed) and scored on the validation split;
+#   the best of those within TIME_SHARE (0.25) of the full retrain's seconds is used by add; nothing without
+#   CANDIDATES) | add (toolgen-add-tools, timed) | evaluate (before, after, full; baselines on the full catalog) |
+#   report. Delete $RUN (default add_tools_run) to start over.
 # Inputs: ../shared/toolbench or TOOLBENCH=DIR (StableToolBench queries, the derived catalog, ToolBench trajectories);
 # CATALOG, QUERIES (space-separated), TRAJECTORIES (space-separated) override them, CONFIG the training config,
 # UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split, RESULTS
@@ -25,7 +25,7 @@ RUN=${RUN_DIR:-add_tools_run}
 CONFIG=${CONFIG:-benchmarks/configs/add-tools-smollm2.yaml}
 PY=${PYTHON:-python3}
 UNTIL=${UNTIL:-agent}
-PARTS=${PARTS:-"split train80 sweep add full evaluate report"}
+PARTS=${PARTS:-"split train80 full sweep add evaluate report"}
 read -ra CANDIDATES <<< "${CANDIDATES:-}"
 Q=$S/stabletoolbench/solvable_queries/test_instruction
 CATALOG=${CATALOG:-$S/derived/api_docs_from_test_queries.jsonl}
@@ -86,15 +86,25 @@ add() {
   $PY -m toolgen.add_tools --model "$RUN/m80/$FOLDER" --api-catalog "$RUN/split/new.jsonl" "${NEW_QUERIES[@]}" \
     ${add_traj[@]+"${add_traj[@]}"} --config "$CONFIG" --out "$out" --overwrite "$@"
 }
+if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then
+  full() {
+    cat "$RUN/split/old.jsonl" "$RUN/split/new.jsonl" > "$RUN/split/full.jsonl"
+    prepare "$RUN/data100" "$RUN/split/full.jsonl" "${ALL_QUERIES[@]}"
+    chain m100 "$RUN/data100"
+  }
+  rm -rf "$RUN/data100" "$RUN/m100"   # the whole retrain is timed, from its data
+  timed full_retrain full
+fi
 # sweep: each CANDIDATE (replay_fraction:learning_rate[:train[:epochs]], train: add_tools.train,
-# epochs: stages.add_tools.epochs, the time the addition may take) added and scored on the validation split (the parent's held-out
-# validation queries and the new queries' own, cut into new-only and old-only); the best one is the timed addition's
+# epochs: stages.add_tools.epochs, the time the addition may take) added (timed) and scored on the validation split (the
+# parent's held-out validation queries and the new queries' own, cut into new-only and old-only); the best one within
+# the time target (full runs first: its seconds are the budget) is the timed addition's
 if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; then
   for cand in "${CANDIDATES[@]}"; do
     folder="sweep_${cand//:/_}"
     IFS=: read -r replay lr train epochs <<< "$cand"
-    [ -f "$RUN/m80/$folder/stage.json" ] || add "$RUN/m80/$folder" --set "add_tools.replay_fraction=$replay" \
-      --set "stages.add_tools.learning_rate=$lr" --set "add_tools.train=${train:-all}" \
+    [ -f "$RUN/m80/$folder/stage.json" ] || timed "$folder" add "$RUN/m80/$folder" \
+      --set "add_tools.replay_fraction=$replay" --set "stages.add_tools.learning_rate=$lr" --set "add_tools.train=${train:-all}" \
       ${epochs:+--set "stages.add_tools.epochs=$epochs"}
     [ -f "$RUN/valsets/val_new.json" ] || $PY benchmarks/add_tools_report.py testsets --data "$RUN/m80/$folder.data" \
       --split "$RUN/split" --out "$RUN/valsets" --file retrieval_val.json --prefix val
@@ -105,7 +115,7 @@ if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; the
   # the parent on the same old-only validation queries: the forgetting each candidate shows (chosen.json)
   $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines --model "$RUN/m80/$FOLDER" \
     --data "$RUN/data80" --queries "$RUN/valsets/val_old.json" --out "$RUN/eval_sweep_parent"
-  $PY benchmarks/add_tools_report.py choose --run "$RUN" --candidates "${CANDIDATES[@]}"
+  $PY benchmarks/add_tools_report.py choose --run "$RUN" --candidates "${CANDIDATES[@]}" --time-share "${TIME_SHARE:-0.25}"
 fi
 if part add && [ ! -f "$RUN/m80/added/stage.json" ]; then
   # the sweep's pick (none without a sweep); a plain assignment, so that a failure stops the script: inside the
@@ -113,15 +123,6 @@ if part add && [ ! -f "$RUN/m80/added/stage.json" ]; then
   flags=$($PY benchmarks/add_tools_report.py chosen-flags --run "$RUN")
   read -ra chosen <<< "$flags"
   timed add add "$RUN/m80/added" ${chosen[@]+"${chosen[@]}"}
-fi
-if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then
-  full() {
-    cat "$RUN/split/old.jsonl" "$RUN/split/new.jsonl" > "$RUN/split/full.jsonl"
-    prepare "$RUN/data100" "$RUN/split/full.jsonl" "${ALL_QUERIES[@]}"
-    chain m100 "$RUN/data100"
-  }
-  rm -rf "$RUN/data100" "$RUN/m100"   # the whole retrain is timed, from its data
-  timed full_retrain full
 fi
 if part evaluate; then
   $PY benchmarks/add_tools_report.py testsets --data "$RUN/data100" --split "$RUN/split" --out "$RUN/testsets"

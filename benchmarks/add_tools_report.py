@@ -107,22 +107,38 @@ def candidate_score(metrics, folder):
 
 
 def choose(args):
-    """The sweep's pick: the candidate (replay_fraction:learning_rate[:train[:epochs]]) with the best validation score ->
-    chosen.json,
-    which the timed addition then uses. Test queries play no part."""
+    """The sweep's pick: among the candidates (replay_fraction:learning_rate[:train[:epochs]]) that fit the time
+    target (within_time), the best validation score -> chosen.json, which the timed addition then uses. Test queries
+    play no part."""
     scores = {}
     for cand in args.candidates:
         folder = "sweep_" + cand.replace(":", "_")
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
-    best = max(scores, key=scores.get)
+    fits, time_note = within_time(args.run, args.candidates, args.time_share)
+    best = max(fits, key=scores.get)
     replay, lr, train, epochs = (best.split(":") + ["", ""])[:4]   # replay:lr[:add_tools.train[:epochs]]
     chosen = {"replay_fraction": float(replay), "learning_rate": float(lr),
               "train": train or "all"}   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
     if epochs:   # else the config's stages.add_tools.epochs
         chosen["epochs"] = int(epochs)
     write_json(os.path.join(args.run, "chosen.json"), {**chosen, "validation_scores": scores, "rule": RULE,
+                                                       "time": time_note,
                                                        "validation_old_only": old_only(args.run, args.candidates)})
     print(f"chosen on the validation split: {chosen} ({scores})")
+
+
+def within_time(run, candidates, share):
+    """The candidates whose addition (seconds_sweep_<folder>, add_tools.sh's timed sweep) took at most `share` of the
+    full retrain (seconds_full_retrain): the time target is a constraint on the choice, not a score. Without the full
+    retrain's or a candidate's time, or when none fits, every candidate stays in (the note says which)."""
+    full = seconds(run, "full_retrain")
+    took = {c: seconds(run, "sweep_" + c.replace(":", "_")) for c in candidates}
+    if not full or None in took.values():
+        return candidates, {"checked": False, "why": "the full retrain's or a candidate's time is missing",
+                            "seconds": took, "seconds_full_retrain": full}
+    fits = [c for c in candidates if took[c] <= share * full]
+    note = {"checked": bool(fits), "share": share, "seconds": took, "seconds_full_retrain": full}
+    return (fits, note) if fits else (candidates, {**note, "why": "no candidate fits: all kept"})
 
 
 def old_only(run, candidates):
@@ -268,6 +284,8 @@ def main(argv=None):
     c = sub.add_parser("choose")
     c.add_argument("--run", required=True)
     c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR")
+    c.add_argument("--time-share", type=float, default=0.25,
+                   help="a candidate must add the tools within this share of the full retrain's seconds")
     f = sub.add_parser("chosen-flags")
     f.add_argument("--run", required=True)
     r = sub.add_parser("report")

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The agent run that chooses on validation (issue 15), on ONE lent GPU with no network, inputs arriving in pieces into
 # $IN (each step waits for its file): wheels.tar, qdata.tar.xz (the quality run's prepared folder with
-# agent_e2e_val.json, --input-doc names), qdata_params.tar.xz (the same folder made with --input-doc params: only the
-# agent files differ), qwen05.gguf.
+# agent_e2e_val.json, --input-doc names), one qdata_V.tar.xz per other variant V of VARIANTS (the same folder
+# prepared otherwise: only the agent files differ; e.g. params = --input-doc params, recovery = --recovery-share 0.5),
+# qwen05.gguf.
 #   1. Qwen2.5-Coder-0.5B's chain (benchmarks/configs/quality-qwen05.yaml) with whole trajectories: the agent stage at
 #      max_length 8192 (2048 cut 44 % of its targets: quality.md), every stage on packed rows with the varlen kernel.
 #      One GPU holds the two-GPU global batches: per-device batch x2 for stages 1-2, accumulation for the agent.
 #      A stage that fails on varlen is trained again as before (eager attention, padded rows; stages 1-2 only).
-#   2. Two agent stages from the same retrieval stage: names (the arguments turn names the parameters) and params
-#      (each parameter's type, allowed values and description).
+#   2. One agent stage per variant (VARIANTS, default "main params"; main = qdata.tar.xz), all from the same
+#      retrieval stage, PARALLEL of them side by side (default 2: three do not fit an 80 GB card beside each other).
 #   3. The loop on agent_e2e_val.json for each stage (context budget 8192), for each loop setting in SETTINGS
 #      ("plain", "block" = --e2e-block-repeats; default "plain": run 1 found them within 0.3 points).
 #      The rule, fixed before the run: the highest ComplexFuncBench validation call_accuracy, ties to success_rate.
@@ -20,6 +21,9 @@
 #   - 2026-11-27 (1), one H100: the names stage's eight validation loops (plain, block) beside the params stage's
 #     training filled the GPU (100 %, 78 GB): training 1.7x slower, loops cut. The params stage was stopped, and
 #     the rest done by hand as the script would: names plain vs block on validation (81 of 89 finished), plain's test.
+#   - 2026-11-27 (2), one H100, VAL_TIME_LIMIT=170: chain 1:57 + 3:00, both agent stages side by side in 5:50; the
+#     session's device time ran out during the validation loops (with 8 loops on the card, 4-5 of 22 requests per
+#     shard were done after 2 minutes: give them VAL_TIME_LIMIT 300 and the test 480).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
@@ -27,6 +31,7 @@ export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false PYTORCH_CUDA_ALLOC_
 IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares}
 VAL_TL=${VAL_TIME_LIMIT:-300} TEST_TL=${TEST_TIME_LIMIT:-480} VAL_SHARDS=${VAL_SHARDS:-4}
 TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192} SETTINGS=${SETTINGS:-plain}
+VARIANTS=${VARIANTS:-main params} PARALLEL=${PARALLEL:-2}
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 FAST=(--set train.packing=true --set model.attn_implementation=varlen)
 STAGE_SETS=(--set stages.memorization.per_device_batch_size=128 --set stages.retrieval.per_device_batch_size=128
@@ -58,7 +63,7 @@ cfb() {   # VARIANT SPLIT NAME SHARDS TIME_LIMIT [flags]: ComplexFuncBench in SH
     > "$LOGS/merge_$name.log" 2>&1 || say "merge $name failed"
 }
 pack() {   # what came of the run, also when it stops early: $RES.tgz
-  for v in main params; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
+  for v in $VARIANTS; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
     for d in "$RUN/$v"/*/; do
       [ -d "$d" ] && [ ! -L "${d%/}" ] || continue
       mkdir -p "$RES/stages/$v"
@@ -71,8 +76,10 @@ pack() {   # what came of the run, also when it stops early: $RES.tgz
 trap pack EXIT
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 install_wheels
-waitfor "$IN/qdata.tar.xz"; mkdir -p "$RUN/x"; tar xJf "$IN/qdata.tar.xz" -C "$RUN/x"; mv "$RUN/x/data" "$RUN/data_main"
-waitfor "$IN/qdata_params.tar.xz"; tar xJf "$IN/qdata_params.tar.xz" -C "$RUN/x"; mv "$RUN/x/data" "$RUN/data_params"
+for v in $VARIANTS; do   # the prepared folder of each variant: $RUN/data_V
+  f=$IN/qdata.tar.xz; [ "$v" = main ] || f=$IN/qdata_$v.tar.xz
+  waitfor "$f"; mkdir -p "$RUN/x_$v"; tar xJf "$f" -C "$RUN/x_$v"; mv "$RUN/x_$v/data" "$RUN/data_$v"
+done
 waitfor "$IN/qwen05.gguf"; mkdir -p models; ln -sfn "$IN/qwen05.gguf" "$QGGUF"
 python3 -c "from toolgen import models; print(models.resolve_model('gguf-file:$QGGUF'))"
 say "qwen ready"
@@ -84,15 +91,18 @@ for s in memorization retrieval; do
   say "$s trained"
 done
 RETR=$RUN/main/$(folder retrieval)
-# The two agent stages side by side (one alone kept the GPU a third busy), then every validation loop at once: loops
-# beside a training stage slowed both (run 1). TOGETHER=0: one stage after the other.
-train "$RUN/main" "$RUN/data_main" agent train_agent_main "${FAST[@]}" & names=$!
-[ "${TOGETHER:-1}" = 1 ] || wait "$names" || say "agent (names) failed"
-train "$RUN/params" "$RUN/data_params" agent train_agent_params "${FAST[@]}" --parent "$RETR" & params=$!
-wait "$names" || say "agent (names) failed"; wait "$params" || say "agent (params) failed"
+# The agent stages side by side (one alone kept the GPU a third busy), then every validation loop at once: loops
+# beside a training stage slowed both (run 1).
+running=()
+for v in $VARIANTS; do
+  parent=(); [ "$v" = main ] || parent=(--parent "$RETR")
+  train "$RUN/$v" "$RUN/data_$v" agent "train_agent_$v" "${FAST[@]}" ${parent[@]+"${parent[@]}"} & running+=($!)
+  if [ "${#running[@]}" -ge "$PARALLEL" ]; then wait "${running[0]}" || say "an agent stage failed"; running=("${running[@]:1}"); fi
+done
+for p in ${running[@]+"${running[@]}"}; do wait "$p" || say "an agent stage failed"; done
 say "agent stages trained"
 pids=()
-for v in main params; do
+for v in $VARIANTS; do
   for b in $SETTINGS; do
     flags=(); [ "$b" = block ] && flags=(--e2e-block-repeats)
     cfb "$v" val "val_${v}_$b" "$VAL_SHARDS" "$VAL_TL" ${flags[@]+"${flags[@]}"} & pids+=($!)
@@ -100,11 +110,11 @@ for v in main params; do
 done
 wait "${pids[@]}"
 say "validation loops done"
-python3 - "$RES" $SETTINGS > "$RES/choice.json" <<'EOF'
+python3 - "$RES" "$VARIANTS" "$SETTINGS" > "$RES/choice.json" <<'EOF'
 import json, os, sys
 res, rows = sys.argv[1], []
-for variant in ("main", "params"):
-    for setting in sys.argv[2:]:
+for variant in sys.argv[2].split():
+    for setting in sys.argv[3].split():
         row = {"variant": variant, "setting": setting}
         path = os.path.join(res, f"val_{variant}_{setting}", "metrics.json")
         if os.path.exists(path):

@@ -382,6 +382,26 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     assert flags.split()[-2:] == ["--set", "stages.add_tools.epochs=1"]
 
 
+def test_the_sweep_keeps_to_the_time_target(tmp_path):
+    """The addition must take at most 25 % of the full retrain: a candidate that took longer is not chosen, however
+    it scores (the last real sweep picked 3 epochs, 72.0 s of a 264.7 s retrain: 27.2 %). Without the retrain's time
+    nothing is filtered; when nothing fits, nothing is either, and chosen.json says so."""
+    scores = {"0.5:1e-2:new_rows_head": (1.0, 0.78), "0.5:1e-2:new_rows_head:3": (1.0, 0.80)}
+    memorization = dict.fromkeys(scores, 0.97)
+    took = {"sweep_0.5_1e-2_new_rows_head": 56.0, "sweep_0.5_1e-2_new_rows_head_3": 72.0}
+    for name, full, pick, checked in (("fits", 264.7, "0.5:1e-2:new_rows_head", True),
+                                      ("untimed", None, "0.5:1e-2:new_rows_head:3", False),
+                                      ("none_fit", 100.0, "0.5:1e-2:new_rows_head:3", False)):
+        run = tmp_path / name
+        run.mkdir()
+        for file, value in {**took, **({"full_retrain": full} if full else {})}.items():
+            (run / f"seconds_{file}").write_text(str(value))
+        chosen = sweep_choice(run, scores, 1, memorization)
+        assert chosen.get("epochs", "config") == (3 if pick.endswith(":3") else "config")
+        assert chosen["time"]["checked"] is checked and chosen["time"]["seconds_full_retrain"] == full
+    assert chosen["time"]["why"] == "no candidate fits: all kept"
+
+
 def test_a_params_parent_gets_params_docs_for_new_tools_and_keeps_its_old_ones(tmp_path):
     """A parent prepared with --input-doc params: the new tools' input docs carry their parameters too, and an old
     tool rebuilt from tool_tokens.json (old_catalog: what new trajectories calling it are written with) shows exactly

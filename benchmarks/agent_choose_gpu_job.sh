@@ -12,7 +12,8 @@
 #      retrieval stage, PARALLEL of them side by side (default 2: three do not fit an 80 GB card beside each other).
 #   3. The loop on agent_e2e_val.json for each stage (context budget 8192), for each loop setting in SETTINGS
 #      ("plain", "block" = --e2e-block-repeats; default "plain": run 1 found them within 0.3 points).
-#      The rule, fixed before the run: the highest ComplexFuncBench validation call_accuracy, ties to success_rate.
+#      The rule, fixed before the run (benchmarks/e2e_choose.py): the highest ComplexFuncBench validation
+#      call_accuracy on the requests every run finished (a time limit cuts different ones), ties to success_rate.
 #   4. One test run of the choice (agent_e2e_test.json: ComplexFuncBench in TEST_SHARDS processes, NESTFUL), and the
 #      step-wise metrics of the chosen stage on agent_test.json. Everything under $RES, packed into $RES.tgz at the end
 #      (also when the job stops early). The loops are launch-bound: shards side by side on the one GPU run faster.
@@ -110,23 +111,16 @@ for v in $VARIANTS; do
 done
 wait "${pids[@]}"
 say "validation loops done"
-python3 - "$RES" "$VARIANTS" "$SETTINGS" > "$RES/choice.json" <<'EOF'
-import json, os, sys
-res, rows = sys.argv[1], []
-for variant in sys.argv[2].split():
-    for setting in sys.argv[3].split():
-        row = {"variant": variant, "setting": setting}
-        path = os.path.join(res, f"val_{variant}_{setting}", "metrics.json")
-        if os.path.exists(path):
-            (m,) = json.load(open(path))["systems"].values()
-            row["complexfuncbench"] = {k.split("/")[-1]: v for k, v in m.items() if "/complexfuncbench/" in k}
-        rows.append(row)
-scored = [r for r in rows if "complexfuncbench" in r]
-best = max(scored, key=lambda r: (r["complexfuncbench"]["call_accuracy"], r["complexfuncbench"]["success_rate"]))
-print(json.dumps({"rule": "highest ComplexFuncBench validation call_accuracy, ties to success_rate",
-                  "chosen": {"variant": best["variant"], "setting": best["setting"]}, "rows": rows}, indent=1))
-EOF
-read -r V B < <(python3 -c "import json,sys; c=json.load(open('$RES/choice.json'))['chosen']; print(c['variant'], c['setting'])")
+runs=()   # the choice: benchmarks/e2e_choose.py, every run scored on the requests all of them finished
+for v in $VARIANTS; do
+  for b in $SETTINGS; do
+    f=$RES/val_${v}_$b/transcripts/toolgen_agent_tuning_complexfuncbench_val.json
+    if [ -f "$f" ]; then runs+=("$v:$b=$f"); else say "no validation transcripts for $v $b"; fi
+  done
+done
+PYTHONPATH=$PYTHONPATH:$PWD python3 benchmarks/e2e_choose.py --data "$RUN/data_main" --split val \
+  --json "$RES/choice.json" "${runs[@]}" | tee "$LOGS/choice.md"
+IFS=: read -r V B < <(python3 -c "import json; print(json.load(open('$RES/choice.json'))['chosen'])")
 say "chosen on validation: $V $B"
 FLAGS=(); [ "$B" = block ] && FLAGS=(--e2e-block-repeats)
 cfb "$V" test test_cfb "$TEST_SHARDS" "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &

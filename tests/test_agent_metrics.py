@@ -183,3 +183,33 @@ def test_e2e_breakdown_by_length_and_first_failure():
     assert result["first_failure"] == {"none": 1, "an argument": 1}
     assert result["parameters"] == {"city": 1, "units": 1}
     assert "| 7+ | 0 / 1 | - | - | - |" in markdown(result)
+
+
+def test_e2e_choose_scores_every_run_on_the_requests_all_finished():
+    """benchmarks/e2e_choose.py: run "short" finished only the easy request (right), "long" finished both, the easy
+    one wrong and the hard one right. On their own finished requests "short" (call accuracy 1/1) beats "long"
+    ((0 + 2) / (1 + 2) = 2/3); on the request both finished (a) "long" has 0/1, so "short" is chosen there too, by
+    call accuracy 1.0 against 0.0 — and a third run that finished nothing in common stops the comparison."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from e2e_choose import choose, markdown
+
+    def call(city):
+        return GoldCall("weather", {"city": city})
+
+    def run(uid, *cities, stop="finish"):
+        steps = [Step(i, "<<T&&weather>>", "weather", arguments={"city": c}) for i, c in enumerate(cities)]
+        return Transcript("", uid, steps=steps + [Step(len(steps), FINISH)], stop_reason=stop)
+    a, b = GoldRequest("a", "", [call("Paris")], None, ""), GoldRequest("b", "", [call("Rome"), call("Oslo")], None, "")
+    runs = {"short": [run("a", "Paris"), run("b", "Rome", stop="deadline")],
+            "long": [run("a", "Lyon"), run("b", "Rome", "Oslo")]}
+    result = choose(runs, [a, b])
+    assert (result["common_requests"], result["held_out"], result["chosen"]) == (1, 2, "short")
+    assert result["rows"]["short"]["call_accuracy"] == 1.0 and result["rows"]["long"]["call_accuracy"] == 0.0
+    assert (result["rows"]["short"]["finished"], result["rows"]["long"]["finished"]) == (1, 2)
+    # ties on call accuracy go to success: both match b's two calls, x with 3 extra calls (a failure: at most 2)
+    tie = choose({"x": [run("b", "Rome", "Lyon", "Paris", "Nice", "Oslo")], "y": [run("b", "Rome", "Oslo")]}, [b])
+    assert tie["rows"]["x"]["call_accuracy"] == tie["rows"]["y"]["call_accuracy"] == 1.0
+    assert (tie["rows"]["x"]["success_rate"], tie["rows"]["y"]["success_rate"], tie["chosen"]) == (0.0, 1.0, "y")
+    assert "| short (chosen) | 1 |" in markdown(result, "complexfuncbench")
+    with pytest.raises(SystemExit, match="no request was finished by every run"):
+        choose({"p": [run("a", "Paris")], "q": [run("b", "Rome", "Oslo")]}, [a, b])

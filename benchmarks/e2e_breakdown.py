@@ -9,6 +9,7 @@ toolgen.evaluate or toolgen.e2e_merge wrote (transcripts/<system>_<source>.json)
 the time limit, or stopped by it: stop_reason "deadline") are counted, not scored. Prints, in markdown:
   - by gold length (gold calls per request: 1-2, 3-4, 5-6, 7+): requests run / held out, and the e2e metrics of
     toolgen.agent_metrics.e2e_metrics over the requests run (success, call accuracy, tool selection);
+  - what followed each failed call (after_error: Finish, the same tool again, a call that matched);
   - the first failure of each run request: the first step whose call failed, by the replay executor's message
     (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
     request does not need; arguments invalid after the repair; other), or none.
@@ -68,7 +69,28 @@ def breakdown(transcripts, requests):
         kind, names = first_failure(t)
         kinds[kind] += 1
         params.update(names)
-    return {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common())}
+    return {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common()),
+            "after_error": after_error(by_uid.values())}
+
+
+def after_error(transcripts):
+    """What the model did right after a failed call (an error observation): {"errors", "then_finish", "then_same_tool",
+    "then_matched" (the next call got no error), "then_nothing" (the run stopped)}. The data holds no error answers,
+    so this is what --recovery-share (toolgen/data/recovery.py) is meant to move."""
+    out = collections.Counter(errors=0, then_finish=0, then_same_tool=0, then_matched=0, then_nothing=0)
+    for t in transcripts:
+        for s, nxt in zip(t.steps, list(t.steps[1:]) + [None]):
+            if s.token == FINISH or not s.error:
+                continue
+            out["errors"] += 1
+            if nxt is None:
+                out["then_nothing"] += 1
+            elif nxt.token == FINISH:
+                out["then_finish"] += 1
+            else:
+                out["then_same_tool"] += nxt.token == s.token
+                out["then_matched"] += not nxt.error
+    return dict(out)
 
 
 def markdown(result):
@@ -76,7 +98,8 @@ def markdown(result):
     for b, r in result["by_length"].items():
         cells = [f"{r[k]:.3f}" if k in r else "-" for k in ("success_rate", "call_accuracy", "tool_selection_accuracy")]
         lines.append(f"| {b} | {r['run']} / {r['held_out']} | " + " | ".join(cells) + " |")
-    lines += ["", "First failure: " + ", ".join(f"{k} {v}" for k, v in result["first_failure"].items()),
+    lines += ["", "After a failed call: " + ", ".join(f"{k} {v}" for k, v in result["after_error"].items()),
+              "First failure: " + ", ".join(f"{k} {v}" for k, v in result["first_failure"].items()),
               "Parameters in the first argument failures: " + ", ".join(f"{k} {v}" for k, v in
                                                                        result["parameters"].items())]
     return "\n".join(lines)

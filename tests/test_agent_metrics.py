@@ -181,6 +181,9 @@ def test_e2e_breakdown_by_length_and_first_failure():
                            "tool_selection_accuracy": pytest.approx(2 / 3)}
     assert rows["7+"] == {"held_out": 1, "run": 0}
     assert result["first_failure"] == {"none": 1, "an argument": 1}
+    # b's failed second call was followed by Finish; c (stopped by the deadline) is not scored
+    assert result["after_error"] == {"errors": 1, "then_finish": 1, "then_same_tool": 0, "then_matched": 0,
+                                     "then_nothing": 0}
     assert result["parameters"] == {"city": 1, "units": 1}
     assert "| 7+ | 0 / 1 | - | - | - |" in markdown(result)
 
@@ -213,3 +216,17 @@ def test_e2e_choose_scores_every_run_on_the_requests_all_finished():
     assert "| short (chosen) | 1 |" in markdown(result, "complexfuncbench")
     with pytest.raises(SystemExit, match="no request was finished by every run"):
         choose({"p": [run("a", "Paris")], "q": [run("b", "Rome", "Oslo")]}, [a, b])
+
+
+def test_e2e_breakdown_after_error_by_hand():
+    """What followed each failed call: run 1 fails A then retries A right (same tool, matched), fails B, then fails
+    C (another tool, another error: neither), then Finish after C's error; run 2 ends on a failed call."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from e2e_breakdown import after_error
+
+    def s(i, api, error=None):
+        return Step(i, FINISH if api == "Finish" else f"<<T&&{api}>>", api, arguments={}, error=error)
+    runs = [Transcript("", "1", steps=[s(0, "A", "x"), s(1, "A"), s(2, "B", "x"), s(3, "C", "x"), s(4, "Finish")]),
+            Transcript("", "2", steps=[s(0, "A"), s(1, "B", "x")])]
+    assert after_error(runs) == {"errors": 4, "then_finish": 1, "then_same_tool": 1, "then_matched": 1,
+                                 "then_nothing": 1}

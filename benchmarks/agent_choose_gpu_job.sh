@@ -8,6 +8,8 @@
 #      max_length 8192 (2048 cut 44 % of its targets: quality.md), every stage on packed rows with the varlen kernel.
 #      One GPU holds the two-GPU global batches: per-device batch x2 for stages 1-2, accumulation for the agent.
 #      A stage that fails on varlen is trained again as before (eager attention, padded rows; stages 1-2 only).
+#      The retrieval stage comes back in pieces ($BACK/retrieval_training.tgz.NN; join them with cat); given as
+#      $IN/retrieval_training.tgz to a later run (the same data and paths), stages 1-2 are not trained again (~5 min).
 #   2. One agent stage per variant (VARIANTS, default "main params"; main = qdata.tar.xz), all from the same
 #      retrieval stage, PARALLEL of them side by side (default 2: three do not fit an 80 GB card beside each other).
 #   3. The loop on agent_e2e_val.json for each stage (context budget 8192), for each loop setting in SETTINGS
@@ -16,7 +18,8 @@
 #      call_accuracy on the requests every run finished (a time limit cuts different ones), ties to success_rate.
 #   4. One test run of the choice (agent_e2e_test.json: ComplexFuncBench in TEST_SHARDS processes, NESTFUL), and the
 #      step-wise metrics of the chosen stage on agent_test.json. Everything under $RES, packed into $RES.tgz at the end
-#      (also when the job stops early). The loops are launch-bound: shards side by side on the one GPU run faster.
+#      (also when the job stops early); the chosen agent stage in pieces in $BACK. The loops are launch-bound: shards
+#      side by side on the one GPU run faster.
 #   setsid nohup bash benchmarks/agent_choose_gpu_job.sh > /tmp/alogs/job.log 2>&1 &
 # Runs (benchmarks/results/quality.md):
 #   - 2026-11-27 (1), one H100: the names stage's eight validation loops (plain, block) beside the params stage's
@@ -29,7 +32,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares}
+IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares} BACK=${BACK:-/tmp/aback}
 VAL_TL=${VAL_TIME_LIMIT:-300} TEST_TL=${TEST_TIME_LIMIT:-480} VAL_SHARDS=${VAL_SHARDS:-4}
 TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192} SETTINGS=${SETTINGS:-plain}
 VARIANTS=${VARIANTS:-main params} PARALLEL=${PARALLEL:-2}
@@ -74,6 +77,9 @@ pack() {   # what came of the run, also when it stops early: $RES.tgz
   rm -rf "$RES/logs"; cp -r "$LOGS" "$RES/logs"; tar czf "$RES.tgz.tmp" -C "$(dirname "$RES")" "$(basename "$RES")"
   mv "$RES.tgz.tmp" "$RES.tgz"
 }
+back() {   # STAGE_DIR NAME: the stage folder to bring back, in pieces under a returned file's 16 MiB: $BACK/NAME.tgz.NN
+  mkdir -p "$BACK"; tar czf - -C "$(dirname "$1")" "$(basename "$1")" | split -b 15M -d - "$BACK/$2.tgz."
+}
 trap pack EXIT
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 install_wheels
@@ -84,14 +90,20 @@ done
 waitfor "$IN/qwen05.gguf"; mkdir -p models; ln -sfn "$IN/qwen05.gguf" "$QGGUF"
 python3 -c "from toolgen import models; print(models.resolve_model('gguf-file:$QGGUF'))"
 say "qwen ready"
-for s in memorization retrieval; do
-  if ! train "$RUN/main" "$RUN/data_main" "$s" "train_$s" "${FAST[@]}"; then
-    say "$s failed on varlen (log: train_$s.log); again with eager attention on padded rows"
-    train "$RUN/main" "$RUN/data_main" "$s" "train_$s" "${EAGER[@]}"
-  fi
-  say "$s trained"
-done
 RETR=$RUN/main/$(folder retrieval)
+if [ -f "$IN/retrieval_training.tgz" ]; then   # an earlier run's stage 2 (BACK below): stages 1-2 not trained again
+  mkdir -p "$RUN/main"; tar xzf "$IN/retrieval_training.tgz" -C "$RUN/main"; say "retrieval stage brought in"
+fi
+if [ ! -f "$RETR/stage.json" ]; then
+  for s in memorization retrieval; do
+    if ! train "$RUN/main" "$RUN/data_main" "$s" "train_$s" "${FAST[@]}"; then
+      say "$s failed on varlen (log: train_$s.log); again with eager attention on padded rows"
+      train "$RUN/main" "$RUN/data_main" "$s" "train_$s" "${EAGER[@]}"
+    fi
+    say "$s trained"
+  done
+  back "$RETR" retrieval_training
+fi
 # The agent stages side by side (one alone kept the GPU a third busy), then every validation loop at once: loops
 # beside a training stage slowed both (run 1).
 running=()
@@ -122,6 +134,7 @@ PYTHONPATH=$PYTHONPATH:$PWD python3 benchmarks/e2e_choose.py --data "$RUN/data_m
   --json "$RES/choice.json" "${runs[@]}" | tee "$LOGS/choice.md"
 IFS=: read -r V B < <(python3 -c "import json; print(json.load(open('$RES/choice.json'))['chosen'])")
 say "chosen on validation: $V $B"
+back "$RUN/$V/$(folder agent)" "agent_$V" &
 FLAGS=(); [ "$B" = block ] && FLAGS=(--e2e-block-repeats)
 cfb "$V" test test_cfb "$TEST_SHARDS" "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
 e2e "$V" test nestful test_nestful --e2e-time-limit "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &

@@ -35,7 +35,7 @@ export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false PYTORCH_CUDA_ALLOC_
 IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares} BACK=${BACK:-/tmp/aback}
 VAL_TL=${VAL_TIME_LIMIT:-300} TEST_TL=${TEST_TIME_LIMIT:-480} VAL_SHARDS=${VAL_SHARDS:-4}
 TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192} SETTINGS=${SETTINGS:-plain}
-VARIANTS=${VARIANTS:-main params} PARALLEL=${PARALLEL:-2}
+VARIANTS=${VARIANTS:-main params} PARALLEL=${PARALLEL:-2} LOOPS=${LOOPS:-2}
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 FAST=(--set train.packing=true --set model.attn_implementation=varlen)
 STAGE_SETS=(--set stages.memorization.per_device_batch_size=128 --set stages.retrieval.per_device_batch_size=128
@@ -63,18 +63,21 @@ cfb() {   # VARIANT SPLIT NAME SHARDS TIME_LIMIT [flags]: ComplexFuncBench in SH
     e2e "$v" "$split" complexfuncbench "${name}_$k" --e2e-time-limit "$tl" --e2e-shard "$k/$n" "$@" & pids+=($!)
   done
   wait "${pids[@]}"
-  python3 -m toolgen.e2e_merge --data "$RUN/data_$v" --out "$RES/$name" --e2e-split "$split" "$RES/${name}"_? \
+  local shards=(); for ((k = 0; k < n; k++)); do shards+=("$RES/${name}_$k"); done
+  python3 -m toolgen.e2e_merge --data "$RUN/data_$v" --out "$RES/$name" --e2e-split "$split" "${shards[@]}" \
     > "$LOGS/merge_$name.log" 2>&1 || say "merge $name failed"
 }
 pack() {   # what came of the run, also when it stops early: $RES.tgz
-  for v in $VARIANTS; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
+  for v in main $VARIANTS; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
     for d in "$RUN/$v"/*/; do
       [ -d "$d" ] && [ ! -L "${d%/}" ] || continue
       mkdir -p "$RES/stages/$v"
       for f in stage.json metrics.json; do cp "$d$f" "$RES/stages/$v/$(basename "$d").$f" 2>/dev/null || true; done
     done
   done
-  rm -rf "$RES/logs"; cp -r "$LOGS" "$RES/logs"; tar czf "$RES.tgz.tmp" -C "$(dirname "$RES")" "$(basename "$RES")"
+  rm -rf "$RES/logs"; cp -r "$LOGS" "$RES/logs"
+  # loops still writing (a job stopped early) make tar warn and exit 1: what it packed is still worth having
+  tar --warning=no-file-changed -czf "$RES.tgz.tmp" -C "$(dirname "$RES")" "$(basename "$RES")" || say "pack: tar exit $?"
   mv "$RES.tgz.tmp" "$RES.tgz"
 }
 back() {   # STAGE_DIR NAME: the stage folder to bring back, in pieces under a returned file's 16 MiB: $BACK/NAME.tgz.NN
@@ -83,7 +86,8 @@ back() {   # STAGE_DIR NAME: the stage folder to bring back, in pieces under a r
 trap pack EXIT
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 install_wheels
-for v in $VARIANTS; do   # the prepared folder of each variant: $RUN/data_V
+for v in main $VARIANTS; do   # the prepared folder of each variant: $RUN/data_V (main's trains stages 1-2 in any case)
+  [ -d "$RUN/data_$v" ] && continue
   f=$IN/qdata.tar.xz; [ "$v" = main ] || f=$IN/qdata_$v.tar.xz
   waitfor "$f"; mkdir -p "$RUN/x_$v"; tar xJf "$f" -C "$RUN/x_$v"; mv "$RUN/x_$v/data" "$RUN/data_$v"
 done
@@ -91,6 +95,7 @@ waitfor "$IN/qwen05.gguf"; mkdir -p models; ln -sfn "$IN/qwen05.gguf" "$QGGUF"
 python3 -c "from toolgen import models; print(models.resolve_model('gguf-file:$QGGUF'))"
 say "qwen ready"
 RETR=$RUN/main/$(folder retrieval)
+[ "${RETRIEVAL_IN:-0}" = 1 ] && waitfor "$IN/retrieval_training.tgz"   # it is on its way: do not train stages 1-2
 if [ -f "$IN/retrieval_training.tgz" ]; then   # an earlier run's stage 2 (BACK below): stages 1-2 not trained again
   mkdir -p "$RUN/main"; tar xzf "$IN/retrieval_training.tgz" -C "$RUN/main"; say "retrieval stage brought in"
 fi
@@ -110,18 +115,21 @@ running=()
 for v in $VARIANTS; do
   parent=(); [ "$v" = main ] || parent=(--parent "$RETR")
   train "$RUN/$v" "$RUN/data_$v" agent "train_agent_$v" "${FAST[@]}" ${parent[@]+"${parent[@]}"} & running+=($!)
-  if [ "${#running[@]}" -ge "$PARALLEL" ]; then wait "${running[0]}" || say "an agent stage failed"; running=("${running[@]:1}"); fi
+  if [ "${#running[@]}" -ge "$PARALLEL" ]; then   # the oldest first (stages of one size end in about that order)
+    wait "${running[0]}" || say "an agent stage failed"; running=("${running[@]:1}")
+  fi
 done
 for p in ${running[@]+"${running[@]}"}; do wait "$p" || say "an agent stage failed"; done
 say "agent stages trained"
-pids=()
+pids=()   # at most LOOPS runs (of VAL_SHARDS processes each) at once: 8 processes beside training filled 78 GB
 for v in $VARIANTS; do
   for b in $SETTINGS; do
     flags=(); [ "$b" = block ] && flags=(--e2e-block-repeats)
     cfb "$v" val "val_${v}_$b" "$VAL_SHARDS" "$VAL_TL" ${flags[@]+"${flags[@]}"} & pids+=($!)
+    if [ "${#pids[@]}" -ge "$LOOPS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
   done
 done
-wait "${pids[@]}"
+for p in ${pids[@]+"${pids[@]}"}; do wait "$p"; done
 say "validation loops done"
 runs=()   # the choice: benchmarks/e2e_choose.py, every run scored on the requests all of them finished
 for v in $VARIANTS; do
@@ -130,16 +138,20 @@ for v in $VARIANTS; do
     if [ -f "$f" ]; then runs+=("$v:$b=$f"); else say "no validation transcripts for $v $b"; fi
   done
 done
-PYTHONPATH=$PYTHONPATH:$PWD python3 benchmarks/e2e_choose.py --data "$RUN/data_main" --split val \
-  --json "$RES/choice.json" "${runs[@]}" | tee "$LOGS/choice.md"
-IFS=: read -r V B < <(python3 -c "import json; print(json.load(open('$RES/choice.json'))['chosen'])")
+if [ "${#runs[@]}" -gt 0 ] && PYTHONPATH=$PYTHONPATH:$PWD python3 benchmarks/e2e_choose.py --data "$RUN/data_main" \
+    --split val --json "$RES/choice.json" "${runs[@]}" | tee "$LOGS/choice.md"; then
+  IFS=: read -r V B < <(python3 -c "import json; print(json.load(open('$RES/choice.json'))['chosen'])")
+else   # nothing to compare: the test runs the first variant as shipped, and says so
+  V=${VARIANTS%% *} B=plain; say "no choice on validation: testing $V $B"
+fi
 say "chosen on validation: $V $B"
 back "$RUN/$V/$(folder agent)" "agent_$V" &
 FLAGS=(); [ "$B" = block ] && FLAGS=(--e2e-block-repeats)
 cfb "$V" test test_cfb "$TEST_SHARDS" "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
 e2e "$V" test nestful test_nestful --e2e-time-limit "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
 CUDA_VISIBLE_DEVICES=0 python3 -m toolgen.evaluate --config "$QCONF" --no-e2e --no-base --no-baselines \
-  --set retrieval.prior=none --set stages.agent.max_length=8192 --model "$RUN/$V/$(folder agent)" --data "$RUN/data_$V" --out "$RES/test_stepwise" \
+  --set retrieval.prior=none --set stages.agent.max_length=8192 --model "$RUN/$V/$(folder agent)" \
+  --data "$RUN/data_$V" --out "$RES/test_stepwise" \
   > "$LOGS/test_stepwise.log" 2>&1 || say "step-wise evaluation failed" &
 wait
 say "end"

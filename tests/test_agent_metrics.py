@@ -214,6 +214,14 @@ def test_e2e_choose_scores_every_run_on_the_requests_all_finished():
     assert tie["rows"]["x"]["call_accuracy"] == tie["rows"]["y"]["call_accuracy"] == 1.0
     assert (tie["rows"]["x"]["success_rate"], tie["rows"]["y"]["success_rate"], tie["chosen"]) == (0.0, 1.0, "y")
     assert "| short (chosen) | 1 |" in markdown(result, "complexfuncbench")
+    # where it decides: on their own finished requests x (1/2) beats y (2/5); on the two both finished, y (2/2) wins
+    r1, r2 = GoldRequest("r1", "", [call("Paris")], None, ""), GoldRequest("r2", "", [call("Rome")], None, "")
+    r3 = GoldRequest("r3", "", [call("Oslo"), call("Bern"), call("Graz")], None, "")
+    x = [run("r1", "Lyon"), run("r2", "Rome"), run("r3", "Oslo", stop="deadline")]
+    y = [run("r1", "Paris"), run("r2", "Rome"), run("r3", "Nice")]
+    flip = choose({"x": x, "y": y}, [r1, r2, r3])
+    assert flip["common_requests"] == 2 and flip["chosen"] == "y"
+    assert (flip["rows"]["x"]["call_accuracy"], flip["rows"]["y"]["call_accuracy"]) == (0.5, 1.0)
     with pytest.raises(SystemExit, match="no request was finished by every run"):
         choose({"p": [run("a", "Paris")], "q": [run("b", "Rome", "Oslo")]}, [a, b])
 
@@ -227,6 +235,7 @@ def test_e2e_breakdown_after_error_by_hand():
     def s(i, api, error=None):
         return Step(i, FINISH if api == "Finish" else f"<<T&&{api}>>", api, arguments={}, error=error)
     runs = [Transcript("", "1", steps=[s(0, "A", "x"), s(1, "A"), s(2, "B", "x"), s(3, "C", "x"), s(4, "Finish")]),
-            Transcript("", "2", steps=[s(0, "A"), s(1, "B", "x")])]
-    assert after_error(runs) == {"errors": 4, "then_finish": 1, "then_same_tool": 1, "then_matched": 1,
+            Transcript("", "2", steps=[s(0, "A"), s(1, "B", "x")]),
+            Transcript("", "3", steps=[s(0, "A", "x"), s(1, "B")])]   # another tool, and it matched
+    assert after_error(runs) == {"errors": 5, "then_finish": 1, "then_same_tool": 1, "then_matched": 2,
                                  "then_nothing": 1}

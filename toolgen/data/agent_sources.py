@@ -150,8 +150,7 @@ def source_outputs(name, source, names, options, report):
         trajectories.append((_resolved(t, r, keys, apis, names), False, (t, r)))
     selected = quality.select(trajectories, options["min_complete"], counts, report)
     with_attempts, counts["recovery_examples"] = recovery.add_attempts(
-        [(resolved, r.calls) for resolved, _, (_, r) in selected], options.get("recovery_share", 0.0),
-        options["seed"], name)
+        [(resolved, r) for resolved, _, (_, r) in selected], options.get("recovery_share", 0.0), options["seed"], name)
     agent = [{**stages.agent_example(t, resolved, options.get("input_params", False)), "source": name}
              for resolved, (_, _, (t, _)) in zip(with_attempts, selected)]
     retrieval_test = [stages.retrieval_test_record(dataclasses.replace(gold.to_query(r, keys), uid=f"{name}_{r.uid}"),

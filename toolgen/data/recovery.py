@@ -7,12 +7,15 @@ after 138 of them the next action was <<Finish>>, after only 34 a call that matc
 
 A recovery example is a training trajectory with one attempt inserted before one of its calls: the same tool with one
 argument wrong, the way the loop gets them wrong (a date or a time one unit off, a place with a word missing, a
-number off by one, a parameter left out), then the replay executor's error for it (matching.mismatch: it names the
-argument, never the expected value), then the gold call as before. The attempt is context only (no loss: Step.failed);
-the loss falls on the corrected call and everything after it, as in the trajectory it came from.
+number off by one, another request's value for the same parameter, an optional parameter left out — never a required
+one: the loop catches that before any call, with a repair turn, so the executor never answers it), then the replay
+executor's error for it (matching.mismatch: it names the argument, never the expected value), then the gold call as
+before. The attempt is context only (no loss: Step.failed); the loss falls on the corrected call and everything after
+it, as in the trajectory it came from.
 
 toolgen-prepare --recovery-share F: that share of the agent sources' training trajectories (ComplexFuncBench, NESTFUL:
-the ones the replay executor can answer) gets one attempt, at a seeded random call; the others stay as they are.
+the ones the replay executor can answer) gets one attempt, at a random call. Each trajectory draws from its own seed
+(seed, source, request uid), so the trajectories of share 0.3 are among those of share 0.5.
 """
 
 import datetime
@@ -28,8 +31,9 @@ _TIME = re.compile(r"(\d{2}):(\d{2})")
 _DROP = object()   # wrong_value's answer for "leave the parameter out"
 
 
-def wrong_value(value, rng):
-    """A plausible mistake for one argument value, or _DROP (the parameter left out) where there is none."""
+def wrong_value(value, rng, others=()):
+    """A plausible mistake for one argument value: one unit off, a word missing, else one of `others` (the values
+    other gold calls give the same parameter); _DROP (leave the parameter out) when there is none."""
     step = rng.choice((-1, 1))
     if isinstance(value, bool):
         return not value
@@ -42,25 +46,28 @@ def wrong_value(value, rng):
             try:
                 return (datetime.date.fromisoformat(value) + datetime.timedelta(days=step)).isoformat()
             except ValueError:
-                return _DROP
-        if _TIME.fullmatch(value):
+                pass
+        elif _TIME.fullmatch(value):
             hour, minute = _TIME.fullmatch(value).groups()
             return f"{(int(hour) + step) % 24:02d}:{minute}"
-        words = value.split()
-        if len(words) > 1:
-            return " ".join(words[:-1])
-    return _DROP
+        elif len(value.split()) > 1:
+            return " ".join(value.split()[:-1])
+    different = [v for v in others if matching.normalize(v) != matching.normalize(value)]
+    return rng.choice(different) if different else _DROP
 
 
-def failed_arguments(arguments, gold_calls, position, rng):
-    """(wrong arguments, error text) for the call at `position`, or None when no mistake gives an error (every
-    perturbation tried, in a seeded order, matches an unused gold call: requests that repeat a call a day apart)."""
+def failed_arguments(arguments, gold_calls, position, rng, required=(), pool=None):
+    """(wrong arguments, error text) for the call at `position`, or None when no mistake gives an error the loop
+    would show (every perturbation tried, in a seeded order, matches an unused gold call — requests that repeat a call
+    a day apart — or would leave out a required parameter). pool: {(api name, parameter): [values]} (value_pool)."""
     used = set(range(position))   # a gold trajectory matches its calls in order
     name = gold_calls[position].name
     keys = list(arguments)
     rng.shuffle(keys)
     for key in keys:
-        value = wrong_value(arguments[key], rng)
+        value = wrong_value(arguments[key], rng, (pool or {}).get((name, key), ()))
+        if value is _DROP and key in required:
+            continue
         wrong = {k: v for k, v in arguments.items() if k != key}
         if value is not _DROP:
             wrong[key] = value
@@ -69,7 +76,7 @@ def failed_arguments(arguments, gold_calls, position, rng):
     return None
 
 
-def with_attempt(resolved, gold_calls, rng):
+def with_attempt(resolved, gold_calls, rng, pool=None):
     """resolved ([(token, api, step)], the gold calls in order, then Finish) with one failed attempt inserted before a
     random call whose arguments are a complete target. Returns (resolved, True), or (resolved, False) unchanged when
     no call can take one."""
@@ -78,7 +85,8 @@ def with_attempt(resolved, gold_calls, rng):
     rng.shuffle(candidates)
     for i in candidates:
         token, api, step = resolved[i]
-        failed = failed_arguments(json.loads(step.arguments), gold_calls, i, rng)
+        required = {p.get("name") for p in api.params("required")}
+        failed = failed_arguments(json.loads(step.arguments), gold_calls, i, rng, required, pool)
         if failed is None:
             continue
         arguments, error = failed
@@ -88,14 +96,27 @@ def with_attempt(resolved, gold_calls, rng):
     return resolved, False
 
 
+def value_pool(requests):
+    """{(api name, parameter): [distinct values]} over the gold calls of the requests: what another request gave."""
+    pool = {}
+    for r in requests:
+        for c in r.calls:
+            for key, value in (matching.gold_arguments(c) or {}).items():
+                seen = pool.setdefault((c.name, key), {})
+                seen.setdefault(json.dumps(value, sort_keys=True, ensure_ascii=False), value)
+    return {k: list(v.values()) for k, v in pool.items()}
+
+
 def add_attempts(selected, share, seed, name):
-    """selected: [(resolved, gold calls)] of one source's training trajectories -> ([resolved], how many got an
-    attempt). A seeded draw per trajectory (seed and source name), so the same data gives the same examples."""
-    rng = random.Random(f"{seed}:recovery:{name}")
+    """selected: [(resolved, GoldRequest)] of one source's training trajectories -> ([resolved], how many got an
+    attempt). Each trajectory's draws come from its own seed (seed, source, uid): the same data gives the same
+    examples, and a larger share keeps the smaller share's attempts."""
+    pool = value_pool([r for _, r in selected]) if share > 0 else {}
     out, made = [], 0
-    for resolved, gold_calls in selected:
+    for resolved, request in selected:
+        rng = random.Random(f"{seed}:recovery:{name}:{request.uid}")
         if share > 0 and rng.random() < share:
-            resolved, added = with_attempt(resolved, gold_calls, rng)
+            resolved, added = with_attempt(resolved, request.calls, rng, pool)
             made += added
         out.append(resolved)
     return out, made

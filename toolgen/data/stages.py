@@ -102,7 +102,7 @@ def agent_example(trajectory, resolved, params=False):
     messages = [msg("system", AGENT_SYSTEM), msg("user", trajectory.query)]
     for token, api, step in resolved:
         if quality.thought(step):
-            messages.append(msg("assistant", f"Thought: {quality.thought(step)}", True))
+            messages.append(msg("assistant", f"Thought: {quality.thought(step)}", not step.failed))
         messages.append(msg("user", ASK_ACTION))
         messages.append(msg("assistant", token, not step.failed))
         doc = api_input_doc(api, params) if api is not None else json.dumps(FINISH_DOC)

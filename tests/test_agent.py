@@ -442,3 +442,17 @@ def test_e2e_time_limit_scores_only_the_requests_that_finished(monkeypatch):
     clock[0], policy.actions, policy.texts = 0.0, [WEATHER, FINISH], ['{"city": "Osaka"}', ANSWER]
     transcripts, m = run_e2e(None, None, requests[:1], TOOLS, AgentConfig(max_steps=3), policy=policy)
     assert (m["e2e/requests"], m["e2e/requests_cut"], transcripts[0].stop_reason) == (1, 0, "finish")   # no limit
+
+
+def test_context_budget_defaults_to_what_the_stage_trained_at(tmp_path):
+    """No budget given: 4096, or the agent stage's max_length when larger (a stage trained on whole trajectories at
+    8,192 would otherwise see its histories cut); a given budget wins, 0 meaning no limit."""
+    from toolgen.toolset import context_budget
+    for trained, expected in ((8192, 8192), (2048, 4096)):
+        stage = tmp_path / str(trained)
+        stage.mkdir()
+        (stage / "config.json").write_text(json.dumps({"stages": {"agent": {"max_length": trained}}}))
+        assert context_budget(None, str(stage)) == expected
+        assert context_budget(3000, str(stage)) == 3000 and context_budget(0, str(stage)) is None
+    assert context_budget(None, str(tmp_path / "missing")) == 4096 and context_budget(None, "") == 4096
+

@@ -304,6 +304,8 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
                    "--out", str(tmp_path / "e2e_only"), "--e2e-only"])
     only = json.load(open(tmp_path / "e2e_only" / "metrics.json"))["systems"]
     assert set(only) == {"base", "toolgen/agent_tuning"}
+    settings = json.load(open(tmp_path / "e2e_only" / "transcripts" / "toolgen_agent_tuning_weather.json"))[0]["settings"]
+    assert settings["context_budget"] == 4096   # no flag: 4096, the stage's max_length being smaller
     for name, m in only.items():
         assert m and all(k.startswith("agent_e2e/") for k in m)
         assert m == {k: v for k, v in systems[name].items() if k.startswith("agent_e2e/")}

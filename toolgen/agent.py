@@ -28,7 +28,7 @@ from toolgen.executors import (CallTimeout, NoExecutor, ReplayExecutor, ToolErro
                                call_with_timeout)
 from toolgen.observations import fit_context, observation_text
 from toolgen.prompt_cache import PromptCache
-from toolgen.toolset import FINISH_TOOL, AgentError, Toolset, trained_input_doc
+from toolgen.toolset import FINISH_TOOL, AgentError, Toolset, context_budget, trained_input_doc
 from toolgen.transcript import Step, Transcript
 from toolgen.tokens import FINISH
 
@@ -314,7 +314,8 @@ def parse_args(argv=None):
                    "callable}) | http (the catalog's specs, RAPIDAPI_KEY) | replay:FILE (gold calls) | none (default)")
     p.add_argument("--max-steps", type=int, default=AgentConfig.max_steps)
     p.add_argument("--timeout", type=float, default=AgentConfig.timeout, help="seconds per tool call")
-    p.add_argument("--context-budget", type=int, default=AgentConfig.context_budget, help="tokens; 0: no limit")
+    p.add_argument("--context-budget", type=int, help="tokens (0: no limit; default: 4096, or the agent stage's "
+                   "max_length when larger)")
     p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False,
                    help="a Thought turn before each action (as the model was trained: with or without thoughts)")
     p.add_argument("--argument-tokens", type=int, default=AgentConfig.argument_tokens,
@@ -328,7 +329,7 @@ def parse_args(argv=None):
                         ("--argument-tokens", args.argument_tokens), ("--thought-tokens", args.thought_tokens)):
         if value <= 0:
             p.error(f"{flag} {value}: must be positive")
-    if args.context_budget < 0:
+    if (args.context_budget or 0) < 0:
         p.error(f"--context-budget {args.context_budget}: must be positive (0: no limit)")
     return args
 
@@ -377,7 +378,8 @@ def main(argv=None):
         merge_for_inference(model)
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,
-                             context_budget=args.context_budget or None, thought_tokens=args.thought_tokens,
+                             context_budget=context_budget(args.context_budget, args.model, AgentConfig.context_budget),
+                             thought_tokens=args.thought_tokens,
                              block_repeats=args.block_repeats,
                              argument_tokens=args.argument_tokens)
         transcript = Agent(ModelPolicy(model, tokenizer), tools, executor, config).run(request)

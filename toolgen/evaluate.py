@@ -21,7 +21,7 @@ from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
 from toolgen.data.agent_sources import E2E_FILES, e2e_prefix  # noqa: E402
 from toolgen.agent_metrics import agent_metrics  # noqa: E402
-from toolgen.toolset import Toolset  # noqa: E402
+from toolgen.toolset import Toolset, context_budget  # noqa: E402
 from toolgen.report import write_report
 from toolgen.tokens import FINISH
 
@@ -210,7 +210,7 @@ def source_tokens(tools):
     return out
 
 
-def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_tools=None):
+def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_tools=None, stage_dir=""):
     """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
     against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). args: --e2e-limit, --e2e-width
     and --e2e-time-limit (per source). base_tools {source: tokens}: the untrained base, told the source's tools in
@@ -218,7 +218,7 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
     metrics are agent_e2e_val/<source>/<metric>."""
     from toolgen.agent import AgentConfig, run_e2e
     result, transcripts, prefix = {}, {}, e2e_prefix(args.e2e_split)
-    budget = {} if args.e2e_context_budget is None else {"context_budget": args.e2e_context_budget or None}
+    budget = {"context_budget": context_budget(args.e2e_context_budget, stage_dir, AgentConfig.context_budget)}
     for source, rows in requests.items():
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
@@ -267,7 +267,8 @@ def main(argv=None):
                    help="val: the validation requests (agent_e2e_val.json), to choose the agent's settings")
     p.add_argument("--e2e-block-repeats", action="store_true", help="the loop's AgentConfig.block_repeats")
     p.add_argument("--e2e-context-budget", type=int,
-                   help="the loop's AgentConfig.context_budget (tokens; default 4096; 0: no limit)")
+                   help="the loop's context budget (tokens; default 4096, or the agent stage's max_length when "
+                        "larger; 0: no limit)")
     p.add_argument("--e2e-only", action="store_true",
                    help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
                         "and no +prior rows (an e2e job beside the evaluation, which computes those)")
@@ -366,7 +367,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
         with model.disable_adapter():   # the same base with the same initial tool rows, no training
             found, ranked, _ = measure(model, tokenizer, candidates, sets, inputs["memorization"], [], False)
             agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args,
-                                            base_tools=inputs["source_tokens"]) if e2e else ({}, {})
+                                            base_tools=inputs["source_tokens"], stage_dir=stage_dir) if e2e else ({}, {})
             rows["base"] = ({**found, **agent}, ranked, transcripts)
     if args.base_only:
         return rows
@@ -377,7 +378,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
     new_tools = info.get("tools_added", []) + info.get("tools_replaced", [])
     found, ranked, scores = measure(model, tokenizer, candidates, sets, inputs["memorization"],
                                          inputs["agent_test"], stage == "agent", new_tools)
-    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args) \
+    agent, transcripts = e2e_system(model, tokenizer, e2e, toolset, args, stage_dir=stage_dir) \
         if e2e and stage != "memorization" else ({}, {})
     rows[name] = ({**found, **agent}, ranked, transcripts)
     if prior is not None:
@@ -389,7 +390,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
             if inputs["agent_test"]:
                 agent = agent_metrics(model, tokenizer, candidates + [FINISH], inputs["agent_test"], scorer)[0]
             if e2e:
-                found_e2e, transcripts = e2e_system(model, tokenizer, e2e, toolset, args, scorer)
+                found_e2e, transcripts = e2e_system(model, tokenizer, e2e, toolset, args, scorer, stage_dir=stage_dir)
                 agent.update(found_e2e)
         rows[name + "+prior"] = ({**found, **agent}, ranked, transcripts)
     del model

@@ -169,6 +169,20 @@ def trained_input_doc(stage_dir):
     return data.get("input_doc", "names") if isinstance(data, dict) else None
 
 
+def context_budget(given, stage_dir, default=4096):
+    """The agent loop's context budget: `given` when set (0: no limit -> None), else the larger of `default` and the
+    max_length the stage's agent examples were trained at (its config.json): a smaller budget would cut the histories
+    the model learnt from (stages trained on whole trajectories use 8,192)."""
+    if given is not None:
+        return given or None
+    try:
+        with open(os.path.join(stage_dir, "config.json"), encoding="utf-8") as f:
+            trained = json.load(f)["stages"]["agent"]["max_length"]
+    except (OSError, ValueError, KeyError, TypeError):
+        trained = 0
+    return max(default, trained if isinstance(trained, int) else 0)
+
+
 def _from_stage_tokens(tokens, path):
     """A stage folder's tool_tokens.json (names only): the documentation comes from the prepared folder of the data
     file its stage.json names."""

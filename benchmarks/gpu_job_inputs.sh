@@ -1,5 +1,6 @@
-# Sourced by the GPU job scripts (quality_gpu_job.sh, agent_gpu_job.sh): what a lent host with no network does with
-# the inputs that arrive in pieces into $IN. Each function waits for its file.
+# Sourced by the GPU job scripts (quality_gpu_job.sh, agent_gpu_job.sh, agent_choose_gpu_job.sh): what a lent host
+# with no network does with the inputs that arrive in pieces into $IN (benchmarks/stream_pieces.py cuts and joins them).
+# Each function waits for its file.
 say() { echo "[job $(date +%T)] $*"; }
 waitfor() { until [ -e "$1" ]; do sleep 3; done; }
 install_wheels() {   # $IN/wheels.tar (datasets, bm25s, gguf, nestful-wrapper...) into /tmp/site; the versions logged

@@ -116,11 +116,13 @@ def choose(args):
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
     fits, time_note = within_time(args.run, args.candidates, args.time_share)
     best = max(fits, key=scores.get)
-    replay, lr, train, epochs = (best.split(":") + ["", ""])[:4]   # replay:lr[:add_tools.train[:epochs]]
+    replay, lr, train, epochs, lora_lr = (best.split(":") + ["", "", ""])[:5]   # replay:lr[:train[:epochs[:lora_lr]]]
     chosen = {"replay_fraction": float(replay), "learning_rate": float(lr),
               "train": train or "all"}   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
     if epochs:   # else the config's stages.add_tools.epochs
         chosen["epochs"] = int(epochs)
+    if lora_lr:   # add_tools.train=new_rows_lora's rate for the LoRA weights
+        chosen["lora_learning_rate"] = float(lora_lr)
     write_json(os.path.join(args.run, "chosen.json"), {**chosen, "validation_scores": scores, "rule": RULE,
                                                        "time": time_note,
                                                        "validation_old_only": old_only(args.run, args.candidates)})
@@ -263,7 +265,8 @@ def chosen_flags(args):
             c = json.load(f)
         print(f"--set add_tools.replay_fraction={c['replay_fraction']} "
               f"--set stages.add_tools.learning_rate={c['learning_rate']} --set add_tools.train={c.get('train', 'all')}"
-              + (f" --set stages.add_tools.epochs={c['epochs']}" if "epochs" in c else ""))
+              + (f" --set stages.add_tools.epochs={c['epochs']}" if "epochs" in c else "")
+              + (f" --set add_tools.lora_learning_rate={c['lora_learning_rate']}" if "lora_learning_rate" in c else ""))
 
 
 def main(argv=None):

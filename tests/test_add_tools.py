@@ -210,6 +210,40 @@ def test_new_rows_only_keeps_the_parent_bit_identical_and_learns_the_new_tokens(
                                            tmp_path / "zero", "--set", f"add_tools.train={mode}")
 
 
+def test_new_rows_lora_moves_the_lora_and_the_new_rows_but_no_old_row(parent, tmp_path):
+    """add_tools.train=new_rows_lora: the new rows at the stage's rate and the LoRA weights at
+    add_tools.lora_learning_rate (its own optimizer group); the old tool rows stay bit-identical, the LoRA moves,
+    the loss falls. The rate belongs to this mode only: a config that mixes them up stops before any work."""
+    from safetensors.torch import load_file
+    tokenizer, model, tool_ids = models.load_stage(parent["dir"], trainable=True)
+    models.train_new_rows_only(model, len(tool_ids) - 2, keep_lora=True)
+    rows, lora = models.lora_param_groups(model, 5e-3, 1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert (rows["lr"], lora["lr"], len(rows["params"])) == (5e-3, 1e-4, 1) and len(lora["params"]) > 0
+    assert len(rows["params"]) + len(lora["params"]) == len(trainable)
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(["a", tokenizer.convert_ids_to_tokens(tool_ids[0]), "b"])])
+    model(input_ids=ids).logits[0, -1, tool_ids].sum().backward()
+    assert all(p.grad.abs().sum() > 0 for p in lora["params"])   # every LoRA matrix gets its whole gradient
+    out = tmp_path / "rows_lora"
+    add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out,
+        *[a for s in FAST + ["add_tools.train=new_rows_lora", "add_tools.lora_learning_rate=1e-3"]
+          for a in ("--set", s)])
+    before = load_file(os.path.join(parent["dir"], "adapter", "adapter_model.safetensors"))
+    after = load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
+    n_old = len(read(os.path.join(parent["dir"], "tool_tokens.json")))
+    moved = [k for k in before if "lora_" in k and not torch.equal(after[k], before[k])]
+    assert moved and len(moved) == sum("lora_" in k for k in before)   # every LoRA matrix trained
+    for key, value in before.items():
+        if "trainable_tokens_delta" in key:
+            assert torch.equal(after[key][:n_old], value) and not torch.equal(after[key][n_old:], after[key][n_old:] * 0)
+    history = read(os.path.join(out, "metrics.json"))["loss_history"]
+    assert history[-1] < 0.9 * history[0]
+    for sets, needle in ((["add_tools.train=new_rows_lora"], "add_tools.lora_learning_rate=0.0"),
+                         (["add_tools.lora_learning_rate=1e-4"], "add_tools.train=all")):
+        assert needle in error_of("--model", parent["dir"], "--api-catalog", parent["a"], "--out", tmp_path / "bad",
+                                  *[a for s in sets for a in ("--set", s)])
+
+
 def test_new_rows_head_runs_the_decoder_without_gradient(parent):
     """new_rows_head: the decoder's activations need no gradient (autograd keeps none of them); the logits do, through
     the tool rows of the LM head, and only the new rows' gradient is not zero."""
@@ -380,6 +414,13 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
                             str(tmp_path / "epochs")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert flags.split()[-2:] == ["--set", "stages.add_tools.epochs=1"]
+    # ... and new_rows_lora's LoRA rate, the epochs left to the config (an empty field)
+    scores = {"0.3:1e-2:new_rows": (1.0, 0.75), "0.5:1e-2:new_rows_lora::1e-4": (1.0, 0.78)}
+    chosen = sweep_choice(tmp_path / "lora", scores, 1, dict.fromkeys(scores, 0.97))
+    assert (chosen["train"], chosen["lora_learning_rate"], "epochs" in chosen) == ("new_rows_lora", 1e-4, False)
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "lora")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags.split()[-4:] == ["--set", "add_tools.train=new_rows_lora", "--set", "add_tools.lora_learning_rate=0.0001"]
 
 
 def test_the_sweep_keeps_to_the_time_target(tmp_path):

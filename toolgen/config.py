@@ -119,7 +119,10 @@ class AddToolsConfig:
     #                      parent's weights stay bit-identical and an old tool's score moves only where a new tool
     #                      outranks it (needs train.weight_decay 0: AdamW decays rows that get no gradient);
     #                      new_rows_head: the same, the rows learning through the LM head alone (the decoder runs
-    #                      without gradient: a step costs about a forward pass; models.train_new_rows_only)
+    #                      without gradient: a step costs about a forward pass; models.train_new_rows_only);
+    #                      new_rows_lora: the new rows, and the LoRA weights at lora_learning_rate (the rows alone
+    #                      learn the documentation but not how requests word a need; the old rows stay frozen)
+    lora_learning_rate: float = 0.0   # new_rows_lora's rate for the LoRA weights (the rows use the stage's)
 
 
 @dataclass
@@ -145,13 +148,14 @@ CHOICES = {
     "train.lr_scheduler": ("cosine", "constant"),
     "retrieval.prior": ("none", "bm25", "dense", "bm25+dense"),
     "retrieval.fusion": ("rrf", "weighted"),
-    "add_tools.train": ("all", "new_rows", "new_rows_head"),
+    "add_tools.train": ("all", "new_rows", "new_rows_head", "new_rows_lora"),
 }
 # Numbers that must be positive (> 0) or not negative (>= 0).
 POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
             "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight", "memorization_repeats",
             "multi_queries_per_api"}
-NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed"}
+NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed",
+                "lora_learning_rate"}
 BELOW_ONE = {"add_tools.replay_fraction"}   # a share in [0, 1): 1 would leave no room for the new tools' examples
 
 
@@ -258,6 +262,10 @@ def load_config(path=None, overrides=()):
     if cfg.model.attn_implementation == "varlen" and not cfg.train.packing:
         raise ConfigError(f"{where}: model.attn_implementation=varlen attends within the examples of a packed row: "
                           "it needs train.packing=true")
+    if (cfg.add_tools.train == "new_rows_lora") != (cfg.add_tools.lora_learning_rate > 0):
+        raise ConfigError(f"{where}: add_tools.lora_learning_rate={cfg.add_tools.lora_learning_rate} with "
+                          f"add_tools.train={cfg.add_tools.train}: it is the LoRA weights' rate of new_rows_lora only "
+                          "(> 0 there, 0 otherwise)")
     if cfg.add_tools.train != "all" and cfg.train.weight_decay:
         raise ConfigError(f"{where}: add_tools.train={cfg.add_tools.train} needs train.weight_decay=0 (it is "
                           f"{cfg.train.weight_decay}): AdamW would decay the parent's rows, which get no gradient")

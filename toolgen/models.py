@@ -254,7 +254,7 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     return tokenizer, model, tool_ids
 
 
-def train_new_rows_only(model, n_old, head_only=False):
+def train_new_rows_only(model, n_old, head_only=False, keep_lora=False):
     """add_tools.train=new_rows: every parameter frozen but the tool-row deltas, and in those the first n_old rows (the
     parent's tools: extend_adapter puts them first) get a zero gradient. With no weight decay, Adam then leaves them
     exactly as they were (zero moments, zero update): the parent's LoRA and rows are bit-identical after the stage.
@@ -263,14 +263,24 @@ def train_new_rows_only(model, n_old, head_only=False):
     decoder needs a gradient and autograd keeps no activations there: the backward pass is the LM head's alone and a
     step costs about one forward pass. The rows then learn from the positions that predict a tool token, not from the
     ones that read it (in stage 1-2 examples a tool token is almost only a target). A tied table still shows the
-    trained rows at the input; an untied model's input rows of the new tools keep their initialisation."""
+    trained rows at the input; an untied model's input rows of the new tools keep their initialisation.
+    keep_lora (add_tools.train=new_rows_lora): the LoRA weights stay trainable too (lora_param_groups gives them
+    their own learning rate); the old rows are still held."""
     for name, p in model.named_parameters():
-        if "trainable_tokens_delta" not in name:
+        if "trainable_tokens_delta" in name:
+            if p.requires_grad:   # the parent's rows come first: their gradient is held at zero
+                p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:n_old]), g[n_old:]]))
+        elif not (keep_lora and "lora_" in name):
             p.requires_grad_(False)
-        elif p.requires_grad:
-            p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:n_old]), g[n_old:]]))
     if head_only:
         model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.detach())
+
+
+def lora_param_groups(model, rows_lr, lora_lr):
+    """Optimizer groups of add_tools.train=new_rows_lora: the tool rows at the stage's rate, the LoRA weights at theirs."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [{"params": [p for n, p in trainable if "trainable_tokens_delta" in n], "lr": rows_lr},
+            {"params": [p for n, p in trainable if "trainable_tokens_delta" not in n], "lr": lora_lr}]
 
 
 def merge_for_inference(model):

@@ -186,7 +186,8 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         old = tokens.parent_token_count(parent_dir, data_dir) if args.stage == ADD_TOOLS.name else None
         model = models.stage_adapter(model, cfg.lora, tool_ids, parent_dir, old)
         if old is not None and cfg.add_tools.train != "all":
-            models.train_new_rows_only(model, old, head_only=cfg.add_tools.train == "new_rows_head")
+            models.train_new_rows_only(model, old, head_only=cfg.add_tools.train == "new_rows_head",
+                                       keep_lora=cfg.add_tools.train == "new_rows_lora")
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)
@@ -203,7 +204,9 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     if fused:
         model.to(accelerator.device)   # fused AdamW needs its parameters on the GPU when it is built
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, cfg.train, sc.learning_rate, fused)
+    groups = models.lora_param_groups(model, sc.learning_rate, cfg.add_tools.lora_learning_rate) \
+        if old is not None and cfg.add_tools.train == "new_rows_lora" else params
+    optimizer = build_optimizer(groups, cfg.train, sc.learning_rate, fused)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens
 

@@ -96,7 +96,7 @@ if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then
   rm -rf "$RUN/data100" "$RUN/m100"   # the whole retrain is timed, from its data
   timed full_retrain full
 fi
-# sweep: each CANDIDATE (replay_fraction:learning_rate[:train[:epochs]], train: add_tools.train,
+# sweep: each CANDIDATE (replay_fraction:learning_rate[:train[:epochs[:lora_lr]]], train: add_tools.train,
 # epochs: stages.add_tools.epochs, the time the addition may take) added (timed) and scored on the validation split (the
 # parent's held-out validation queries and the new queries' own, cut into new-only and old-only); the best one within
 # the time target (full runs first: its seconds are the budget) is the timed addition's

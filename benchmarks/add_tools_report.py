@@ -10,7 +10,7 @@
                            in the ToolBench query format that toolgen.evaluate --queries reads
     python benchmarks/add_tools_report.py testsets ... --file retrieval_val.json --prefix val
                         -> val_new.json, val_old.json: the same cut of a validation split (the sweep's)
-    python benchmarks/add_tools_report.py choose --run RUN --candidates REPLAY:LR[:TRAIN[:EPOCHS]] ...
+    python benchmarks/add_tools_report.py choose --run RUN --candidates REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR]]] ...
                         -> RUN/chosen.json: the candidate with the best validation score (candidate_score)
     python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
                         -> benchmarks/results/add_tools.{json,md}
@@ -107,8 +107,8 @@ def candidate_score(metrics, folder):
 
 
 def choose(args):
-    """The sweep's pick: among the candidates (replay_fraction:learning_rate[:train[:epochs]]) that fit the time
-    target (within_time), the best validation score -> chosen.json, which the timed addition then uses. Test queries
+    """The sweep's pick: among the candidates (replay_fraction:learning_rate[:train[:epochs[:lora_lr]]]) that fit the
+    time target (within_time), the best validation score -> chosen.json, which the timed addition then uses. Test queries
     play no part."""
     scores = {}
     for cand in args.candidates:
@@ -120,7 +120,8 @@ def choose(args):
     chosen = {"replay_fraction": float(replay), "learning_rate": float(lr),
               "train": train or "all"}   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
     if epochs:   # else the config's stages.add_tools.epochs
-        chosen["epochs"] = int(epochs)
+        e = float(epochs)   # stages.add_tools.epochs is a float: "0.5" is half an epoch
+        chosen["epochs"] = int(e) if e.is_integer() else e
     if lora_lr:   # add_tools.train=new_rows_lora's rate for the LoRA weights
         chosen["lora_learning_rate"] = float(lora_lr)
     write_json(os.path.join(args.run, "chosen.json"), {**chosen, "validation_scores": scores, "rule": RULE,
@@ -286,7 +287,7 @@ def main(argv=None):
     t.add_argument("--prefix", default="test", help="names of the two sets: <prefix>_new, <prefix>_old")
     c = sub.add_parser("choose")
     c.add_argument("--run", required=True)
-    c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR")
+    c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR]]]")
     c.add_argument("--time-share", type=float, default=0.25,
                    help="a candidate must add the tools within this share of the full retrain's seconds")
     f = sub.add_parser("chosen-flags")

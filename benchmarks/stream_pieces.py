@@ -11,8 +11,9 @@ already runs and waits for its files (gpu_job_inputs.sh's waitfor).
     python3 benchmarks/stream_pieces.py join --pieces .xfer --stream /tmp/stream.bin --to /tmp/in
 
 Piece size: the checkout travels too (about 6 MiB here), so 52 MiB pieces leave room; 58 MiB did not.
-A piece appended twice or out of order is refused or skipped, never joined wrongly; a file whose sha256 differs stops
-the join with its name.
+A piece appended twice is skipped, one out of order or of the wrong size refused, one cut short by an interrupted call
+appended again whole; a stream or a file left by another cut is refused; a file whose sha256 differs stops the join
+with its name.
 """
 
 import argparse
@@ -41,17 +42,13 @@ def cut(files, out, piece_bytes):
     with open(os.path.join(out, "meta", MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.copy(os.path.abspath(__file__), os.path.join(out, "meta", os.path.basename(__file__)))
-    piece, left = 0, piece_bytes
-    sink = None
+    piece, left, sink = 0, piece_bytes, None
     for name, path in files:
         with open(path, "rb") as f:
-            while True:
-                if sink is None:
+            while block := f.read(min(left, 1 << 22)):
+                if sink is None:   # a piece is opened for its first byte: no empty piece at an exact multiple
                     os.makedirs(os.path.join(out, f"c{piece:02d}"), exist_ok=True)
                     sink = open(os.path.join(out, f"c{piece:02d}", f"piece.{piece:02d}"), "wb")
-                block = f.read(min(left, 1 << 22))
-                if not block:
-                    break
                 sink.write(block)
                 left -= len(block)
                 if left == 0:
@@ -72,20 +69,34 @@ def join(pieces, stream, to):
         for n in names:
             if n.startswith("piece."):
                 found[int(n.split(".")[1])] = os.path.join(root, n)
+    # the stream belongs to one cut: a stream (or --to) left by another on a warm host is refused, not reused
+    tag, stamp = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(), stream + ".manifest"
+    if os.path.exists(stamp) and open(stamp).read() != tag:
+        raise SystemExit(f"stream_pieces: {stream} was joined from another cut: delete it and {stamp}")
+    with open(stamp, "w") as f:
+        f.write(tag)
     for index in sorted(found):
+        want, size = index * manifest["piece"], os.path.getsize(found[index])
+        expected = min(manifest["piece"], manifest["total"] - want)
+        if size != expected:
+            raise SystemExit(f"stream_pieces: {found[index]} is {size} bytes, piece {index} of this cut is {expected}")
         have = os.path.getsize(stream) if os.path.exists(stream) else 0
-        want = index * manifest["piece"]
-        if have > want:
+        if have >= want + size:
             continue   # appended by an earlier call
         if have < want:
             raise SystemExit(f"stream_pieces: piece {index} came before piece {have // manifest['piece']}")
-        with open(stream, "ab") as s, open(found[index], "rb") as p:
-            shutil.copyfileobj(p, s)
+        with open(stream, "r+b" if have else "wb") as s:   # a piece cut short by an interrupted call: again, whole
+            s.truncate(want)
+            s.seek(want)
+            with open(found[index], "rb") as p:
+                shutil.copyfileobj(p, s)
     have = os.path.getsize(stream) if os.path.exists(stream) else 0
     os.makedirs(to, exist_ok=True)
     written = []
     for entry in manifest["files"]:
         dest = os.path.join(to, entry["name"])
+        if os.path.exists(dest) and os.path.getsize(dest) != entry["size"]:
+            raise SystemExit(f"stream_pieces: {dest} exists and is not this cut's {entry['name']}: delete it")
         if os.path.exists(dest) or entry["offset"] + entry["size"] > have:
             continue
         h, left = hashlib.sha256(), entry["size"]
@@ -122,6 +133,10 @@ def main(argv=None):
         bad = [f for f, pair in zip(args.files, files) if len(pair) != 2 or not os.path.isfile(pair[1])]
         if bad:
             sys.exit(f"stream_pieces: {bad[0]}: give NAME=PATH of an existing file")
+        if len({name for name, _ in files}) < len(files) or args.piece_mib <= 0:
+            sys.exit("stream_pieces: the NAMEs must differ and --piece-mib be positive")
+        if os.path.exists(args.out) and os.listdir(args.out):
+            sys.exit(f"stream_pieces: --out {args.out} is not empty (pieces of another cut would travel with these)")
         m = cut(files, args.out, int(args.piece_mib * (1 << 20)))
         print(f"{m['pieces']} pieces of {args.piece_mib} MiB, {m['total']} bytes, under {args.out}")
     else:

@@ -51,3 +51,28 @@ def test_a_piece_out_of_order_or_damaged_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="big.bin: sha256 differs"):
         join(str(host), str(tmp_path / "stream2.bin"), str(tmp_path / "in"))
     assert not os.path.exists(tmp_path / "in" / "big.bin")   # never half-written
+
+
+def test_pieces_in_call_folders_an_interrupted_append_and_another_cuts_stream(tmp_path):
+    """Pieces arrive as cNN/piece.NN folders that stay on the host between calls; a total that is an exact multiple
+    of the piece makes no empty piece; an empty file is written; a piece cut short by an interrupted call is appended
+    again whole; a stream joined from another cut is refused."""
+    (tmp_path / "a.bin").write_bytes(os.urandom(8192))
+    (tmp_path / "empty.txt").write_bytes(b"")
+    manifest = cut([("a.bin", str(tmp_path / "a.bin")), ("empty.txt", str(tmp_path / "empty.txt"))],
+                   str(tmp_path / "out"), 4096)
+    assert manifest["pieces"] == 2 and sorted(os.listdir(tmp_path / "out")) == ["c00", "c01", "meta"]
+    host, stream, to = tmp_path / "host", str(tmp_path / "s.bin"), str(tmp_path / "in")
+    shutil.copytree(tmp_path / "out" / "meta", host / "meta")
+    shutil.copytree(tmp_path / "out" / "c00", host / "c00")
+    assert join(str(host), stream, to) == []
+    with open(stream, "ab") as s:   # the next call died halfway through appending piece 1
+        s.write(open(tmp_path / "out" / "c01" / "piece.01", "rb").read()[:1000])
+    shutil.copytree(tmp_path / "out" / "c01", host / "c01")
+    assert join(str(host), stream, to) == ["a.bin", "empty.txt"]
+    assert open(os.path.join(to, "a.bin"), "rb").read() == (tmp_path / "a.bin").read_bytes()
+    assert os.path.getsize(os.path.join(to, "empty.txt")) == 0
+    (tmp_path / "b.bin").write_bytes(os.urandom(100))
+    cut([("b.bin", str(tmp_path / "b.bin"))], str(tmp_path / "other"), 4096)
+    with pytest.raises(SystemExit, match="was joined from another cut"):
+        join(str(tmp_path / "other"), stream, to)

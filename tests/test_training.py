@@ -360,3 +360,18 @@ def test_length_grouped_batches_pad_less_and_change_every_epoch():
     assert list(sampler) != grouped and sorted(sampler) == list(range(512))
     sampler.set_epoch(0)
     assert list(sampler) == grouped
+
+
+def test_a_setting_newer_than_the_checkpoint_at_its_default_is_no_change():
+    """A checkpoint written before a config key existed resumes when the key is at its default (the run it did is
+    the same), and not when it is set otherwise."""
+    from toolgen.checkpoint import resume_mismatches
+    from toolgen.config import Config
+    now = {"config": Config().to_dict(), "from_scratch": False}
+    saved = {"config": Config().to_dict(), "from_scratch": False}
+    del saved["config"]["add_tools"]["lora_learning_rate"]
+    assert resume_mismatches(saved, now) == []
+    now["config"]["add_tools"]["lora_learning_rate"] = 1e-4
+    assert resume_mismatches(saved, now) == ["config.add_tools.lora_learning_rate: None -> 0.0001"]
+    now["from_scratch"] = True   # not a config key: a difference whatever its value
+    assert "from_scratch: False -> True" in resume_mismatches(saved, now)

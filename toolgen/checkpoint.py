@@ -155,10 +155,13 @@ def save_checkpoint(accelerator, ckpt_root, progress):
 
 def resume_mismatches(saved, now):
     """['key: saved -> now'] for every setting of the run that differs from the checkpoint's, except those that may."""
-    from toolgen.config import flatten
+    from toolgen.config import Config, flatten
     a, b = flatten(saved), flatten(now)
+    # a setting newer than the checkpoint, left at its default, changes nothing the checkpoint's run did
+    defaults = flatten({"config": Config().to_dict()})
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in MAY_CHANGE_ON_RESUME and a.get(k) != b.get(k)]
+            if k not in MAY_CHANGE_ON_RESUME and a.get(k) != b.get(k)
+            and not (k not in a and k in defaults and b[k] == defaults[k])]
 
 
 def load_progress(accelerator, ckpt):

@@ -175,12 +175,14 @@ def context_budget(given, stage_dir, default=4096):
     the model learnt from (stages trained on whole trajectories use 8,192)."""
     if given is not None:
         return given or None
+    if not stage_dir:
+        return default
     try:
         with open(os.path.join(stage_dir, "config.json"), encoding="utf-8") as f:
             trained = json.load(f)["stages"]["agent"]["max_length"]
     except (OSError, ValueError, KeyError, TypeError):
         trained = 0
-    return max(default, trained if isinstance(trained, int) else 0)
+    return max(default, trained if isinstance(trained, int) and not isinstance(trained, bool) else 0)
 
 
 def _from_stage_tokens(tokens, path):

@@ -56,7 +56,7 @@ def first_failure(transcript):
 def breakdown(transcripts, requests):
     """{"by_length": {bucket: {...}}, "first_failure": {kind: count}, "parameters": {name: count}} for the transcripts
     (any order) against the source's gold requests (all held out)."""
-    by_uid = {t.uid: t for t in transcripts if t.stop_reason != "deadline"}   # cut by the time limit: not scored
+    by_uid = {t.uid: t for t in transcripts if t.finished}   # cut by the time limit: not scored
     rows = {}
     for b in dict.fromkeys(bucket(len(r.calls)) for r in sorted(requests, key=lambda r: len(r.calls))):
         held = [r for r in requests if bucket(len(r.calls)) == b]

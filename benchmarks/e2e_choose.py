@@ -28,14 +28,9 @@ RULE = "highest call_accuracy on the requests every run finished, ties to succes
 KEYS = ("success_rate", "call_accuracy", "tool_selection_accuracy", "invalid_json_rate", "avg_steps")
 
 
-def finished(transcripts):
-    """{uid: transcript} of the requests a run finished (a deadline stop is a cut, not a finish)."""
-    return {t.uid: t for t in transcripts if t.stop_reason != "deadline"}
-
-
 def choose(runs, requests):
     """runs {name: [Transcript]}, requests [GoldRequest] of one source -> the result (see the module docstring)."""
-    done = {name: finished(ts) for name, ts in runs.items()}
+    done = {name: {t.uid: t for t in ts if t.finished} for name, ts in runs.items()}
     common = [r for r in requests if all(r.uid in d for d in done.values())]
     if not common:
         raise SystemExit("e2e_choose: no request was finished by every run: nothing to compare")

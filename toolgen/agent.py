@@ -23,7 +23,7 @@ import torch
 
 from toolgen import decoding
 from toolgen.data.gold import OBSERVATION_BUDGET
-from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT
+from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT, error_observation
 from toolgen.executors import (CallTimeout, NoExecutor, ReplayExecutor, ToolError, build_executor,
                                call_with_timeout)
 from toolgen.observations import fit_context, observation_text
@@ -243,7 +243,7 @@ class Agent:
     def _execute(self, step, tool):
         """The call in a worker thread with the per-call timeout; any failure becomes an error observation."""
         if step.arguments is None:
-            step.observation = json.dumps({"error": f"no call was made: {step.error}"}, ensure_ascii=False)
+            step.observation = error_observation(f"no call was made: {step.error}")
             return
         arguments = json.loads(json.dumps(step.arguments))   # a copy: a tool that edits it cannot edit the transcript
         start = time.perf_counter()
@@ -258,7 +258,7 @@ class Agent:
             step.error = f"{type(e).__name__}: {e}"
         step.seconds = time.perf_counter() - start
         if step.error is not None:
-            step.observation = json.dumps({"error": step.error}, ensure_ascii=False)
+            step.observation = error_observation(step.error)
 
 
 def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_scorer=None, policy=None, width=1,
@@ -292,7 +292,7 @@ def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_sc
             for job in jobs:
                 transcripts.append(None if stop is not None and stop() else agent.run(*job, stop=stop))
                 bar.update()
-    done = [(t, r) for t, r in zip(transcripts, requests) if t is not None and t.stop_reason != "deadline"]
+    done = [(t, r) for t, r in zip(transcripts, requests) if t is not None and t.finished]
     metrics = e2e_metrics([t for t, _ in done], [r for _, r in done], cut=len(requests) - len(done))
     return [t for t in transcripts if t is not None], metrics
 

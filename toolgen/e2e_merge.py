@@ -115,7 +115,7 @@ def merge(folders, requests, split="test"):
             raise MergeError(f"{by_uid[unknown[0]][0]}: request {unknown[0]!r} is not a held-out {source} request of "
                              "this --data folder")
         ordered = [Transcript.from_dict(by_uid[r.uid][1]) for r in requests[source] if r.uid in by_uid]
-        done = [t for t in ordered if t.stop_reason != "deadline"]
+        done = [t for t in ordered if t.finished]
         m = e2e_metrics(done, [gold[t.uid] for t in done], cut=len(requests[source]) - len(done))
         systems.setdefault(system, {}).update({f"{prefix}/{source}/{k.split('/', 1)[1]}": v for k, v in m.items()})
         systems[system][f"{prefix}/{source}/shards"] = len(folders)

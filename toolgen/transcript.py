@@ -36,12 +36,17 @@ class Transcript:
     messages: list = field(default_factory=list)     # every message, observations as shown when first given
     steps: list = field(default_factory=list)
     final_answer: object = None
-    stop_reason: str = ""                            # finish | max_steps | context_budget
+    stop_reason: str = ""                            # finish | max_steps | context_budget | deadline
     invalid_json: int = 0                            # argument turns whose first answer was not one JSON object
     repairs: int = 0                                 # repair turns asked
     failed_arguments: int = 0                        # argument turns still invalid after the repair
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
+
+    @property
+    def finished(self):
+        """False for a run the time limit stopped (stop_reason "deadline"): a cut request, counted, never scored."""
+        return self.stop_reason != "deadline"
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -23,7 +23,7 @@ import json
 import random
 import re
 
-from toolgen.data import matching, quality
+from toolgen.data import matching, quality, stages
 from toolgen.data.toolbench import Step
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -91,7 +91,7 @@ def with_attempt(resolved, gold_calls, rng, pool=None):
             continue
         arguments, error = failed
         attempt = Step(step.function, json.dumps(arguments, ensure_ascii=False),
-                       observation=json.dumps({"error": error}, ensure_ascii=False), failed=True)
+                       observation=stages.error_observation(error), failed=True)
         return resolved[:i] + [(token, api, attempt)] + resolved[i:], True
     return resolved, False
 

@@ -66,6 +66,11 @@ def _param_text(p):
     return f"{kind}: {description}" if description else kind
 
 
+def error_observation(message):
+    """The observation of a failed call, as the loop shows it (agent.py) and recovery examples train on it."""
+    return json.dumps({"error": message}, ensure_ascii=False)
+
+
 def memorization_example(api, token):
     return {"messages": [msg("user", api_documentation(api)), msg("assistant", token, True)], "target": token}
 

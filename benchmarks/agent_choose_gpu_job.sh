@@ -21,6 +21,8 @@
 #      (also when the job stops early); the chosen agent stage in pieces in $BACK. The loops are launch-bound: shards
 #      side by side on the one GPU run faster.
 #   setsid nohup bash benchmarks/agent_choose_gpu_job.sh > /tmp/alogs/job.log 2>&1 &
+# GPUS="0 1 2" spreads the work over those cards of one host: stages 1-2 on the first, variant i's agent stage on
+# card i (mod the count; PARALLEL then defaults to the count), the loops' shards round-robin over them.
 # Runs (benchmarks/results/quality.md):
 #   - 2026-11-27 (1), one H100: the names stage's eight validation loops (plain, block) beside the params stage's
 #     training filled the GPU (100 %, 78 GB): training 1.7x slower, loops cut. The params stage was stopped, and
@@ -35,7 +37,9 @@ export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false PYTORCH_CUDA_ALLOC_
 IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares} BACK=${BACK:-/tmp/aback}
 VAL_TL=${VAL_TIME_LIMIT:-300} TEST_TL=${TEST_TIME_LIMIT:-480} VAL_SHARDS=${VAL_SHARDS:-4}
 TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192} SETTINGS=${SETTINGS:-plain}
-VARIANTS=${VARIANTS:-main params} PARALLEL=${PARALLEL:-2} LOOPS=${LOOPS:-2}
+read -ra GPU <<< "${GPUS:-0}"   # the cards; GPU[0] trains stages 1-2
+VARIANTS=${VARIANTS:-main params} LOOPS=${LOOPS:-2}
+PARALLEL=${PARALLEL:-$(( ${#GPU[@]} > 1 ? ${#GPU[@]} : 2 ))}
 QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 FAST=(--set train.packing=true --set model.attn_implementation=varlen)
 STAGE_SETS=(--set stages.memorization.per_device_batch_size=128 --set stages.retrieval.per_device_batch_size=128
@@ -45,22 +49,24 @@ EAGER=(--set train.packing=false --set model.attn_implementation=eager)
 mkdir -p "$LOGS" "$RES"
 source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels
 folder() { python3 -m toolgen.config folder "$1"; }
-train() {   # OUT DATA STAGE LOG [train.py args]: one stage on the GPU, skipped when finished
+card() { echo "${GPU[$(( $1 % ${#GPU[@]} ))]}"; }   # N -> the N-th card, round-robin
+train() {   # OUT DATA STAGE LOG [train.py args]: one stage on card $ON (default the first), skipped when finished
   local out=$1 data=$2 s=$3 log=$4; shift 4
   [ -f "$out/$(folder "$s")/stage.json" ] && return 0
-  CUDA_VISIBLE_DEVICES=0 python3 -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$QCONF" \
+  CUDA_VISIBLE_DEVICES=${ON:-${GPU[0]}} python3 -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$QCONF" \
     --stage "$s" --output-dir "$out" --data-dir "$data" "${STAGE_SETS[@]}" "$@" >> "$LOGS/$log.log" 2>&1
 }
-e2e() {   # VARIANT SPLIT SOURCE NAME [more toolgen.evaluate flags]: one loop of that variant's agent stage
+e2e() {   # VARIANT SPLIT SOURCE NAME [more toolgen.evaluate flags]: one loop of that variant's agent stage, on $ON
   local v=$1 split=$2 source=$3 name=$4; shift 4
-  CUDA_VISIBLE_DEVICES=0 python3 -m toolgen.evaluate --model "$RUN/$v/$(folder agent)" --data "$RUN/data_$v" \
+  CUDA_VISIBLE_DEVICES=${ON:-${GPU[0]}} python3 -m toolgen.evaluate --model "$RUN/$v/$(folder agent)" --data "$RUN/data_$v" \
     --out "$RES/$name" --e2e-only --no-base --e2e-width 0 --e2e-source "$source" --e2e-split "$split" \
     --e2e-context-budget "$BUDGET" "$@" > "$LOGS/$name.log" 2>&1 || say "e2e $name failed (exit $?)"
 }
-cfb() {   # VARIANT SPLIT NAME SHARDS TIME_LIMIT [flags]: ComplexFuncBench in SHARDS processes, merged into $RES/NAME
+cfb() {   # VARIANT SPLIT NAME SHARDS TIME_LIMIT [flags]: ComplexFuncBench in SHARDS processes, merged into $RES/NAME;
+  # shard k on card $FIRST + k (round-robin)
   local v=$1 split=$2 name=$3 n=$4 tl=$5 pids=(); shift 5
   for ((k = 0; k < n; k++)); do
-    e2e "$v" "$split" complexfuncbench "${name}_$k" --e2e-time-limit "$tl" --e2e-shard "$k/$n" "$@" & pids+=($!)
+    ON=$(card $(( ${FIRST:-0} + k ))) e2e "$v" "$split" complexfuncbench "${name}_$k" --e2e-time-limit "$tl" --e2e-shard "$k/$n" "$@" & pids+=($!)
   done
   wait "${pids[@]}"
   local shards=(); for ((k = 0; k < n; k++)); do shards+=("$RES/${name}_$k"); done
@@ -111,21 +117,21 @@ if [ ! -f "$RETR/stage.json" ]; then
 fi
 # The agent stages side by side (one alone kept the GPU a third busy), then every validation loop at once: loops
 # beside a training stage slowed both (run 1).
-running=()
+running=() i=0
 for v in $VARIANTS; do
   parent=(); [ "$v" = main ] || parent=(--parent "$RETR")
-  train "$RUN/$v" "$RUN/data_$v" agent "train_agent_$v" "${FAST[@]}" ${parent[@]+"${parent[@]}"} & running+=($!)
+  ON=$(card $i) train "$RUN/$v" "$RUN/data_$v" agent "train_agent_$v" "${FAST[@]}" ${parent[@]+"${parent[@]}"} & running+=($!); i=$((i + 1))
   if [ "${#running[@]}" -ge "$PARALLEL" ]; then   # the oldest first (stages of one size end in about that order)
     wait "${running[0]}" || say "an agent stage failed"; running=("${running[@]:1}")
   fi
 done
 for p in ${running[@]+"${running[@]}"}; do wait "$p" || say "an agent stage failed"; done
 say "agent stages trained"
-pids=()   # at most LOOPS runs (of VAL_SHARDS processes each) at once: 8 processes beside training filled 78 GB
+pids=() i=0   # at most LOOPS runs (of VAL_SHARDS processes each) at once: 8 processes beside training filled 78 GB
 for v in $VARIANTS; do
   for b in $SETTINGS; do
     flags=(); [ "$b" = block ] && flags=(--e2e-block-repeats)
-    cfb "$v" val "val_${v}_$b" "$VAL_SHARDS" "$VAL_TL" ${flags[@]+"${flags[@]}"} & pids+=($!)
+    FIRST=$((i * VAL_SHARDS)) cfb "$v" val "val_${v}_$b" "$VAL_SHARDS" "$VAL_TL" ${flags[@]+"${flags[@]}"} & pids+=($!); i=$((i + 1))
     if [ "${#pids[@]}" -ge "$LOOPS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
   done
 done
@@ -148,8 +154,8 @@ say "chosen on validation: $V $B"
 back "$RUN/$V/$(folder agent)" "agent_$V" &
 FLAGS=(); [ "$B" = block ] && FLAGS=(--e2e-block-repeats)
 cfb "$V" test test_cfb "$TEST_SHARDS" "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
-e2e "$V" test nestful test_nestful --e2e-time-limit "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
-CUDA_VISIBLE_DEVICES=0 python3 -m toolgen.evaluate --config "$QCONF" --no-e2e --no-base --no-baselines \
+ON=$(card "$TEST_SHARDS") e2e "$V" test nestful test_nestful --e2e-time-limit "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &
+CUDA_VISIBLE_DEVICES=$(card $((TEST_SHARDS + 1))) python3 -m toolgen.evaluate --config "$QCONF" --no-e2e --no-base --no-baselines \
   --set retrieval.prior=none --set stages.agent.max_length=8192 --model "$RUN/$V/$(folder agent)" \
   --data "$RUN/data_$V" --out "$RES/test_stepwise" \
   > "$LOGS/test_stepwise.log" 2>&1 || say "step-wise evaluation failed" &

@@ -3,9 +3,14 @@
 # Each function waits for its file.
 say() { echo "[job $(date +%T)] $*"; }
 waitfor() { until [ -e "$1" ]; do sleep 3; done; }
-install_wheels() {   # $IN/wheels.tar (datasets, bm25s, gguf, nestful-wrapper...) into /tmp/site; the versions logged
-  waitfor "$IN/wheels.tar"; mkdir -p /tmp/wheels; tar xf "$IN/wheels.tar" -C /tmp/wheels
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl
+install_wheels() {   # $IN/wheels.tar (datasets, bm25s, gguf, nestful-wrapper...) into /tmp/site; the versions logged.
+  # Once per host: two jobs side by side (one per GPU) must not install into /tmp/site while the other imports from it
+  if mkdir /tmp/site.lock 2>/dev/null; then
+    waitfor "$IN/wheels.tar"; mkdir -p /tmp/wheels; tar xf "$IN/wheels.tar" -C /tmp/wheels
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/wheels/*.whl
+    touch /tmp/site.lock/done
+  fi
+  waitfor /tmp/site.lock/done
   python3 -c "import torch, transformers, accelerate, peft, datasets; print('[job] torch', torch.__version__,
     'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__,
     'datasets', datasets.__version__)"

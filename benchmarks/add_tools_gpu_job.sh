@@ -10,6 +10,8 @@
 # CANDIDATES="0.5:5e-4 0.7:3e-4" (MiniLM then came by a later transfer, so training ran first); then on one H200
 # alone: CANDIDATES="0.3:1e-2:new_rows:1 0.5:1e-2:new_rows:1 0.3:3e-2:new_rows:1" (collected early, after the
 # sweep), and CANDIDATES="0.3:1e-2:new_rows_head 0.5:1e-2:new_rows_head 0.5:1e-2:new_rows_head:3" (16 min).
+# Then on GPU 3 of a 4 x H200 host (CUDA_VISIBLE_DEVICES=3 RUN_DIR=/tmp/addrun; the agent job on GPUs 0-2), four
+# candidates (three new_rows_lora, one new_rows_head): 22 min; its times are slowed by the shared CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30

@@ -30,6 +30,9 @@
 #   - 2026-11-27 (2), one H100, VAL_TIME_LIMIT=170: chain 1:57 + 3:00, both agent stages side by side in 5:50; the
 #     session's device time ran out during the validation loops (with 8 loops on the card, 4-5 of 22 requests per
 #     shard were done after 2 minutes: give them VAL_TIME_LIMIT 300 and the test 480).
+#   - 2026-11-27 (3), 4 x H200, GPUS="0 1 2" VARIANTS="main params recovery" VAL_SHARDS=6 LOOPS=3 VAL_TIME_LIMIT=240
+#     TEST_SHARDS=9 TEST_TIME_LIMIT=420 (add_tools_gpu_job.sh on GPU 3): inputs 1.5 min, chain 4 min, three agent
+#     stages 4.5 min, validation 5 min, test 6 min: 22 min in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}

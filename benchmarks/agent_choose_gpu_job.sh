@@ -23,6 +23,11 @@
 #   setsid nohup bash benchmarks/agent_choose_gpu_job.sh > /tmp/alogs/job.log 2>&1 &
 # GPUS="0 1 2" spreads the work over those cards of one host: stages 1-2 on the first, variant i's agent stage on
 # card i (mod the count; PARALLEL then defaults to the count), the loops' shards round-robin over them.
+# TRAIN_GPUS=N (with GPUS naming at least N cards): every stage trains data parallel on the first N cards (plain DDP,
+# launch/accelerate/multi_gpu.yaml: bf16 autocast; the one-card path runs without), the same global batches (per-device
+# batch of stages 1-2 and the agent's accumulation divided by N), the variants' agent stages one after another.
+# Another base: QCONF=benchmarks/configs/quality-qwen15.yaml QGGUF=models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+# GGUF_IN=qwen15.gguf (the file's name in $IN).
 # Runs (benchmarks/results/quality.md):
 #   - 2026-11-27 (1), one H100: the names stage's eight validation loops (plain, block) beside the params stage's
 #     training filled the GPU (100 %, 78 GB): training 1.7x slower, loops cut. The params stage was stopped, and
@@ -42,12 +47,20 @@ VAL_TL=${VAL_TIME_LIMIT:-300} TEST_TL=${TEST_TIME_LIMIT:-480} VAL_SHARDS=${VAL_S
 TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192} SETTINGS=${SETTINGS:-plain}
 read -ra GPU <<< "${GPUS:-0}"   # the cards; GPU[0] trains stages 1-2
 VARIANTS=${VARIANTS:-main params} LOOPS=${LOOPS:-2}
-PARALLEL=${PARALLEL:-$(( ${#GPU[@]} > 1 ? ${#GPU[@]} : 2 ))}
-QCONF=benchmarks/configs/quality-qwen05.yaml QGGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+TRAIN_GPUS=${TRAIN_GPUS:-1}
+[ "$TRAIN_GPUS" -le "${#GPU[@]}" ] && [ $((128 % TRAIN_GPUS)) = 0 ] && [ $((4 % TRAIN_GPUS)) = 0 ] ||
+  { echo "TRAIN_GPUS=$TRAIN_GPUS: 1, 2 or 4, and at most the cards in GPUS" >&2; exit 2; }
+DEFAULT_PARALLEL=$(( ${#GPU[@]} > 1 ? ${#GPU[@]} : 2 )); [ "$TRAIN_GPUS" -gt 1 ] && DEFAULT_PARALLEL=1
+PARALLEL=${PARALLEL:-$DEFAULT_PARALLEL}
+QCONF=${QCONF:-benchmarks/configs/quality-qwen05.yaml} QGGUF=${QGGUF:-models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}
+GGUF_IN=${GGUF_IN:-qwen05.gguf}
 FAST=(--set train.packing=true --set model.attn_implementation=varlen)
-STAGE_SETS=(--set stages.memorization.per_device_batch_size=128 --set stages.retrieval.per_device_batch_size=128
+STAGE_SETS=(--set stages.memorization.per_device_batch_size=$((128 / TRAIN_GPUS))
+            --set stages.retrieval.per_device_batch_size=$((128 / TRAIN_GPUS))
             --set stages.agent.max_length=8192 --set stages.agent.per_device_batch_size=2
-            --set stages.agent.gradient_accumulation_steps=4)
+            --set stages.agent.gradient_accumulation_steps=$((4 / TRAIN_GPUS)))
+LAUNCH=(--num_processes 1)
+[ "$TRAIN_GPUS" -gt 1 ] && LAUNCH=(--config_file launch/accelerate/multi_gpu.yaml --num_processes "$TRAIN_GPUS")
 EAGER=(--set train.packing=false --set model.attn_implementation=eager)
 mkdir -p "$LOGS" "$RES"
 source benchmarks/gpu_job_inputs.sh   # say, waitfor, install_wheels
@@ -56,7 +69,9 @@ card() { echo "${GPU[$(( $1 % ${#GPU[@]} ))]}"; }   # N -> the N-th card, round-
 train() {   # OUT DATA STAGE LOG [train.py args]: one stage on card $ON (default the first), skipped when finished
   local out=$1 data=$2 s=$3 log=$4; shift 4
   [ -f "$out/$(folder "$s")/stage.json" ] && return 0
-  CUDA_VISIBLE_DEVICES=${ON:-${GPU[0]}} python3 -m accelerate.commands.launch --num_processes 1 toolgen/train.py --config "$QCONF" \
+  local cards=${ON:-${GPU[0]}}
+  [ "$TRAIN_GPUS" -gt 1 ] && cards=$(IFS=,; echo "${GPU[*]:0:$TRAIN_GPUS}")
+  CUDA_VISIBLE_DEVICES=$cards python3 -m accelerate.commands.launch "${LAUNCH[@]}" toolgen/train.py --config "$QCONF" \
     --stage "$s" --output-dir "$out" --data-dir "$data" "${STAGE_SETS[@]}" "$@" >> "$LOGS/$log.log" 2>&1
 }
 e2e() {   # VARIANT SPLIT SOURCE NAME [more toolgen.evaluate flags]: one loop of that variant's agent stage, on $ON
@@ -100,7 +115,7 @@ for v in main $VARIANTS; do   # the prepared folder of each variant: $RUN/data_V
   f=$IN/qdata.tar.xz; [ "$v" = main ] || f=$IN/qdata_$v.tar.xz
   waitfor "$f"; mkdir -p "$RUN/x_$v"; tar xJf "$f" -C "$RUN/x_$v"; mv "$RUN/x_$v/data" "$RUN/data_$v"
 done
-waitfor "$IN/qwen05.gguf"; mkdir -p models; ln -sfn "$IN/qwen05.gguf" "$QGGUF"
+waitfor "$IN/$GGUF_IN"; mkdir -p models; ln -sfn "$IN/$GGUF_IN" "$QGGUF"
 python3 -c "from toolgen import models; print(models.resolve_model('gguf-file:$QGGUF'))"
 say "qwen ready"
 RETR=$RUN/main/$(folder retrieval)
@@ -131,7 +146,9 @@ done
 for p in ${running[@]+"${running[@]}"}; do wait "$p" || say "an agent stage failed"; done
 say "agent stages trained"
 pids=() i=0   # at most LOOPS runs (of VAL_SHARDS processes each) at once: 8 processes beside training filled 78 GB
-for v in $VARIANTS; do
+read -ra all_v <<< "$VARIANTS"; read -ra all_b <<< "$SETTINGS"
+[ $(( ${#all_v[@]} * ${#all_b[@]} )) -gt 1 ] || { all_v=(); say "one variant, one setting: nothing to choose"; }
+for v in ${all_v[@]+"${all_v[@]}"}; do
   for b in $SETTINGS; do
     flags=(); [ "$b" = block ] && flags=(--e2e-block-repeats)
     FIRST=$((i * VAL_SHARDS)) cfb "$v" val "val_${v}_$b" "$VAL_SHARDS" "$VAL_TL" ${flags[@]+"${flags[@]}"} & pids+=($!); i=$((i + 1))

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# The agent run that chooses on validation (issue 15), on ONE lent GPU with no network, inputs arriving in pieces into
-# $IN (each step waits for its file): wheels.tar, qdata.tar.xz (the quality run's prepared folder with
-# agent_e2e_val.json, --input-doc names), one qdata_V.tar.xz per other variant V of VARIANTS (the same folder
-# prepared otherwise: only the agent files differ; e.g. params = --input-doc params, recovery = --recovery-share 0.5),
-# qwen05.gguf.
-#   1. Qwen2.5-Coder-0.5B's chain (benchmarks/configs/quality-qwen05.yaml) with whole trajectories: the agent stage at
+# The agent run that chooses on validation (issue 15), on a lent GPU host with no network (one card, or several: GPUS
+# below), inputs arriving in pieces into $IN (each step waits for its file): wheels.tar, qdata.tar.xz (the quality
+# run's prepared folder with agent_e2e_val.json, --input-doc names), one qdata_V.tar.xz per other variant V of VARIANTS
+# (the same folder prepared otherwise: only the agent files differ; e.g. params = --input-doc params, recovery =
+# --recovery-share 0.5), the base's GGUF file ($GGUF_IN, default qwen05.gguf).
+#   1. Qwen2.5-Coder's chain (QCONF, default benchmarks/configs/quality-qwen05.yaml) with whole trajectories: the agent stage at
 #      max_length 8192 (2048 cut 44 % of its targets: quality.md), every stage on packed rows with the varlen kernel.
 #      One GPU holds the two-GPU global batches: per-device batch x2 for stages 1-2, accumulation for the agent.
 #      A stage that fails on varlen is trained again as before (eager attention, padded rows; stages 1-2 only).
 #      The retrieval stage comes back in pieces ($BACK/retrieval_training.tgz.NN; join them with cat); given as
 #      $IN/retrieval_training.tgz to a later run (the same data and paths), stages 1-2 are not trained again (~5 min).
 #   2. One agent stage per variant (VARIANTS, default "main params"; main = qdata.tar.xz), all from the same
-#      retrieval stage, PARALLEL of them side by side (default 2: three do not fit an 80 GB card beside each other).
+#      retrieval stage, PARALLEL of them side by side (one card: default 2, three do not fit an 80 GB card beside
+#      each other).
 #   3. The loop on agent_e2e_val.json for each stage (context budget 8192), for each loop setting in SETTINGS
 #      ("plain", "block" = --e2e-block-repeats; default "plain": run 1 found them within 0.3 points).
 #      The rule, fixed before the run (benchmarks/e2e_choose.py): the highest ComplexFuncBench validation
 #      call_accuracy on the requests every run finished (a time limit cuts different ones), ties to success_rate.
+#      One variant and one setting: nothing to choose, no validation loops.
 #   4. One test run of the choice (agent_e2e_test.json: ComplexFuncBench in TEST_SHARDS processes, NESTFUL), and the
 #      step-wise metrics of the chosen stage on agent_test.json. Everything under $RES, packed into $RES.tgz at the end
 #      (also when the job stops early); the chosen agent stage in pieces in $BACK. The loops are launch-bound: shards
@@ -26,8 +28,8 @@
 # TRAIN_GPUS=N (with GPUS naming at least N cards): every stage trains data parallel on the first N cards (plain DDP,
 # launch/accelerate/multi_gpu.yaml: bf16 autocast; the one-card path runs without), the same global batches (per-device
 # batch of stages 1-2 and the agent's accumulation divided by N), the variants' agent stages one after another.
-# Another base: QCONF=benchmarks/configs/quality-qwen15.yaml QGGUF=models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
-# GGUF_IN=qwen15.gguf (the file's name in $IN).
+# Another base: QCONF=benchmarks/configs/quality-qwen15.yaml GGUF_IN=qwen15.gguf (the file's name in $IN; it is
+# linked where QCONF's model.name says).
 # Runs (benchmarks/results/quality.md):
 #   - 2026-11-27 (1), one H100: the names stage's eight validation loops (plain, block) beside the params stage's
 #     training filled the GPU (100 %, 78 GB): training 1.7x slower, loops cut. The params stage was stopped, and
@@ -45,15 +47,16 @@ export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false PYTORCH_CUDA_ALLOC_
 IN=${IN:-/tmp/in} RUN=${RUN_DIR:-/tmp/arun} LOGS=${LOGS:-/tmp/alogs} RES=${RES:-/tmp/ares} BACK=${BACK:-/tmp/aback}
 VAL_TL=${VAL_TIME_LIMIT:-300} TEST_TL=${TEST_TIME_LIMIT:-480} VAL_SHARDS=${VAL_SHARDS:-4}
 TEST_SHARDS=${TEST_SHARDS:-6} BUDGET=${CONTEXT_BUDGET:-8192} SETTINGS=${SETTINGS:-plain}
-read -ra GPU <<< "${GPUS:-0}"   # the cards; GPU[0] trains stages 1-2
-VARIANTS=${VARIANTS:-main params} LOOPS=${LOOPS:-2}
+IFS=', ' read -ra GPU <<< "${GPUS:-0}"   # the cards ("0 1 2" or "0,1,2"); GPU[0] trains stages 1-2
+read -ra ALL_V <<< "${VARIANTS:-main params}"; read -ra ALL_B <<< "$SETTINGS"; LOOPS=${LOOPS:-2}
 TRAIN_GPUS=${TRAIN_GPUS:-1}
-[ "$TRAIN_GPUS" -le "${#GPU[@]}" ] && [ $((128 % TRAIN_GPUS)) = 0 ] && [ $((4 % TRAIN_GPUS)) = 0 ] ||
-  { echo "TRAIN_GPUS=$TRAIN_GPUS: 1, 2 or 4, and at most the cards in GPUS" >&2; exit 2; }
-DEFAULT_PARALLEL=$(( ${#GPU[@]} > 1 ? ${#GPU[@]} : 2 )); [ "$TRAIN_GPUS" -gt 1 ] && DEFAULT_PARALLEL=1
-PARALLEL=${PARALLEL:-$DEFAULT_PARALLEL}
-QCONF=${QCONF:-benchmarks/configs/quality-qwen05.yaml} QGGUF=${QGGUF:-models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf}
-GGUF_IN=${GGUF_IN:-qwen05.gguf}
+case "$TRAIN_GPUS" in 1|2|4) ;; *) echo "TRAIN_GPUS=$TRAIN_GPUS: 1, 2 or 4" >&2; exit 2 ;; esac
+[ "$TRAIN_GPUS" -le "${#GPU[@]}" ] || { echo "TRAIN_GPUS=$TRAIN_GPUS: more than the cards in GPUS" >&2; exit 2; }
+PARALLEL=${PARALLEL:-$(( ${#GPU[@]} > 1 ? ${#GPU[@]} : 2 ))}
+[ "$TRAIN_GPUS" = 1 ] || PARALLEL=1   # data-parallel stages take all their cards (and accelerate's one port)
+QCONF=${QCONF:-benchmarks/configs/quality-qwen05.yaml} GGUF_IN=${GGUF_IN:-qwen05.gguf}
+QGGUF=$(sed -n 's/^  name: gguf-file://p' "$QCONF")   # where the config looks for the GGUF file
+[ -n "$QGGUF" ] || { echo "$QCONF: no model.name gguf-file:PATH" >&2; exit 2; }
 FAST=(--set train.packing=true --set model.attn_implementation=varlen)
 STAGE_SETS=(--set stages.memorization.per_device_batch_size=$((128 / TRAIN_GPUS))
             --set stages.retrieval.per_device_batch_size=$((128 / TRAIN_GPUS))
@@ -92,7 +95,7 @@ cfb() {   # VARIANT SPLIT NAME SHARDS TIME_LIMIT [flags]: ComplexFuncBench in SH
     > "$LOGS/merge_$name.log" 2>&1 || say "merge $name failed"
 }
 pack() {   # what came of the run, also when it stops early: $RES.tgz
-  for v in main $VARIANTS; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
+  for v in main "${ALL_V[@]}"; do   # what each stage trained on (stage.json, metrics.json: losses, cut tokens)
     for d in "$RUN/$v"/*/; do
       [ -d "$d" ] && [ ! -L "${d%/}" ] || continue
       mkdir -p "$RES/stages/$v"
@@ -110,7 +113,7 @@ back() {   # STAGE_DIR NAME: the stage folder to bring back, in pieces under a r
 trap pack EXIT
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 install_wheels
-for v in main $VARIANTS; do   # the prepared folder of each variant: $RUN/data_V (main's trains stages 1-2 in any case)
+for v in main "${ALL_V[@]}"; do   # the prepared folder of each variant: $RUN/data_V (main's trains stages 1-2 in any case)
   [ -d "$RUN/data_$v" ] && continue
   f=$IN/qdata.tar.xz; [ "$v" = main ] || f=$IN/qdata_$v.tar.xz
   waitfor "$f"; mkdir -p "$RUN/x_$v"; tar xJf "$f" -C "$RUN/x_$v"; mv "$RUN/x_$v/data" "$RUN/data_$v"
@@ -136,7 +139,7 @@ fi
 # The agent stages side by side (one alone kept the GPU a third busy), then every validation loop at once: loops
 # beside a training stage slowed both (run 1).
 running=() i=0
-for v in $VARIANTS; do
+for v in "${ALL_V[@]}"; do
   parent=(); [ "$v" = main ] || parent=(--parent "$RETR")
   ON=$(card $i) train "$RUN/$v" "$RUN/data_$v" agent "train_agent_$v" "${FAST[@]}" ${parent[@]+"${parent[@]}"} & running+=($!); i=$((i + 1))
   if [ "${#running[@]}" -ge "$PARALLEL" ]; then   # the oldest first (stages of one size end in about that order)
@@ -146,10 +149,10 @@ done
 for p in ${running[@]+"${running[@]}"}; do wait "$p" || say "an agent stage failed"; done
 say "agent stages trained"
 pids=() i=0   # at most LOOPS runs (of VAL_SHARDS processes each) at once: 8 processes beside training filled 78 GB
-read -ra all_v <<< "$VARIANTS"; read -ra all_b <<< "$SETTINGS"
-[ $(( ${#all_v[@]} * ${#all_b[@]} )) -gt 1 ] || { all_v=(); say "one variant, one setting: nothing to choose"; }
-for v in ${all_v[@]+"${all_v[@]}"}; do
-  for b in $SETTINGS; do
+CHOOSE=1; [ $(( ${#ALL_V[@]} * ${#ALL_B[@]} )) -gt 1 ] || { CHOOSE=0; say "one variant, one setting: nothing to choose"; }
+for v in "${ALL_V[@]}"; do
+  [ "$CHOOSE" = 1 ] || break
+  for b in "${ALL_B[@]}"; do
     flags=(); [ "$b" = block ] && flags=(--e2e-block-repeats)
     FIRST=$((i * VAL_SHARDS)) cfb "$v" val "val_${v}_$b" "$VAL_SHARDS" "$VAL_TL" ${flags[@]+"${flags[@]}"} & pids+=($!); i=$((i + 1))
     if [ "${#pids[@]}" -ge "$LOOPS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
@@ -158,8 +161,9 @@ done
 for p in ${pids[@]+"${pids[@]}"}; do wait "$p"; done
 say "validation loops done"
 runs=()   # the choice: benchmarks/e2e_choose.py, every run scored on the requests all of them finished
-for v in $VARIANTS; do
-  for b in $SETTINGS; do
+for v in "${ALL_V[@]}"; do
+  [ "$CHOOSE" = 1 ] || break
+  for b in "${ALL_B[@]}"; do
     f=$RES/val_${v}_$b/transcripts/toolgen_agent_tuning_complexfuncbench_val.json
     if [ -f "$f" ]; then runs+=("$v:$b=$f"); else say "no validation transcripts for $v $b"; fi
   done
@@ -168,7 +172,7 @@ if [ "${#runs[@]}" -gt 0 ] && PYTHONPATH=$PYTHONPATH:$PWD python3 benchmarks/e2e
     --split val --json "$RES/choice.json" "${runs[@]}" | tee "$LOGS/choice.md"; then
   IFS=: read -r V B < <(python3 -c "import json; print(json.load(open('$RES/choice.json'))['chosen'])")
 else   # nothing to compare: the test runs the first variant as shipped, and says so
-  V=${VARIANTS%% *} B=plain; say "no choice on validation: testing $V $B"
+  V=${ALL_V[0]} B=${ALL_B[0]}; say "no choice on validation: testing $V $B"
 fi
 say "chosen on validation: $V $B"
 back "$RUN/$V/$(folder agent)" "agent_$V" &

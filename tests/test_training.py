@@ -92,6 +92,23 @@ def test_what_max_length_cuts_is_counted_and_said(sample_data, tmp_path, capsys)
     assert f"{4 * second / (4 * cut['target_tokens']):.1%} of the target tokens are cut off" in said
 
 
+@pytest.mark.parametrize("file", ["tool_memorization.json", "retrieval_training.json", "agent_tuning.json"])
+def test_stage_files_tokenize_in_batches_as_example_by_example(sample_data, file):
+    """stage_dataset encodes a batch's segments in one tokenizer call: the ids and loss masks are tokenize_messages'
+    of each example, cut at max_length the same way (a max_length that cuts some of the agent trajectories)."""
+    from toolgen.collate import stage_dataset
+    _, tokenizer, _, _ = tiny_with_tokens(sample_data)
+    path = os.path.join(sample_data, file)
+    rows = json.load(open(path))
+    dataset, cut = stage_dataset(tokenizer, path, 160)
+    expected = [tokenize_messages(tokenizer, r["messages"], 160) for r in rows]
+    assert len(rows) > 1 and dataset["input_ids"] == [e["input_ids"] for e in expected]
+    assert dataset["labels"] == [e["labels"] for e in expected]
+    assert cut["examples"] == len(rows)
+    if file == "agent_tuning.json":
+        assert cut["examples_cut"] > 0
+
+
 @pytest.mark.parametrize("tied", [True, False])
 def test_tool_rows_start_at_the_mean_of_their_words(sample_data, tied):
     tokens, tokenizer, model, tool_ids = tiny_with_tokens(sample_data, tied)

@@ -48,12 +48,22 @@ def _segments(tokenizer, messages):
 
 def tokenize_messages(tokenizer, messages, max_length=None):
     """-> {"input_ids", "labels"}. Long examples keep their start; if that would cut every target, they keep their end."""
+    segments = _segments(tokenizer, messages)
+    return _truncated(*_joined(segments, _encode(tokenizer, segments)), max_length)
+
+
+def _encode(tokenizer, segments):
+    """The token ids of each segment's text, in one tokenizer call (the fast tokenizers encode a list in one pass:
+    a stage file tokenizes 2-3x faster than one call per segment)."""
+    return tokenizer([text for text, _ in segments], add_special_tokens=False)["input_ids"] if segments else []
+
+
+def _joined(segments, ids):
     input_ids, labels = [], []
-    for text, loss in _segments(tokenizer, messages):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        input_ids += ids
-        labels += ids if loss else [IGNORE] * len(ids)
-    return _truncated(input_ids, labels, max_length)
+    for (_, loss), seg in zip(segments, ids):
+        input_ids += seg
+        labels += seg if loss else [IGNORE] * len(seg)
+    return input_ids, labels
 
 
 def _truncated(input_ids, labels, max_length):
@@ -69,12 +79,19 @@ def _targets(labels):
     return sum(l != IGNORE for l in labels[1:])   # loss.count_targets: the first label is never predicted
 
 
-def _tokenized_with_cut(tokenizer, messages, max_length):
-    """tokenize_messages, plus how many target tokens the example has and how many max_length cut off."""
-    full = tokenize_messages(tokenizer, messages)
-    cut = _truncated(full["input_ids"], full["labels"], max_length)
-    targets = _targets(full["labels"])
-    return {**cut, "targets": targets, "targets_cut": targets - _targets(cut["labels"])}
+def _tokenized_with_cut(tokenizer, batch, max_length):
+    """A batch of conversations -> tokenize_messages of each (one tokenizer call for all their segments), plus how
+    many target tokens each has and how many max_length cut off."""
+    segments = [_segments(tokenizer, messages) for messages in batch]
+    ids = iter(_encode(tokenizer, [seg for segs in segments for seg in segs]))
+    out = {"input_ids": [], "labels": [], "targets": [], "targets_cut": []}
+    for segs in segments:
+        input_ids, labels = _joined(segs, [next(ids) for _ in segs])
+        cut = _truncated(input_ids, labels, max_length)
+        targets = _targets(labels)
+        for key, value in (*cut.items(), ("targets", targets), ("targets_cut", targets - _targets(cut["labels"]))):
+            out[key].append(value)
+    return out
 
 
 def prompt_ids(tokenizer, messages):
@@ -190,8 +207,9 @@ def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextli
     from datasets import load_dataset
     dataset = load_dataset("json", data_files=data_file, split="train")
     with main_process_first():   # one process tokenizes, the others read its cache
-        dataset = dataset.map(lambda ex: _tokenized_with_cut(tokenizer, ex["messages"], max_length),
-                              remove_columns=dataset.column_names, desc=f"tokenizing {data_file}")
+        dataset = dataset.map(lambda batch: _tokenized_with_cut(tokenizer, batch["messages"], max_length),
+                              batched=True, batch_size=256, remove_columns=dataset.column_names,
+                              desc=f"tokenizing {data_file}")
     cut = {"examples": len(dataset), "examples_cut": sum(c > 0 for c in dataset["targets_cut"]),
            "target_tokens": sum(dataset["targets"]), "target_tokens_cut": sum(dataset["targets_cut"])}
     return dataset.remove_columns(["targets", "targets_cut"]), cut

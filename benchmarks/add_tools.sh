@@ -14,7 +14,10 @@
 # Inputs: ../shared/toolbench or TOOLBENCH=DIR (StableToolBench queries, the derived catalog, ToolBench trajectories);
 # CATALOG, QUERIES (space-separated), TRAJECTORIES (space-separated) override them, CONFIG the training config,
 # UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split, RESULTS
-# the results' path without extension (default benchmarks/results/add_tools).
+# the results' path without extension (default benchmarks/results/add_tools). WRITER_CACHE=FILE (a query_writer.jsonl
+# that answers for every API of the catalog, e.g. the quality run's): the llm view everywhere — both chains' stage 2
+# and the addition (add_tools.views + --query-writer-cache) — so that the new tools get requests worded as users word
+# them, and the retrain the same.
 # A CPU smoke run on the shipped sample and the tiny model (minutes; numbers meaningless):
 #   S=toolgen/data/sample CATALOG=$S/catalog.jsonl QUERIES="$S/instruction/G1_query.json $S/instruction/G2_query.json" \
 #   TRAJECTORIES=$S/answer CONFIG=launch/configs/tiny.yaml RUN_DIR=/tmp/add_smoke RESULTS=/tmp/add_smoke/result \
@@ -49,10 +52,13 @@ for q in "${QUERIES[@]}"; do
   OLD_QUERIES+=(--queries "$RUN/split/old_queries/$(basename "$q")")
 done
 # prepare OUT_DIR CATALOG QUERY_FLAGS...: the stage files as quality.sh makes them (views, validation split)
+VIEWS=name,ask,params,multi_tool,multi_category
+WRITER=()
+[ -z "${WRITER_CACHE:-}" ] || { VIEWS=$VIEWS,llm; WRITER=(--query-writer-cache "$WRITER_CACHE"); }
 prepare() {
   local out=$1 catalog=$2; shift 2
   $PY -m toolgen.prepare --api-catalog "$catalog" "$@" "${TRAJ_FLAGS[@]}" --val-fraction 0.1 \
-    --views name,ask,params,multi_tool,multi_category --out "$out"
+    --views "$VIEWS" ${WRITER[@]+"${WRITER[@]}"} --out "$out"
 }
 # chain RUN_SUBDIR DATA: the stages up to UNTIL, one process each, skipped when finished
 chain() {
@@ -85,7 +91,8 @@ add_traj=()
 add() {
   local out=$1; shift
   $PY -m toolgen.add_tools --model "$RUN/m80/$FOLDER" --api-catalog "$RUN/split/new.jsonl" "${NEW_QUERIES[@]}" \
-    ${add_traj[@]+"${add_traj[@]}"} --config "$CONFIG" --out "$out" --overwrite "$@"
+    ${add_traj[@]+"${add_traj[@]}"} ${WRITER[@]+"${WRITER[@]}" --set "add_tools.views=$VIEWS"} \
+    --config "$CONFIG" --out "$out" --overwrite "$@"
 }
 if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then
   full() {

@@ -474,3 +474,38 @@ def test_a_params_parent_gets_params_docs_for_new_tools_and_keeps_its_old_ones(t
     assert trained_input_doc(str(stage)) == "names"
     (stage / "stage.json").write_text("{}")
     assert trained_input_doc(str(stage)) is None   # nothing to read: unknown (the agent CLI warns)
+
+
+def test_the_llm_view_of_new_tools_comes_from_a_query_writer_cache(parent, tmp_path):
+    """llm in add_tools.views: the new tools' requests are read from --query-writer-cache (no model is loaded), one
+    retrieval example per kept request; without the file, with an API missing from it, or with the file but no llm
+    view, the command stops before writing anything."""
+    from toolgen import query_writer
+    from toolgen.checkpoint import file_sha256
+    from toolgen.data.toolbench import read_api_jsonl
+    apis = read_api_jsonl(parent["a"])
+    opts = query_writer.WriterOptions()
+    answer = "\n".join(["I want to plan something fun for my family this weekend",
+                        "Could you check what my options are before Friday evening",
+                        "Please help me compare the choices I have for tomorrow morning"])
+    records = [query_writer.cache_record(a, "hand-written", query_writer.writer_prompt(a, opts.queries_per_api),
+                                         opts.generation(), answer, opts.queries_per_api) for a in apis]
+    cache = tmp_path / "query_writer.jsonl"
+    cache.write_text("".join(json.dumps(r) + "\n" for r in records))
+    views = "add_tools.views=name,llm"
+    out = tmp_path / "added"
+    base = ["--model", parent["dir"], "--api-catalog", parent["a"], "--out", out, "--prepare-only"]
+    assert "give --query-writer-cache FILE" in error_of(*base, "--set", views)
+    assert "add llm to add_tools.views" in error_of(*base, "--query-writer-cache", cache)
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(json.dumps(r) + "\n" for r in records[1:]))
+    said = error_of(*base, "--set", views, "--query-writer-cache", partial)
+    assert str(partial) in said and "no cached query-writer answer" in said
+    assert not os.path.exists(f"{out}.data")
+    add(*base, "--set", views, "--query-writer-cache", cache)
+    report = read(f"{out}.data/add_tools_report.json")
+    kept = sum(len(r["queries"]) for r in records)
+    assert kept > 0 and report["views"]["llm"]["examples"] == kept
+    assert report["data_hashes"]["inputs"]["query_writer_cache"] == {str(cache): file_sha256(str(cache))}
+    asked = {ex["messages"][0]["content"] for ex in read(f"{out}.data/add_tools.json")}
+    assert {q for r in records for q in r["queries"]} <= asked

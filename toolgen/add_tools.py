@@ -31,6 +31,10 @@ def parse_args(argv):
     p.add_argument("--out", required=True, metavar="DIR", help="the new stage folder")
     p.add_argument("--queries", action="append", default=[], help="query file (G1_query.json style); repeatable")
     p.add_argument("--trajectories", action="append", default=[], help="trajectory file or folder; repeatable")
+    p.add_argument("--query-writer-cache", metavar="FILE",
+                   help="the llm view of the new tools (llm in add_tools.views): requests an instruct model wrote "
+                        "from their documentation before (python -m toolgen.query_writer, or toolgen-prepare's "
+                        "query_writer.jsonl); every new API must be in it")
     p.add_argument("--replace-docs", action="store_true",
                    help="a new API with the tool and API name of an existing one replaces its documentation (the "
                         "token is kept, its memorization retrained); without it such a collision stops the run")

@@ -14,7 +14,7 @@ import json
 import os
 import random
 
-from toolgen import prepare
+from toolgen import prepare, query_writer
 from toolgen.config import STAGES
 from toolgen.data import stages, views as view_lib
 from toolgen.data.toolbench import Api, Catalog, DataError, read_queries, resolve_queries
@@ -149,9 +149,20 @@ def trajectory_examples(paths, catalog, names, new_tokens, split, report):
     return [ex for ex in train if calls_new(ex)], [ex for ex in test if calls_new(ex)]
 
 
-def view_examples(new_apis, names, views, seed, rounds, held_out, report):
-    """The retrieval views of the new tools only: multi-API requests group new APIs with new APIs."""
-    queries = view_lib.view_queries(Catalog(list(new_apis.values())), views, seed, rounds)
+def view_examples(new_apis, names, views, seed, rounds, held_out, report, writer_cache=None):
+    """The retrieval views of the new tools only: multi-API requests group new APIs with new APIs; the llm view's
+    requests come from writer_cache (a query-writer cache file), which must answer for every new API."""
+    llm = None
+    if "llm" in views:
+        if not writer_cache:
+            raise AddToolsError("add_tools.views has llm: give --query-writer-cache FILE (the requests written "
+                                "before by python -m toolgen.query_writer)")
+        try:
+            apis = [new_apis[k] for k in sorted(new_apis)]
+            llm, _, _ = query_writer.llm_view(apis, query_writer.WriterOptions(), query_writer.read_cache(writer_cache))
+        except (DataError, OSError) as e:
+            raise AddToolsError(f"--query-writer-cache {writer_cache}: {e}") from None
+    queries = view_lib.view_queries(Catalog(list(new_apis.values())), views, seed, rounds, llm)
     return view_lib.view_examples(queries, names, held_out, report)
 
 
@@ -176,9 +187,8 @@ def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, r
         views = view_lib.parse_views(add_cfg.views) if add_cfg.views else ()
     except DataError as e:
         raise AddToolsError(f"add_tools.views: {e}") from None
-    if "llm" in views:
-        raise AddToolsError("add_tools.views: the llm view needs a query writer; write its queries with "
-                            "python -m toolgen.query_writer and add them with --queries")
+    if args.query_writer_cache and "llm" not in views:
+        raise AddToolsError("--query-writer-cache writes the llm view: add llm to add_tools.views")
     old_apis, old_names = old_catalog(parent["prepared"]["tools"])
     for old_key in replaced.values():   # the new record of a re-documented API stands for it
         old_apis.pop(old_key, None)
@@ -194,7 +204,7 @@ def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, r
         held_out = {view_lib.normalize(r["messages"][0]["content"])
                     for r in held["retrieval_test.json"] + held["retrieval_val.json"] + split["held_out_queries"]}
         v_train, counts = view_examples(new_apis, names, views, split["seed"], add_cfg.multi_queries_per_api,
-                                        held_out, report)
+                                        held_out, report, args.query_writer_cache)
         train[STAGES["retrieval"].file] = v_train + q_train
     if STAGES["agent"].name in chain and args.trajectories:
         train[STAGES["agent"].file], held["agent_test.json"] = trajectory_examples(
@@ -205,7 +215,8 @@ def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, r
 def input_hashes(args):
     from toolgen.checkpoint import file_sha256
     files = {"catalog": [args.api_catalog], "queries": args.queries,
-             "trajectories": prepare._expand(args.trajectories)}
+             "trajectories": prepare._expand(args.trajectories),
+             "query_writer_cache": [args.query_writer_cache] if args.query_writer_cache else []}
     return {kind: {p: file_sha256(p) for p in paths} for kind, paths in files.items()}
 
 

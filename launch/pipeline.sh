@@ -5,7 +5,8 @@
 #        [--accelerate-config launch/accelerate/1gpu.yaml] [--stages memorization,retrieval,agent] [--no-eval]
 #        [--data-dir DIR (prepared stage files; default: prepare into DIR/data)] [--set KEY=VALUE ...] [--dry-run]
 #        [--resume (continue each stage from its newest checkpoint) | --overwrite (train finished stages again)]
-#        [--new-catalog NEW.jsonl [--new-queries FILE ...] [--new-trajectories PATH ...] [--replace-docs]]
+#        [--new-catalog NEW.jsonl [--new-queries FILE ...] [--new-trajectories PATH ...] [--replace-docs]
+#         [--new-query-writer-cache FILE]]
 # A stage outside the chain (`python -m toolgen.config stages --all`: add_tools) runs only when --stages names it: new
 # tools (--new-catalog) into the finished stage its table entry names, DIR/<its folder> + DIR/<its folder>.data,
 # evaluated into DIR/eval_<its folder> (toolgen/add_tools.py; README: Adding tools to a trained model).
@@ -35,8 +36,9 @@ while [ $# -gt 0 ]; do
     --new-catalog) NEW_CATALOG=$(caller_path "$2"); shift 2 ;;
     --new-queries) NEW_ARGS+=(--queries "$(caller_path "$2")"); shift 2 ;;
     --new-trajectories) NEW_ARGS+=(--trajectories "$(caller_path "$2")"); shift 2 ;;
+    --new-query-writer-cache) NEW_ARGS+=(--query-writer-cache "$(caller_path "$2")"); shift 2 ;;
     --replace-docs) NEW_ARGS+=(--replace-docs); shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done

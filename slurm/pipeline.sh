@@ -13,7 +13,8 @@
 # Options: --config FILE, --output-dir DIR, --nodes N, --gpus-per-node G (0 = CPU), --partition P, --time T,
 #   --account A, --cpus-per-task C, --stages LIST, --accelerate-config FILE, --dry-run; after `--`: train.py arguments.
 #   A stage outside the chain (`python -m toolgen.config stages --all`: add_tools) runs only when --stages names it:
-#   --new-catalog FILE [--new-queries FILE ...] [--new-trajectories PATH ...] [--replace-docs] (toolgen-add-tools).
+#   --new-catalog FILE [--new-queries FILE ...] [--new-trajectories PATH ...] [--replace-docs]
+#   [--new-query-writer-cache FILE] (toolgen-add-tools).
 # Relative paths are relative to the directory this is run from (a config shipped in the repository is found from
 # anywhere). The jobs run the Python that runs this script ($PYTHON, else python3 on PATH), by its absolute path.
 set -euo pipefail
@@ -35,9 +36,9 @@ while [ $# -gt 0 ]; do
     --account) ACCOUNT=$2; shift 2 ;;     --cpus-per-task) CPUS=$2; shift 2 ;;
     --stages) STAGES=$2; shift 2 ;;       --accelerate-config) ACC=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;            --) shift; EXTRA=("$@"); break ;;
-    --new-catalog|--new-queries|--new-trajectories) NEW+=("$1" "$(caller_path "$2")"); shift 2 ;;
+    --new-catalog|--new-queries|--new-trajectories|--new-query-writer-cache) NEW+=("$1" "$(caller_path "$2")"); shift 2 ;;
     --replace-docs) NEW+=("$1"); shift ;;
-    -h|--help) sed -n '6,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '6,19p' "$0"; exit 0 ;;
     *) die "unknown option $1" ;;
   esac
 done

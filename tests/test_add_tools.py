@@ -3,6 +3,7 @@ first part, the two others added one after the other. Old token ids and rows are
 from their documentation, evaluate runs on the result; collisions, a folder that is no stage and an empty catalog stop
 the command before any work."""
 
+import dataclasses
 import json
 import os
 import shlex
@@ -336,7 +337,7 @@ def test_pipeline_runs_an_addition_when_asked(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode != 0 and "--new-catalog" in result.stderr and result.stdout == ""
-    command += ["--new-catalog", "new.jsonl", "--new-queries", "q.json"]
+    command += ["--new-catalog", "new.jsonl", "--new-queries", "q.json", "--new-query-writer-cache", "qw.jsonl"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env)
     assert result.returncode != 0 and "agent_tuning is missing" in result.stderr   # the default parent: the chain's end
     (out / "agent_tuning").mkdir(parents=True)
@@ -353,6 +354,7 @@ def test_pipeline_runs_an_addition_when_asked(tmp_path):
     assert "--prepare-only" in prepare_line and flag(prepare_line, "--model") == str(out / "agent_tuning")
     assert flag(prepare_line, "--api-catalog") == str(tmp_path / "new.jsonl")
     assert flag(prepare_line, "--queries") == str(tmp_path / "q.json")
+    assert flag(prepare_line, "--query-writer-cache") == str(tmp_path / "qw.jsonl")
     assert flag(train_line, "--stage") == "add_tools"
     assert flag(train_line, "--data-dir") == flag(eval_line, "--data") == str(out / "added_tools.data")
     assert flag(eval_line, "--model") == str(out / "added_tools")
@@ -497,15 +499,26 @@ def test_the_llm_view_of_new_tools_comes_from_a_query_writer_cache(parent, tmp_p
     base = ["--model", parent["dir"], "--api-catalog", parent["a"], "--out", out, "--prepare-only"]
     assert "give --query-writer-cache FILE" in error_of(*base, "--set", views)
     assert "add llm to add_tools.views" in error_of(*base, "--query-writer-cache", cache)
-    partial = tmp_path / "partial.jsonl"
-    partial.write_text("".join(json.dumps(r) + "\n" for r in records[1:]))
+    partial = tmp_path / "partial.jsonl"   # one API left out, one written for another documentation
+    redone = dataclasses.replace(apis[1], api_description="Another text.")
+    other = query_writer.cache_record(redone, "hand-written", query_writer.writer_prompt(redone, 3), opts.generation(),
+                                      answer, 3)
+    partial.write_text("".join(json.dumps(r) + "\n" for r in [other] + records[2:]))
     said = error_of(*base, "--set", views, "--query-writer-cache", partial)
-    assert str(partial) in said and "no cached query-writer answer" in said
+    assert f"--query-writer-cache {partial}: 2 of the {len(apis)} new APIs have no answer" in said
+    assert f"python -m toolgen.query_writer --catalog {parent['a']} --model MODEL" in said
+    said = error_of(*base, "--set", views, "--query-writer-cache", cache, "--writer-queries-per-api", 5)
+    assert f"{len(apis)} of the {len(apis)} new APIs have no answer for 5 queries per API" in said
+    memorization_parent = os.path.join(parent["root"], "out", "tool_memorization")
+    said = error_of("--model", memorization_parent, "--api-catalog", parent["a"], "--out", out, "--prepare-only",
+                    "--set", views, "--query-writer-cache", cache)
+    assert "is a memorization stage, which does not retrieve" in said
     assert not os.path.exists(f"{out}.data")
     add(*base, "--set", views, "--query-writer-cache", cache)
     report = read(f"{out}.data/add_tools_report.json")
     kept = sum(len(r["queries"]) for r in records)
     assert kept > 0 and report["views"]["llm"]["examples"] == kept
+    assert report["query_writer"]["from_cache"] == len(apis) and report["query_writer"]["queries_kept"] == kept
     assert report["data_hashes"]["inputs"]["query_writer_cache"] == {str(cache): file_sha256(str(cache))}
     asked = {ex["messages"][0]["content"] for ex in read(f"{out}.data/add_tools.json")}
     assert {q for r in records for q in r["queries"]} <= asked

@@ -93,20 +93,45 @@ def test_what_max_length_cuts_is_counted_and_said(sample_data, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("file", ["tool_memorization.json", "retrieval_training.json", "agent_tuning.json"])
-def test_stage_files_tokenize_in_batches_as_example_by_example(sample_data, file):
-    """stage_dataset encodes a batch's segments in one tokenizer call: the ids and loss masks are tokenize_messages'
-    of each example, cut at max_length the same way (a max_length that cuts some of the agent trajectories)."""
-    from toolgen.collate import stage_dataset
+def test_stage_files_tokenize_in_batches_as_segment_by_segment(sample_data, tmp_path, file):
+    """stage_dataset encodes a batch's segments in one tokenizer call: the ids and loss masks are those of one call
+    per segment, across batches of 256 conversations, cut at max_length the same way (a max_length that cuts some of
+    the agent trajectories)."""
+    from toolgen.collate import _segments, _truncated, stage_dataset
     _, tokenizer, _, _ = tiny_with_tokens(sample_data)
-    path = os.path.join(sample_data, file)
-    rows = json.load(open(path))
-    dataset, cut = stage_dataset(tokenizer, path, 160)
-    expected = [tokenize_messages(tokenizer, r["messages"], 160) for r in rows]
-    assert len(rows) > 1 and dataset["input_ids"] == [e["input_ids"] for e in expected]
+    rows = json.load(open(os.path.join(sample_data, file)))
+    rows = (rows * (600 // len(rows) + 1))[:600]   # past two batch boundaries
+    path = tmp_path / file
+    path.write_text(json.dumps(rows))
+    dataset, cut = stage_dataset(tokenizer, str(path), 160)
+    expected = []
+    for r in rows:
+        ids, labels = [], []
+        for text, loss in _segments(tokenizer, r["messages"]):
+            seg = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids, labels = ids + seg, labels + (seg if loss else [IGNORE] * len(seg))
+        expected.append(_truncated(ids, labels, 160))
+    assert dataset["input_ids"] == [e["input_ids"] for e in expected]
     assert dataset["labels"] == [e["labels"] for e in expected]
-    assert cut["examples"] == len(rows)
+    assert cut["examples"] == 600
     if file == "agent_tuning.json":
         assert cut["examples_cut"] > 0
+
+
+def test_tokenized_stage_files_are_made_again_when_the_code_changes(sample_data, tmp_path, monkeypatch):
+    """datasets caches a tokenized stage file by the map's function, not by the collate code it calls: the cache key
+    carries that code's hash, so a changed layout tokenizes again instead of reusing the old ids."""
+    from toolgen import collate
+    _, tokenizer, _, _ = tiny_with_tokens(sample_data)
+    path = tmp_path / "stage.json"
+    path.write_text(open(os.path.join(sample_data, "retrieval_training.json")).read())
+    before, _ = collate.stage_dataset(tokenizer, str(path), 160)
+    again, _ = collate.stage_dataset(tokenizer, str(path), 160)
+    assert again.cache_files == before.cache_files   # unchanged code: the cached file is read
+    monkeypatch.setattr(collate, "_segments", lambda tok, messages: [(messages[0]["content"], True)])
+    monkeypatch.setattr(collate, "CODE", "another version of collate.py")
+    changed, _ = collate.stage_dataset(tokenizer, str(path), 160)
+    assert changed["input_ids"] != before["input_ids"] and changed.cache_files != before.cache_files
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -23,7 +23,7 @@ from toolgen.data.toolbench import DataError, read_api_jsonl
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="toolgen-add-tools", description=__doc__,
+    p = argparse.ArgumentParser(prog="toolgen-add-tools", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="STAGE_DIR", help="the finished stage folder to add tools to")
     p.add_argument("--api-catalog", required=True, metavar="NEW.jsonl",
@@ -35,6 +35,8 @@ def parse_args(argv):
                    help="the llm view of the new tools (llm in add_tools.views): requests an instruct model wrote "
                         "from their documentation before (python -m toolgen.query_writer, or toolgen-prepare's "
                         "query_writer.jsonl); every new API must be in it")
+    p.add_argument("--writer-queries-per-api", type=int, default=3, metavar="N",
+                   help="llm view: the requests per API the cache's answers were asked for (default 3)")
     p.add_argument("--replace-docs", action="store_true",
                    help="a new API with the tool and API name of an existing one replaces its documentation (the "
                         "token is kept, its memorization retrained); without it such a collision stops the run")

@@ -14,7 +14,7 @@ import json
 import os
 import random
 
-from toolgen import prepare, query_writer
+from toolgen import prepare, prepare_views, query_writer
 from toolgen.config import STAGES
 from toolgen.data import stages, views as view_lib
 from toolgen.data.toolbench import Api, Catalog, DataError, read_queries, resolve_queries
@@ -149,21 +149,23 @@ def trajectory_examples(paths, catalog, names, new_tokens, split, report):
     return [ex for ex in train if calls_new(ex)], [ex for ex in test if calls_new(ex)]
 
 
-def view_examples(new_apis, names, views, seed, rounds, held_out, report, writer_cache=None):
-    """The retrieval views of the new tools only: multi-API requests group new APIs with new APIs; the llm view's
-    requests come from writer_cache (a query-writer cache file), which must answer for every new API."""
-    llm = None
-    if "llm" in views:
-        if not writer_cache:
-            raise AddToolsError("add_tools.views has llm: give --query-writer-cache FILE (the requests written "
-                                "before by python -m toolgen.query_writer)")
-        try:
-            apis = [new_apis[k] for k in sorted(new_apis)]
-            llm, _, _ = query_writer.llm_view(apis, query_writer.WriterOptions(), query_writer.read_cache(writer_cache))
-        except (DataError, OSError) as e:
-            raise AddToolsError(f"--query-writer-cache {writer_cache}: {e}") from None
-    queries = view_lib.view_queries(Catalog(list(new_apis.values())), views, seed, rounds, llm)
-    return view_lib.view_examples(queries, names, held_out, report)
+def view_examples(new_apis, names, views, seed, held_out, report, add_cfg, writer_cache, args):
+    """The retrieval views of the new tools only (prepare's views; multi-API requests group new APIs with new APIs):
+    (examples, counts per view, the query writer's report or None). The llm view's requests come from writer_cache
+    (the records of --query-writer-cache), which must answer for every new API: no model is loaded here."""
+    options = query_writer.WriterOptions(queries_per_api=args.writer_queries_per_api)
+    try:
+        examples, counts, _, writer_report = prepare_views.view_examples(
+            Catalog(list(new_apis.values())), names, views, seed, add_cfg.multi_queries_per_api, options,
+            writer_cache, held_out, report)
+    except query_writer.MissingAnswers as e:
+        raise AddToolsError(
+            f"--query-writer-cache {args.query_writer_cache}: {e.missing} of the {e.total} new APIs have no answer "
+            f"for {e.per_api} queries per API (first: {e.first}; an answer counts only for the documentation and "
+            f"--writer-queries-per-api it was written for): write them into it with python -m toolgen.query_writer "
+            f"--catalog {args.api_catalog} --model MODEL --queries-per-api {e.per_api} --out "
+            f"{args.query_writer_cache} (the answers already there are kept)") from None
+    return examples, counts, writer_report
 
 
 def replay(old_files, n, seed, drop_targets):
@@ -175,9 +177,28 @@ def replay(old_files, n, seed, drop_targets):
     return [{"messages": old_files[name][i]["messages"], "part": f"replay:{name}"} for name, i in picked]
 
 
+def llm_cache(args, views, chain):
+    """The records of --query-writer-cache (read before any work), checked against add_tools.views and the parent."""
+    retrieves = STAGES["retrieval"].name in chain
+    if args.query_writer_cache and not retrieves:
+        raise AddToolsError(f"--query-writer-cache: {args.model} is a {chain[-1]} stage, which does not retrieve")
+    if args.query_writer_cache and "llm" not in views:
+        raise AddToolsError("--query-writer-cache writes the llm view: add llm to add_tools.views")
+    if "llm" in views and retrieves and not args.query_writer_cache:
+        raise AddToolsError("add_tools.views has llm: give --query-writer-cache FILE (the requests an instruct model "
+                            "wrote before: python -m toolgen.query_writer)")
+    if not args.query_writer_cache:
+        return []
+    try:
+        return query_writer.read_cache(args.query_writer_cache)
+    except (DataError, OSError) as e:
+        raise AddToolsError(f"--query-writer-cache {args.query_writer_cache}: {e}") from None
+
+
 def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, report):
-    """{stage file: the new tools' training examples}, {held-out file: new records}, view counts. What the parent's
-    chain stage does decides what is built: views and queries from retrieval on, trajectories for an agent."""
+    """{stage file: the new tools' training examples}, {held-out file: new records}, view counts, the chain, the query
+    writer's report (llm view) or None. What the parent's chain stage does decides what is built: views and queries
+    from retrieval on, trajectories for an agent."""
     chain = covered(chain_stage(parent["info"]))
     if args.queries and STAGES["retrieval"].name not in chain:
         raise AddToolsError(f"--queries: {args.model} is a {chain[-1]} stage, which does not retrieve from queries")
@@ -187,8 +208,7 @@ def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, r
         views = view_lib.parse_views(add_cfg.views) if add_cfg.views else ()
     except DataError as e:
         raise AddToolsError(f"add_tools.views: {e}") from None
-    if args.query_writer_cache and "llm" not in views:
-        raise AddToolsError("--query-writer-cache writes the llm view: add llm to add_tools.views")
+    writer_cache = llm_cache(args, views, chain)
     old_apis, old_names = old_catalog(parent["prepared"]["tools"])
     for old_key in replaced.values():   # the new record of a re-documented API stands for it
         old_apis.pop(old_key, None)
@@ -197,19 +217,19 @@ def new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split, r
     memorization = [stages.memorization_example(new_apis[k], names[k]) for k in sorted(new_apis)]
     train = {STAGES["memorization"].file: memorization, STAGES["retrieval"].file: [], STAGES["agent"].file: []}
     held = {name: [] for name in HELD_OUT}
-    counts = {}
+    counts, writer_report = {}, None
     if STAGES["retrieval"].name in chain:
         q_train, held["retrieval_test.json"], held["retrieval_val.json"] = query_examples(
             args.queries, catalog, all_names, set(new_apis), split, report)
         held_out = {view_lib.normalize(r["messages"][0]["content"])
                     for r in held["retrieval_test.json"] + held["retrieval_val.json"] + split["held_out_queries"]}
-        v_train, counts = view_examples(new_apis, names, views, split["seed"], add_cfg.multi_queries_per_api,
-                                        held_out, report, args.query_writer_cache)
+        v_train, counts, writer_report = view_examples(new_apis, names, views, split["seed"], held_out, report,
+                                                       add_cfg, writer_cache, args)
         train[STAGES["retrieval"].file] = v_train + q_train
     if STAGES["agent"].name in chain and args.trajectories:
         train[STAGES["agent"].file], held["agent_test.json"] = trajectory_examples(
             args.trajectories, catalog, all_names, set(names.values()), split, report)
-    return train, held, counts, chain
+    return train, held, counts, chain, writer_report
 
 
 def input_hashes(args):
@@ -271,7 +291,7 @@ def build_outputs(parent, api_list, args, add_cfg):
     old = read_stage_files(parent["data_dir"], train_files + list(HELD_OUT) + list(COPIED))
     split["held_out_queries"] = old["retrieval_test.json"] + old["retrieval_val.json"]
     report = prepare.Report(strict=False)
-    train, held, view_counts, chain = new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split,
+    train, held, view_counts, chain, writer_report = new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split,
                                                         report)
     replaced_tokens = {names[k] for k in replaced}
     new, replayed = stage_file(train, old, chain, add_cfg, split["seed"], replaced_tokens)
@@ -293,7 +313,7 @@ def build_outputs(parent, api_list, args, add_cfg):
         "chain_stage": chain[-1], "tools_added": added + promoted, "tools_replaced": sorted(replaced_tokens),
         "distractors_promoted": promoted, "collisions": collisions,
         "replay_fraction": add_cfg.replay_fraction, "memorization_repeats": add_cfg.memorization_repeats,
-        "views": view_counts, "examples": {"new": len(new), "replay": len(replayed), **count_parts(new + replayed)},
+        "views": view_counts, **({"query_writer": writer_report} if writer_report else {}), "examples": {"new": len(new), "replay": len(replayed), **count_parts(new + replayed)},
         "skipped": dict(report.skipped),
         "data_hashes": {"inputs": input_hashes(args),
                         "parent_data": {n: file_sha256(os.path.join(parent["data_dir"], n)) for n in train_files

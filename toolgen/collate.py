@@ -7,11 +7,18 @@ learns the answer and the end-of-turn marker, never the prompt, the role headers
 """
 
 import contextlib
+import hashlib
 
 import torch
 
 from toolgen import attention
 from toolgen.loss import IGNORE  # noqa: F401  (re-exported: the collators write it)
+
+# What the tokenized stage files depend on besides the file, the tokenizer and max_length: this module's code. datasets
+# fingerprints a map by its function, not by the module functions that function calls, so without this a change of
+# the layout here would reuse tokenized files made by the old code.
+with open(__file__, "rb") as _f:
+    CODE = hashlib.sha256(_f.read()).hexdigest()
 
 
 def _render(tokenizer, messages, add_generation_prompt=False):
@@ -205,11 +212,13 @@ def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextli
     trajectory's later calls and Finish): the loop says so.
     benchmarks/trainer_baseline.py feeds the same examples to the HF Trainer."""
     from datasets import load_dataset
+    from datasets.fingerprint import Hasher
     dataset = load_dataset("json", data_files=data_file, split="train")
+    fingerprint = Hasher.hash([dataset._fingerprint, CODE, tokenizer, max_length])
     with main_process_first():   # one process tokenizes, the others read its cache
         dataset = dataset.map(lambda batch: _tokenized_with_cut(tokenizer, batch["messages"], max_length),
                               batched=True, batch_size=256, remove_columns=dataset.column_names,
-                              desc=f"tokenizing {data_file}")
+                              new_fingerprint=fingerprint, desc=f"tokenizing {data_file}")
     cut = {"examples": len(dataset), "examples_cut": sum(c > 0 for c in dataset["targets_cut"]),
            "target_tokens": sum(dataset["targets"]), "target_tokens_cut": sum(dataset["targets_cut"])}
     return dataset.remove_columns(["targets", "targets_cut"]), cut

@@ -113,7 +113,8 @@ class AddToolsConfig:
     """The data of the add_tools stage (toolgen/add_tools.py); its steps and learning rate are stages.add_tools."""
     replay_fraction: float = 0.5      # share of the stage's examples drawn from the parent's stage files (forgetting)
     memorization_repeats: int = 3     # each new tool's documentation example this many times (one short stage)
-    views: str = "name,ask,params,multi_tool,multi_category"   # retrieval views of the new tools (multi: new only)
+    views: str = "name,ask,params,multi_tool,multi_category"   # retrieval views of the new tools (multi: new only;
+    #                                                             llm: read from toolgen-add-tools --query-writer-cache)
     multi_queries_per_api: int = 1
     train: str = "all"   # all: the adapter's LoRA and every tool row; new_rows: only the new tools' rows, so the
     #                      parent's weights stay bit-identical and an old tool's score moves only where a new tool

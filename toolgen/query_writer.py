@@ -150,6 +150,7 @@ def read_cache(path):
     records = []
     for n, r in read_jsonl(path):
         if not (isinstance(r, dict) and isinstance(r.get("api"), list) and len(r["api"]) == 3
+                and all(isinstance(part, str) for part in r["api"])
                 and all(isinstance(r.get(k), str) for k in ("model", "prompt_hash", "answer"))):
             raise DataError(f"{path} line {n}: not a query-writer record (needs api [category, tool, api], model, "
                             "prompt_hash, answer)")
@@ -207,6 +208,16 @@ def generate_answers(tokenizer, model, prompts, options, offset=0):
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
+class MissingAnswers(DataError):
+    """APIs without a cached answer and no model to write them. An answer counts only for the documentation and the
+    number of queries per API it was written for (both are in its prompt's hash)."""
+
+    def __init__(self, missing, total, per_api, first):
+        self.missing, self.total, self.per_api, self.first = missing, total, per_api, first
+        super().__init__(f"{missing} of {total} APIs have no cached query-writer answer for {per_api} queries per API "
+                         f"(first: {first}); give --query-writer MODEL to write them")
+
+
 def write_queries(apis, options, cache=(), on_batch=None):
     """(one record per API, in order; {"from_cache", "generated"}). Cached answers are reused; the model is loaded
     only when some API has none. on_batch(records) is called after every generated batch."""
@@ -221,9 +232,7 @@ def write_queries(apis, options, cache=(), on_batch=None):
         if records[-1] is None:
             todo.append((len(records) - 1, api, messages))
     if todo and options.model is None:
-        raise DataError(f"{len(todo)} of {len(apis)} APIs have no cached query-writer answer for "
-                        f"{options.queries_per_api} queries per API (first: {'/'.join(todo[0][1].key)}); "
-                        "give --query-writer MODEL to write them")
+        raise MissingAnswers(len(todo), len(apis), options.queries_per_api, "/".join(todo[0][1].key))
     if todo:
         tokenizer, model = load_writer(options.model)
         for start in range(0, len(todo), options.batch_size):

@@ -143,6 +143,9 @@ def test_a_bad_cache_line_names_file_and_line(tmp_path):
     path.write_text('{"api": ["C", "T", "a"], "model": "m", "prompt_hash": "h", "answer": "x"}\n{"api": 3}\n')
     with pytest.raises(DataError, match=r"c.jsonl line 2: not a query-writer record"):
         query_writer.read_cache(str(path))
+    path.write_text('{"api": [["C"], "T", "a"], "model": "m", "prompt_hash": "h", "answer": "x"}\n')   # not hashable
+    with pytest.raises(DataError, match=r"c.jsonl line 1: not a query-writer record"):
+        query_writer.read_cache(str(path))
 
 
 def test_gguf_forms_resolve_offline(tmp_path, monkeypatch):

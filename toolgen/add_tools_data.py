@@ -291,8 +291,8 @@ def build_outputs(parent, api_list, args, add_cfg):
     old = read_stage_files(parent["data_dir"], train_files + list(HELD_OUT) + list(COPIED))
     split["held_out_queries"] = old["retrieval_test.json"] + old["retrieval_val.json"]
     report = prepare.Report(strict=False)
-    train, held, view_counts, chain, writer_report = new_tool_examples(parent, new_apis, names, replaced, args, add_cfg, split,
-                                                        report)
+    train, held, view_counts, chain, writer_report = new_tool_examples(parent, new_apis, names, replaced, args,
+                                                                       add_cfg, split, report)
     replaced_tokens = {names[k] for k in replaced}
     new, replayed = stage_file(train, old, chain, add_cfg, split["seed"], replaced_tokens)
     memo = STAGES["memorization"].file
@@ -313,7 +313,8 @@ def build_outputs(parent, api_list, args, add_cfg):
         "chain_stage": chain[-1], "tools_added": added + promoted, "tools_replaced": sorted(replaced_tokens),
         "distractors_promoted": promoted, "collisions": collisions,
         "replay_fraction": add_cfg.replay_fraction, "memorization_repeats": add_cfg.memorization_repeats,
-        "views": view_counts, **({"query_writer": writer_report} if writer_report else {}), "examples": {"new": len(new), "replay": len(replayed), **count_parts(new + replayed)},
+        "views": view_counts, **({"query_writer": writer_report} if writer_report else {}),
+        "examples": {"new": len(new), "replay": len(replayed), **count_parts(new + replayed)},
         "skipped": dict(report.skipped),
         "data_hashes": {"inputs": input_hashes(args),
                         "parent_data": {n: file_sha256(os.path.join(parent["data_dir"], n)) for n in train_files

@@ -79,6 +79,20 @@ def test_packed_batches_on_two_processes_match_one_padded_process(tmp_path, samp
     assert history == pytest.approx(single[1], rel=1e-3)
 
 
+def test_compiled_two_processes_save_the_adapter_of_one_process(tmp_path, sample_data, single):
+    """train.compile under data parallel (the reference config on several GPUs): accelerate compiles the regions of the
+    DDP wrapper, whose state dict names carry its `module.` prefix; the stage saves the same tensor names as one
+    process and reloads to its logits (on 4 x H200 the save failed with a KeyError before this was handled)."""
+    history = launch(tmp_path, sample_data, "launch/accelerate/cpu_ddp.yaml", *STEPS,
+                     "stages.memorization.per_device_batch_size=4", "train.packing=true", "train.compile=true")
+    assert history == pytest.approx(single[1], rel=1e-3)
+    weights = load_file(os.path.join(tmp_path, "tool_memorization", "adapter", "adapter_model.safetensors"))
+    reference = load_file(os.path.join(single[0], "tool_memorization", "adapter", "adapter_model.safetensors"))
+    assert weights.keys() == reference.keys()
+    torch.testing.assert_close(logits_of(os.path.join(tmp_path, "tool_memorization")),
+                               logits_of(os.path.join(single[0], "tool_memorization")), rtol=1e-3, atol=1e-3)
+
+
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, sample_data):
     common = ["train.lr_scheduler=constant", "train.save_steps=3", "lora.dropout=0.1",
               "stages.memorization.per_device_batch_size=4"]

@@ -199,7 +199,9 @@ def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metr
     is gathered from the shards."""
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        state = {k.replace("._orig_mod", ""): v for k, v in state.items()}   # names as without train.compile
+        # names as one uncompiled process has them: under data parallel accelerate compiles the regions of the DDP
+        # wrapper and get_state_dict then returns the wrapper's names (`module.` first, `_orig_mod` in each layer)
+        state = {k.removeprefix("module.").replace("._orig_mod", ""): v for k, v in state.items()}
         with atomic_folder(out_dir) as tmp:
             accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
                 os.path.join(tmp, "adapter"), state_dict=state, save_embedding_layers=False)

@@ -10,6 +10,7 @@ the time limit, or stopped by it: stop_reason "deadline") are counted, not score
   - by gold length (gold calls per request: 1-2, 3-4, 5-6, 7+): requests run / held out, and the e2e metrics of
     toolgen.agent_metrics.e2e_metrics over the requests run (success, call accuracy, tool selection);
   - what followed each failed call (after_error: Finish, the same tool again, a call that matched);
+  - invalid first answers (e2e/invalid_json_rate's numerator) on tool-call turns and on Finish turns apart;
   - the first failure of each run request: the first step whose call failed, by the replay executor's message
     (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
     request does not need; arguments invalid after the repair; other), or none.
@@ -70,7 +71,21 @@ def breakdown(transcripts, requests):
         kinds[kind] += 1
         params.update(names)
     return {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common()),
-            "after_error": after_error(by_uid.values())}
+            "after_error": after_error(by_uid.values()), "invalid_json": invalid_json(by_uid.values())}
+
+
+def invalid_json(transcripts):
+    """e2e/invalid_json_rate's turns split by kind: {"tool": {"turns", "invalid"}, "finish": {...}}. The rate counts
+    Finish's answer too; a model that copies observations into a long final answer is cut at the token limit there
+    (the 1.5B run), which says nothing about its tool calls."""
+    out = {kind: {"turns": 0, "invalid": 0} for kind in ("tool", "finish")}
+    for t in transcripts:
+        for s in t.steps:
+            if s.answers:
+                row = out["finish" if s.token == FINISH else "tool"]
+                row["turns"] += 1
+                row["invalid"] += not s.valid_json
+    return out
 
 
 def after_error(transcripts):
@@ -100,6 +115,8 @@ def markdown(result):
         lines.append(f"| {b} | {r['run']} / {r['held_out']} | " + " | ".join(cells) + " |")
     lines += ["", "After a failed call: " + ", ".join(f"{k} {v}" for k, v in result["after_error"].items()),
               "First failure: " + ", ".join(f"{k} {v}" for k, v in result["first_failure"].items()),
+              "Invalid first answers: " + ", ".join(f"{k} turns {v['invalid']} of {v['turns']}"
+                                                     for k, v in result["invalid_json"].items()),
               "Parameters in the first argument failures: " + ", ".join(f"{k} {v}" for k, v in
                                                                        result["parameters"].items())]
     return "\n".join(lines)

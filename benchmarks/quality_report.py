@@ -84,7 +84,8 @@ def choose(systems):
     """The best model-only stage and the best hybrid row, both by validation NDCG@5."""
     models = [n for n in systems if n.startswith("toolgen/") and not n.endswith("+prior") and "val/ndcg@5" in systems[n]
               and not n.endswith("tool_memorization")]
-    best = max(models, key=lambda n: systems[n]["val/ndcg@5"])
+    # a run whose retrieval was not evaluated on validation (only its agent stage, end to end) has no such row
+    best = max(models, key=lambda n: systems[n]["val/ndcg@5"]) if models else None
     hybrids = [n for n in systems if n.endswith("+prior") and "val_ndcg@5" in systems[n].get("prior/choice", {})]
     hybrid = max(hybrids, key=lambda n: systems[n]["prior/choice"]["val_ndcg@5"]) if hybrids else None
     return best, hybrid
@@ -102,7 +103,7 @@ def base_models(args, systems, e2e):
         best, hybrid = choose(mine)
         agent = mine.get(f"toolgen/{run}/agent_tuning", {})
         out[run] = {"model": model, "card": args.card,
-                    "toolgen": best, "toolgen_ndcg@5": mine[best].get("retrieval/ndcg@5"),
+                    "toolgen": best, "toolgen_ndcg@5": mine[best].get("retrieval/ndcg@5") if best else None,
                     "toolgen_hybrid": hybrid, "toolgen_hybrid_ndcg@5": mine[hybrid].get("retrieval/ndcg@5")
                     if hybrid else None,
                     "memorization_accuracy": mine.get(f"toolgen/{run}/tool_memorization", {}).get(

@@ -186,6 +186,21 @@ def test_e2e_breakdown_by_length_and_first_failure():
                                      "then_nothing": 0}
     assert result["parameters"] == {"city": 1, "units": 1}
     assert "| 7+ | 0 / 1 | - | - | - |" in markdown(result)
+    assert result["invalid_json"] == {"tool": {"turns": 0, "invalid": 0}, "finish": {"turns": 0, "invalid": 0}}
+
+
+def test_e2e_breakdown_splits_invalid_json_by_turn_kind():
+    """Two tool turns (one answered with broken JSON first) and two Finish turns (one cut mid-answer): 1 of 2 each;
+    a step without an answer (no argument turn) is not counted."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from e2e_breakdown import invalid_json
+    run = Transcript("", "a", steps=[
+        Step(0, "<<T&&weather>>", "weather", answers=['{"city": "Paris"}'], valid_json=True),
+        Step(1, "<<T&&weather>>", "weather", answers=['{"city": ', '{"city": "Rome"}'], valid_json=False),
+        Step(2, "<<T&&weather>>", "weather"),
+        Step(3, FINISH, answers=['{"return_type": "give_answer", "final_answer": "It is'], valid_json=False)])
+    done = Transcript("", "b", steps=[Step(0, FINISH, answers=['{"return_type": "give_answer"}'], valid_json=True)])
+    assert invalid_json([run, done]) == {"tool": {"turns": 2, "invalid": 1}, "finish": {"turns": 2, "invalid": 1}}
 
 
 def test_e2e_choose_scores_every_run_on_the_requests_all_finished():

@@ -265,6 +265,16 @@ def test_quality_report_chooses_on_validation_and_reports_test(tmp_path):
     assert step["with_prior"] == {"tool_selection_accuracy": 0.8} and step["source"] == [f"qwen={tmp_path}/stepwise.json"]
     assert result["systems"]["toolgen/qwen/agent_tuning"]["retrieval/ndcg@5"] == 0.6   # only agent/* was taken
 
+    # a base model known only by its agent stage (e2e and step-wise, no retrieval on validation): summarised as such
+    subprocess.run(cmd + ["--run-model", "big=Qwen 1.5B", "--e2e", f"big={tmp_path / 'qwen_e2e.json'}",
+                          "--stepwise", f"big={tmp_path / 'stepwise.json'}"], cwd=ROOT, check=True, capture_output=True)
+    result = json.load(open(tmp_path / "out" / "quality.json"))
+    big = result["base_models"]["big"]
+    assert (big["model"], big["toolgen"], big["toolgen_ndcg@5"], big["agent_step_tool_selection"]) == (
+        "Qwen 1.5B", None, None, 0.7)
+    assert big["agent_e2e"] == {"nestful": {"toolgen/big/agent_tuning": {"call_accuracy": 0.5}}}
+    assert result["toolgen_system"] == "toolgen/main/agent_tuning"   # the choice among retrieval rows is unchanged
+
 
 def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_path):
     """agent_e2e_test.json -> the loop with the replay executor, for the agent stage and for the base told its tools:

@@ -73,9 +73,9 @@ print(json.dumps(info))
 """
 
 
-def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1):
+def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1, launchers=("ddp", "zero2", "zero3")):
     """The jobs in run order. `once`: systems run in the first repeat only; `first`: the first repeat's number (more
-    repeats into an earlier run's folder: its scaling jobs are not planned again)."""
+    repeats into an earlier run's folder: its scaling jobs are not planned again); `launchers`: the scaling jobs'."""
     jobs = []
     for r in range(first, repeats + 1):
         for stage in stages:
@@ -84,7 +84,7 @@ def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1
                     jobs.append({"name": f"{stage}-{system}-r{r}", "stage": stage, "system": system, "repeat": r,
                                  "gpus": 1, "launcher": "1gpu"})
     if scaling and scaling > 1 and first == 1:
-        for launcher in ("ddp", "zero2", "zero3"):
+        for launcher in launchers:
             jobs.append({"name": f"{scaling_stage}-ours-{launcher}{scaling}", "stage": scaling_stage, "system": "ours",
                          "repeat": 1, "gpus": scaling, "launcher": launcher})
     return jobs
@@ -279,6 +279,8 @@ def main():
     p.add_argument("--repeat-from", type=int, default=1,
                    help="the first repeat to run: more repeats into an earlier run's folder (e.g. 2 with --repeats 3)")
     p.add_argument("--scaling", type=int, default=None, help="GPUs of the scaling jobs (default: all, if > 1)")
+    p.add_argument("--scaling-launchers", nargs="+", choices=["ddp", "zero2", "zero3"], default=["ddp", "zero2", "zero3"],
+                   help="which scaling jobs (device time: ZeRO-3 is there for its memory, not its speed)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
     p.add_argument("--timeout", type=int, default=300, help="seconds before a job is stopped and recorded as failed")
     p.add_argument("--config", default="launch/configs/llama-3.2-1b.yaml")
@@ -311,7 +313,8 @@ def main():
     args.out = os.path.abspath(args.out)
     args.data = os.path.join(args.out, "data")
     os.makedirs(args.out, exist_ok=True)
-    jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling, first=args.repeat_from)
+    jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling, first=args.repeat_from,
+                launchers=args.scaling_launchers)
     prepare_run(args, card_ids, jobs)
     run_all(jobs, args, card_ids)
 

@@ -56,6 +56,8 @@ def test_jobs_interleave_repeats_and_scaling_comes_last():
     # more repeats into the same folder: from the second on, the scaling jobs ran already
     more = throughput.plan(["agent"], ["ours"], 3, set(), 4, first=2)
     assert [j["name"] for j in more] == ["agent-ours-r2", "agent-ours-r3"]
+    some = throughput.plan(["agent"], ["ours"], 1, set(), 4, launchers=["ddp", "zero2"])
+    assert [j["name"] for j in some] == ["agent-ours-r1", "agent-ours-ddp4", "agent-ours-zero24"]
 
 
 def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):

@@ -160,7 +160,7 @@ def resume_mismatches(saved, now):
     # a setting newer than the checkpoint, left at its default, changes nothing the checkpoint's run did
     defaults = flatten({"config": Config().to_dict()})
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in MAY_CHANGE_ON_RESUME and a.get(k) != b.get(k)
+            if k.removeprefix("config.") not in MAY_CHANGE_ON_RESUME and a.get(k) != b.get(k)
             and not (k not in a and k in defaults and b[k] == defaults[k])]
 
 

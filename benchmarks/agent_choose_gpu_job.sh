@@ -174,7 +174,7 @@ if [ "${#runs[@]}" -gt 0 ] && PYTHONPATH=$PYTHONPATH:$PWD python3 benchmarks/e2e
 else   # nothing to compare: the test runs the first variant as shipped, and says so
   V=${ALL_V[0]} B=${ALL_B[0]}; say "no choice on validation: testing $V $B"
 fi
-say "chosen on validation: $V $B"
+[ "$CHOOSE" = 1 ] && say "chosen on validation: $V $B" || say "testing $V $B (nothing was chosen)"
 back "$RUN/$V/$(folder agent)" "agent_$V" &
 FLAGS=(); [ "$B" = block ] && FLAGS=(--e2e-block-repeats)
 cfb "$V" test test_cfb "$TEST_SHARDS" "$TEST_TL" ${FLAGS[@]+"${FLAGS[@]}"} &

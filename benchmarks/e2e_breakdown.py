@@ -55,8 +55,8 @@ def first_failure(transcript):
 
 
 def breakdown(transcripts, requests):
-    """{"by_length": {bucket: {...}}, "first_failure": {kind: count}, "parameters": {name: count}} for the transcripts
-    (any order) against the source's gold requests (all held out)."""
+    """{"by_length": {bucket: {...}}, "first_failure": {kind: count}, "parameters": {name: count}, "after_error": {...},
+    "invalid_json": {...}} for the transcripts (any order) against the source's gold requests (all held out)."""
     by_uid = {t.uid: t for t in transcripts if t.finished}   # cut by the time limit: not scored
     rows = {}
     for b in dict.fromkeys(bucket(len(r.calls)) for r in sorted(requests, key=lambda r: len(r.calls))):

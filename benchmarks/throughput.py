@@ -279,7 +279,8 @@ def main():
     p.add_argument("--repeat-from", type=int, default=1,
                    help="the first repeat to run: more repeats into an earlier run's folder (e.g. 2 with --repeats 3)")
     p.add_argument("--scaling", type=int, default=None, help="GPUs of the scaling jobs (default: all, if > 1)")
-    p.add_argument("--scaling-launchers", nargs="+", choices=["ddp", "zero2", "zero3"], default=["ddp", "zero2", "zero3"],
+    p.add_argument("--scaling-launchers", nargs="+", choices=["ddp", "zero2", "zero3"],
+                   default=["ddp", "zero2", "zero3"],
                    help="which scaling jobs (device time: ZeRO-3 is there for its memory, not its speed)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
     p.add_argument("--timeout", type=int, default=300, help="seconds before a job is stopped and recorded as failed")

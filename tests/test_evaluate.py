@@ -235,6 +235,16 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
     one = json.load(open(tmp_path / "one" / "metrics.json"))["systems"]["toolgen/agent_tuning"]
     settings = json.load(open(tmp_path / "one" / "transcripts" / "toolgen_agent_tuning_other.json"))[0]["settings"]
     assert settings["block_repeats"] is True and settings["context_budget"] == 8192   # the loop's settings reached the runs
+    # the replay loop shows as much of a response as the agent stage was trained on (prepare --observation-budget),
+    # unless told otherwise
+    assert settings["observation_chars"] == 2000   # the sample was prepared with the default
+    report = json.loads((data / "prepare_report.json").read_text())
+    (data / "prepare_report.json").write_text(json.dumps({**report, "observation_budget": 123}))
+    for flags, chars in (([], 123), (["--e2e-observation-chars", "50"], 50)):
+        out = tmp_path / f"chars{chars}"
+        evaluate_main(args + ["--out", str(out), "--e2e-source", "other", "--e2e-limit", "1"] + flags)
+        settings = json.load(open(out / "transcripts" / "toolgen_agent_tuning_other.json"))[0]["settings"]
+        assert settings["observation_chars"] == chars
     assert {k.split("/")[1] for k in one} == {"other"}
     assert one["agent_e2e/other/requests"] == 2
     with pytest.raises(SystemExit, match="--e2e-source nope: .* has no such source \\(it has other, weather\\)"):

@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from toolgen import baselines, decoding, e2e_merge, metrics, models, retrieval  # noqa: E402
 from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
-from toolgen.data.agent_sources import E2E_FILES, e2e_prefix  # noqa: E402
+from toolgen.data.agent_sources import (E2E_FILES, e2e_prefix, prepared_observation_budget,  # noqa: E402
+                                        source_tokens)
 from toolgen.agent_metrics import agent_metrics  # noqa: E402
 from toolgen.toolset import Toolset, context_budget  # noqa: E402
 from toolgen.report import write_report
@@ -202,14 +203,6 @@ def fusion_ablation(table, scores_by_set, prior, sets, candidates):
     return out
 
 
-def source_tokens(tools):
-    """{source: its tool tokens}: an agent source's APIs are the catalog entries of its category (data/gold.py)."""
-    out = {}
-    for token, entry in tools.items():
-        out.setdefault(entry["category"].lower(), set()).add(token)
-    return out
-
-
 def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_tools=None, stage_dir=""):
     """The agent loop end to end (toolgen/agent.py) on the held-out requests of each agent source, each replayed
     against its gold calls -> ({agent_e2e/<source>/<metric>}, {source: transcripts}). args: --e2e-limit, --e2e-width
@@ -218,7 +211,8 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
     metrics are agent_e2e_val/<source>/<metric>."""
     from toolgen.agent import AgentConfig, run_e2e
     result, transcripts, prefix = {}, {}, e2e_prefix(args.e2e_split)
-    budget = {"context_budget": context_budget(args.e2e_context_budget, stage_dir, AgentConfig.context_budget)}
+    budget = {"context_budget": context_budget(args.e2e_context_budget, stage_dir, AgentConfig.context_budget),
+              "observation_chars": args.e2e_observation_chars or prepared_observation_budget(args.data)}
     for source, rows in requests.items():
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(
@@ -269,6 +263,8 @@ def main(argv=None):
     p.add_argument("--e2e-context-budget", type=int,
                    help="the loop's context budget (tokens; default 4096, or the agent stage's max_length when "
                         "larger; 0: no limit)")
+    p.add_argument("--e2e-observation-chars", type=int, default=0,
+                   help="characters of a tool result the loop shows (default: the data's --observation-budget)")
     p.add_argument("--e2e-only", action="store_true",
                    help="only the end-to-end agent runs: no ranking, memorization or step-wise metrics, no baselines "
                         "and no +prior rows (an e2e job beside the evaluation, which computes those)")
@@ -299,7 +295,8 @@ def main(argv=None):
     if args.e2e_only and args.no_e2e:
         p.error("--e2e-only and --no-e2e exclude each other")
     for flag, value in (("--e2e-limit", args.e2e_limit), ("--e2e-width", args.e2e_width), ("--e2e-time-limit",
-                        args.e2e_time_limit), ("--e2e-context-budget", args.e2e_context_budget or 0)):
+                        args.e2e_time_limit), ("--e2e-context-budget", args.e2e_context_budget or 0),
+                        ("--e2e-observation-chars", args.e2e_observation_chars)):
         if value < 0:
             p.error(f"{flag} {value}: must be 0 or more")
     try:

@@ -35,6 +35,24 @@ REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "tr
                   "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references", "recovery_examples")
 
 
+def prepared_observation_budget(data_dir):
+    """The characters of a response that the agent stage was trained to see (prepare --observation-budget, in the
+    folder's prepare_report.json): the replay loop shows the same, or training and evaluation would differ."""
+    try:
+        with open(os.path.join(data_dir, "prepare_report.json"), encoding="utf-8") as f:
+            return int(json.load(f).get("observation_budget") or gold.OBSERVATION_BUDGET)
+    except (OSError, ValueError, TypeError, AttributeError):   # no report, or not one prepare wrote: the default
+        return gold.OBSERVATION_BUDGET
+
+
+def source_tokens(tools):
+    """{source: its tool tokens}: an agent source's APIs are the catalog entries of its category (data/gold.py)."""
+    out = {}
+    for token, entry in tools.items():
+        out.setdefault(entry["category"].lower(), set()).add(token)
+    return out
+
+
 def e2e_prefix(split):
     """The metric prefix of an end-to-end run on a split: agent_e2e/<source>/... on test, agent_e2e_val/... on val."""
     return "agent_e2e" if split == "test" else f"agent_e2e_{split}"

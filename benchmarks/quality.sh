@@ -12,6 +12,8 @@
 #                                                   # values and description (toolgen-prepare --input-doc; default names)
 #   RECOVERY_SHARE=0.3 ...                          # that share of the agent sources' trajectories gets a failed
 #                                                   # call, its error and the call done right (--recovery-share)
+#   OBSERVATION_BUDGET=4000 ...                     # characters of a recorded response in the agent data and
+#                                                   # the replay loop (--observation-budget; default 2000)
 #   TRAIN_SETS="stages.agent.max_length=8192 train.packing=true model.attn_implementation=varlen" ...
 #                                                   # config overrides for main's stages (train.py --set)
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
@@ -47,7 +49,7 @@ prepare() {
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" \
     --complexfuncbench --nestful --val-fraction "${VAL_FRACTION:-0.2}" \
     --agent-val-fraction "${AGENT_VAL_FRACTION:-0.1}" --input-doc "${INPUT_DOC:-names}" \
-    --recovery-share "${RECOVERY_SHARE:-0}" "$@"
+    --recovery-share "${RECOVERY_SHARE:-0}" --observation-budget "${OBSERVATION_BUDGET:-2000}" "$@"
 }
 WRITER_FLAGS=()
 [ -z "${WRITER:-}" ] || WRITER_FLAGS+=(--query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}")

@@ -321,12 +321,15 @@ def parse_args(argv=None):
     p.add_argument("--argument-tokens", type=int, default=AgentConfig.argument_tokens,
                    help="most new tokens of an arguments answer")
     p.add_argument("--thought-tokens", type=int, default=AgentConfig.thought_tokens, help="most new tokens of a thought")
+    p.add_argument("--observation-chars", type=int, default=AgentConfig.observation_chars,
+                   help="characters of a tool result shown to the model (JSON stays valid)")
     p.add_argument("--block-repeats", action="store_true",
                    help="a call made twice in a row with the same arguments: its tool is not offered next")
     p.add_argument("--transcript", help="write the transcript (JSON) here")
     args = p.parse_args(argv)
     for flag, value in (("--max-steps", args.max_steps), ("--timeout", args.timeout),
-                        ("--argument-tokens", args.argument_tokens), ("--thought-tokens", args.thought_tokens)):
+                        ("--argument-tokens", args.argument_tokens), ("--thought-tokens", args.thought_tokens),
+                        ("--observation-chars", args.observation_chars)):
         if value <= 0:
             p.error(f"{flag} {value}: must be positive")
     if (args.context_budget or 0) < 0:
@@ -349,7 +352,7 @@ def check_inputs(args):
         tools = Toolset.load(args.tools or args.model, params=learnt == "params")
     except AgentError as e:
         raise AgentError(f"--tools: {e}") from None
-    executor, replay_text = build_executor(args.executor, args.timeout)
+    executor, replay_text = build_executor(args.executor, args.timeout, args.observation_chars)
     executor.check(tools)
     request = args.query or replay_text
     if not request or not request.strip():
@@ -381,7 +384,7 @@ def main(argv=None):
                              context_budget=context_budget(args.context_budget, args.model, AgentConfig.context_budget),
                              thought_tokens=args.thought_tokens,
                              block_repeats=args.block_repeats,
-                             argument_tokens=args.argument_tokens)
+                             argument_tokens=args.argument_tokens, observation_chars=args.observation_chars)
         transcript = Agent(ModelPolicy(model, tokenizer), tools, executor, config).run(request)
         if args.transcript:
             transcript.save(args.transcript)

@@ -266,7 +266,7 @@ def load_callables(target):
     return CallableExecutor(getattr(obj, attr), what=f"--executor callables:{target}")
 
 
-def build_executor(spec, timeout):
+def build_executor(spec, timeout, observation_chars=OBSERVATION_BUDGET):
     """--executor -> (executor, the replay record's request text or None)."""
     kind, _, value = spec.partition(":")
     if spec == "none":
@@ -277,5 +277,5 @@ def build_executor(spec, timeout):
         return load_callables(value), None
     if kind == "replay" and value:
         text, calls = read_replay_file(value)
-        return ReplayExecutor(calls), text
+        return ReplayExecutor(calls, observation_chars), text
     raise AgentError(f"--executor {spec!r}: use callables:module.attr, http, replay:FILE or none")

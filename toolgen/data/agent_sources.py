@@ -36,8 +36,9 @@ REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "tr
 
 
 def prepared_observation_budget(data_dir):
-    """The characters of a response that the agent stage was trained to see (prepare --observation-budget, in the
-    folder's prepare_report.json): the replay loop shows the same, or training and evaluation would differ."""
+    """The characters of a response that data_dir's agent examples show (prepare --observation-budget, in its
+    prepare_report.json). Evaluated on the folder it trained on, the replay loop then shows what the agent stage was
+    trained to see; the stage's own folder is not looked up (trained_input_doc in toolset.py does that)."""
     try:
         with open(os.path.join(data_dir, "prepare_report.json"), encoding="utf-8") as f:
             return int(json.load(f).get("observation_budget") or gold.OBSERVATION_BUDGET)

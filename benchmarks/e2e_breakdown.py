@@ -13,7 +13,9 @@ the time limit, or stopped by it: stop_reason "deadline") are counted, not score
   - invalid first answers (e2e/invalid_json_rate's numerator) on tool-call turns and on Finish turns apart;
   - the first failure of each run request: the first step whose call failed, by the replay executor's message
     (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
-    request does not need; arguments invalid after the repair; other), or none.
+    request does not need; arguments invalid after the repair; other), or none;
+  - with --reach B1 B2 ...: requests by the observation budget their gold calls need (reach below): held out, run,
+    success. Why: a gold argument value that lies only beyond the cut of an earlier response can only be guessed.
 """
 
 import argparse
@@ -23,12 +25,14 @@ import re
 
 from toolgen.agent_metrics import e2e_metrics
 from toolgen.checkpoint import read_json
+from toolgen.data import references
 from toolgen.data.agent_sources import E2E_FILES
 from toolgen.e2e_merge import load_requests
 from toolgen.tokens import FINISH
 from toolgen.transcript import Transcript
 
 BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 10 ** 9))
+DATE_OR_TIME = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}")   # worked out from the request, not copied
 
 
 def bucket(n):
@@ -54,9 +58,64 @@ def first_failure(transcript):
     return "none", []
 
 
-def breakdown(transcripts, requests):
+def literals(value):
+    """The argument values a model must copy from somewhere: ids, i.e. strings of 4+ characters with a digit that are not
+    a $varN reference, a date or a time, and numbers of 4+ digits (not counts). Words (enum values such as "BEST") are
+    left out: the documentation names them."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from literals(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from literals(v)
+    elif (isinstance(value, str) and len(value) >= 4 and any(ch.isdigit() for ch in value)
+          and not value.startswith("$var") and not DATE_OR_TIME.fullmatch(value)):
+        yield value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1000:
+        yield str(value)
+
+
+def reach(request, budgets):
+    """The smallest of budgets (characters of an observation, cut as the replay executor cuts: references.truncate
+    keeping the paths later calls read) at which every literal argument value that is not in the request text but is
+    in an earlier recorded response is shown; 0 when no call needs one; None when a budget shows one too few."""
+    need = []   # (value, the earlier calls' responses)
+    for k, c in enumerate(request.calls):
+        earlier = [e for e in request.calls[:k] if e.has_response]
+        for value in literals(c.arguments):
+            if value not in request.text and any(value in json.dumps(e.response, ensure_ascii=False) for e in earlier):
+                need.append((value, earlier))
+    if not need:
+        return 0
+    for b in sorted(budgets):
+        shown = {}
+        if all(any(value in shown.setdefault(id(e), references.truncate(e.response, b, e.used_paths)) for e in earlier)
+               for value, earlier in need):
+            return b
+    return None
+
+
+def by_reach(by_uid, requests, budgets):
+    """{"none needed" | "<= B" | "beyond B_max": {"held_out", "run", "success_rate"}}: success over the run ones."""
+    rows = {}
+    for r in requests:
+        b = reach(r, budgets)
+        label = "none needed" if b == 0 else f"<= {b}" if b else f"beyond {max(budgets)}"
+        rows.setdefault(label, []).append(r)
+    out = {}
+    for label in ["none needed"] + [f"<= {b}" for b in sorted(budgets)] + [f"beyond {max(budgets)}"]:
+        held = rows.get(label, [])
+        run = [r for r in held if r.uid in by_uid]
+        out[label] = {"held_out": len(held), "run": len(run)}
+        if run:
+            out[label]["success_rate"] = e2e_metrics([by_uid[r.uid] for r in run], run)["e2e/success_rate"]
+    return out
+
+
+def breakdown(transcripts, requests, budgets=()):
     """{"by_length": {bucket: {...}}, "first_failure": {kind: count}, "parameters": {name: count}, "after_error": {...},
-    "invalid_json": {...}} for the transcripts (any order) against the source's gold requests (all held out)."""
+    "invalid_json": {...}[, "by_reach": {...} with budgets]} for the transcripts (any order) against the source's gold
+    requests (all held out)."""
     by_uid = {t.uid: t for t in transcripts if t.finished}   # cut by the time limit: not scored
     rows = {}
     for b in dict.fromkeys(bucket(len(r.calls)) for r in sorted(requests, key=lambda r: len(r.calls))):
@@ -70,8 +129,11 @@ def breakdown(transcripts, requests):
         kind, names = first_failure(t)
         kinds[kind] += 1
         params.update(names)
-    return {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common()),
-            "after_error": after_error(by_uid.values()), "invalid_json": invalid_json(by_uid.values())}
+    out = {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common()),
+           "after_error": after_error(by_uid.values()), "invalid_json": invalid_json(by_uid.values())}
+    if budgets:
+        out["by_reach"] = by_reach(by_uid, requests, budgets)
+    return out
 
 
 def invalid_json(transcripts):
@@ -119,6 +181,10 @@ def markdown(result):
                                                      for k, v in result["invalid_json"].items()),
               "Parameters in the first argument failures: " + ", ".join(f"{k} {v}" for k, v in
                                                                        result["parameters"].items())]
+    if "by_reach" in result:
+        lines += ["", "| values needed from earlier responses shown at | run / held out | success |", "|---|---|---|"]
+        lines += [f"| {k} | {r['run']} / {r['held_out']} | " + (f"{r['success_rate']:.3f}" if "success_rate" in r
+                  else "-") + " |" for k, r in result["by_reach"].items()]
     return "\n".join(lines)
 
 
@@ -128,6 +194,8 @@ def main(argv=None):
     p.add_argument("--transcripts", required=True, help="a transcripts file of toolgen.evaluate / toolgen.e2e_merge")
     p.add_argument("--source", default="complexfuncbench")
     p.add_argument("--split", choices=list(E2E_FILES), default="test", help="the requests the run was on")
+    p.add_argument("--reach", type=int, nargs="*", default=[], metavar="CHARS",
+                   help="also group the requests by the observation budget (of these) their gold values need")
     p.add_argument("--json", help="also write the breakdown here")
     args = p.parse_args(argv)
     path = f"{args.data}/{E2E_FILES[args.split]}"
@@ -135,7 +203,7 @@ def main(argv=None):
     if not requests:
         raise SystemExit(f"{path}: no requests of source {args.source!r}")
     transcripts = [Transcript.from_dict(d) for d in read_json(args.transcripts, SystemExit)]
-    result = breakdown(transcripts, requests)
+    result = breakdown(transcripts, requests, args.reach)
     print(markdown(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -3,10 +3,8 @@ recorded responses), argument normalisation, and the end-to-end metrics against 
 
 import json
 import os
-import sys
 
 import pytest
-from conftest import ROOT
 
 from toolgen.agent_metrics import DEFINITIONS, e2e_metrics, tool_step_verdicts
 from toolgen.data import complexfuncbench
@@ -148,109 +146,3 @@ def test_step_tool_verdicts_in_order_and_in_any_order_by_hand():
     assert in_order == [False, True, True, False]
     assert any_order == [True, True, True, False]
     assert tool_step_verdicts([], []) == ([], [])
-
-
-def test_e2e_breakdown_by_length_and_first_failure():
-    """benchmarks/e2e_breakdown.py on hand-made runs: a 1-call request solved, a 3-call one with its second call's
-    value wrong, a 3-call one stopped by the time limit and a 7-call one never started (neither scored)."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from e2e_breakdown import breakdown, markdown
-
-    def call(city):
-        return GoldCall("weather", {"city": city})
-    a = GoldRequest("a", "", [call("Paris")], None, "")
-    b = GoldRequest("b", "", [call("Paris"), call("Rome"), call("Oslo")], None, "")
-    c = GoldRequest("c", "", [call("Paris"), call("Rome"), call("Oslo")], None, "")
-    d = GoldRequest("d", "", [call(str(i)) for i in range(7)], None, "")
-    wrong = ("arguments differ from the closest expected call named weather (call 2): different value for 'city'; "
-             "missing 'units'")
-    runs = [Transcript("", "a", steps=[Step(0, "<<T&&weather>>", "weather", arguments={"city": "paris"}),
-                                       Step(1, FINISH)], stop_reason="finish"),
-            Transcript("", "b", steps=[Step(0, "<<T&&weather>>", "weather", arguments={"city": "Paris"}),
-                                       Step(1, "<<T&&weather>>", "weather", arguments={"city": "Roma"}, error=wrong),
-                                       Step(2, FINISH)], stop_reason="finish"),
-            Transcript("", "c", steps=[Step(0, "<<T&&weather>>", "weather", arguments={"city": "Paris"})],
-                       stop_reason="deadline")]
-    result = breakdown(runs, [a, b, c, d])
-    rows = result["by_length"]
-    assert list(rows) == ["1-2", "3-4", "7+"]
-    assert rows["1-2"] == {"held_out": 1, "run": 1, "success_rate": 1.0, "call_accuracy": 1.0,
-                           "tool_selection_accuracy": 1.0}
-    # b: 1 of 3 gold calls matched; tool choices weather, weather (right: calls of it are left), Finish (wrong: 2 left)
-    assert rows["3-4"] == {"held_out": 2, "run": 1, "success_rate": 0.0, "call_accuracy": pytest.approx(1 / 3),
-                           "tool_selection_accuracy": pytest.approx(2 / 3)}
-    assert rows["7+"] == {"held_out": 1, "run": 0}
-    assert result["first_failure"] == {"none": 1, "an argument": 1}
-    # b's failed second call was followed by Finish; c (stopped by the deadline) is not scored
-    assert result["after_error"] == {"errors": 1, "then_finish": 1, "then_same_tool": 0, "then_matched": 0,
-                                     "then_nothing": 0}
-    assert result["parameters"] == {"city": 1, "units": 1}
-    assert "| 7+ | 0 / 1 | - | - | - |" in markdown(result)
-    assert result["invalid_json"] == {"tool": {"turns": 0, "invalid": 0}, "finish": {"turns": 0, "invalid": 0}}
-
-
-def test_e2e_breakdown_splits_invalid_json_by_turn_kind():
-    """Two tool turns (one answered with broken JSON first) and two Finish turns (one cut mid-answer): 1 of 2 each;
-    a step without an answer (no argument turn) is not counted."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from e2e_breakdown import invalid_json
-    run = Transcript("", "a", steps=[
-        Step(0, "<<T&&weather>>", "weather", answers=['{"city": "Paris"}'], valid_json=True),
-        Step(1, "<<T&&weather>>", "weather", answers=['{"city": ', '{"city": "Rome"}'], valid_json=False),
-        Step(2, "<<T&&weather>>", "weather"),
-        Step(3, FINISH, answers=['{"return_type": "give_answer", "final_answer": "It is'], valid_json=False)])
-    done = Transcript("", "b", steps=[Step(0, FINISH, answers=['{"return_type": "give_answer"}'], valid_json=True)])
-    assert invalid_json([run, done]) == {"tool": {"turns": 2, "invalid": 1}, "finish": {"turns": 2, "invalid": 1}}
-
-
-def test_e2e_choose_scores_every_run_on_the_requests_all_finished():
-    """benchmarks/e2e_choose.py: run "short" finished only the easy request (right), "long" finished both, the easy
-    one wrong and the hard one right. On their own finished requests "short" (call accuracy 1/1) beats "long"
-    ((0 + 2) / (1 + 2) = 2/3); on the request both finished (a) "long" has 0/1, so "short" is chosen there too, by
-    call accuracy 1.0 against 0.0 — and a third run that finished nothing in common stops the comparison."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from e2e_choose import choose, markdown
-
-    def call(city):
-        return GoldCall("weather", {"city": city})
-
-    def run(uid, *cities, stop="finish"):
-        steps = [Step(i, "<<T&&weather>>", "weather", arguments={"city": c}) for i, c in enumerate(cities)]
-        return Transcript("", uid, steps=steps + [Step(len(steps), FINISH)], stop_reason=stop)
-    a, b = GoldRequest("a", "", [call("Paris")], None, ""), GoldRequest("b", "", [call("Rome"), call("Oslo")], None, "")
-    runs = {"short": [run("a", "Paris"), run("b", "Rome", stop="deadline")],
-            "long": [run("a", "Lyon"), run("b", "Rome", "Oslo")]}
-    result = choose(runs, [a, b])
-    assert (result["common_requests"], result["held_out"], result["chosen"]) == (1, 2, "short")
-    assert result["rows"]["short"]["call_accuracy"] == 1.0 and result["rows"]["long"]["call_accuracy"] == 0.0
-    assert (result["rows"]["short"]["finished"], result["rows"]["long"]["finished"]) == (1, 2)
-    # ties on call accuracy go to success: both match b's two calls, x with 3 extra calls (a failure: at most 2)
-    tie = choose({"x": [run("b", "Rome", "Lyon", "Paris", "Nice", "Oslo")], "y": [run("b", "Rome", "Oslo")]}, [b])
-    assert tie["rows"]["x"]["call_accuracy"] == tie["rows"]["y"]["call_accuracy"] == 1.0
-    assert (tie["rows"]["x"]["success_rate"], tie["rows"]["y"]["success_rate"], tie["chosen"]) == (0.0, 1.0, "y")
-    assert "| short (chosen) | 1 |" in markdown(result, "complexfuncbench")
-    # where it decides: on their own finished requests x (1/2) beats y (2/5); on the two both finished, y (2/2) wins
-    r1, r2 = GoldRequest("r1", "", [call("Paris")], None, ""), GoldRequest("r2", "", [call("Rome")], None, "")
-    r3 = GoldRequest("r3", "", [call("Oslo"), call("Bern"), call("Graz")], None, "")
-    x = [run("r1", "Lyon"), run("r2", "Rome"), run("r3", "Oslo", stop="deadline")]
-    y = [run("r1", "Paris"), run("r2", "Rome"), run("r3", "Nice")]
-    flip = choose({"x": x, "y": y}, [r1, r2, r3])
-    assert flip["common_requests"] == 2 and flip["chosen"] == "y"
-    assert (flip["rows"]["x"]["call_accuracy"], flip["rows"]["y"]["call_accuracy"]) == (0.5, 1.0)
-    with pytest.raises(SystemExit, match="no request was finished by every run"):
-        choose({"p": [run("a", "Paris")], "q": [run("b", "Rome", "Oslo")]}, [a, b])
-
-
-def test_e2e_breakdown_after_error_by_hand():
-    """What followed each failed call: run 1 fails A then retries A right (same tool, matched), fails B, then fails
-    C (another tool, another error: neither), then Finish after C's error; run 2 ends on a failed call."""
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from e2e_breakdown import after_error
-
-    def s(i, api, error=None):
-        return Step(i, FINISH if api == "Finish" else f"<<T&&{api}>>", api, arguments={}, error=error)
-    runs = [Transcript("", "1", steps=[s(0, "A", "x"), s(1, "A"), s(2, "B", "x"), s(3, "C", "x"), s(4, "Finish")]),
-            Transcript("", "2", steps=[s(0, "A"), s(1, "B", "x")]),
-            Transcript("", "3", steps=[s(0, "A", "x"), s(1, "B")])]   # another tool, and it matched
-    assert after_error(runs) == {"errors": 5, "then_finish": 1, "then_same_tool": 1, "then_matched": 2,
-                                 "then_nothing": 1}

@@ -37,7 +37,7 @@ setup(
         "toolgen-prepare=toolgen.prepare:main",
         "toolgen-train=toolgen.train:cli",
         "toolgen-evaluate=toolgen.evaluate:main",
-        "toolgen-agent=toolgen.agent:main",
+        "toolgen-agent=toolgen.agent_cli:main",
         "toolgen-add-tools=toolgen.add_tools:main",
         "toolgen-e2e-merge=toolgen.e2e_merge:main",
     ]},

@@ -14,8 +14,8 @@ the time limit, or stopped by it: stop_reason "deadline") are counted, not score
   - the first failure of each run request: the first step whose call failed, by the replay executor's message
     (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
     request does not need; arguments invalid after the repair; other), or none;
-  - with --reach B1 B2 ...: requests by the observation budget their gold calls need (reach below): held out, run,
-    success. Why: a gold argument value that lies only beyond the cut of an earlier response can only be guessed.
+  - with --reach B1 B2 ... [--reach-order ids-first]: requests by the observation budget their gold calls need (reach
+    below): held out, run, success. Why: a gold argument value that lies only beyond the cut of an earlier response can only be guessed.
 """
 
 import argparse
@@ -26,7 +26,7 @@ import re
 from toolgen.agent_metrics import e2e_metrics
 from toolgen.checkpoint import read_json
 from toolgen.data import references
-from toolgen.data.agent_sources import E2E_FILES
+from toolgen.data.agent_sources import E2E_FILES, prepared_observation
 from toolgen.e2e_merge import load_requests
 from toolgen.tokens import FINISH
 from toolgen.transcript import Transcript
@@ -75,9 +75,9 @@ def literals(value):
         yield str(value)
 
 
-def reach(request, budgets):
+def reach(request, budgets, order="document"):
     """The smallest of budgets (characters of an observation, cut as the replay executor cuts: references.truncate
-    keeping the paths later calls read) at which every literal argument value that is not in the request text but is
+    keeping the paths later calls read, in that order) at which every literal argument value that is not in the request text but is
     in an earlier recorded response is shown; 0 when no call needs one; None when a budget shows one too few."""
     need = []   # (value, the earlier calls' responses)
     for k, c in enumerate(request.calls):
@@ -88,18 +88,21 @@ def reach(request, budgets):
     if not need:
         return 0
     for b in sorted(budgets):
-        shown = {}
-        if all(any(value in shown.setdefault(id(e), references.truncate(e.response, b, e.used_paths)) for e in earlier)
-               for value, earlier in need):
+        shown = {}   # id(call) -> its observation at this budget
+
+        def seen(value, earlier):
+            return any(value in shown.setdefault(id(e), references.truncate(e.response, b, e.used_paths, order=order))
+                       for e in earlier)
+        if all(seen(value, earlier) for value, earlier in need):
             return b
     return None
 
 
-def by_reach(by_uid, requests, budgets):
+def by_reach(by_uid, requests, budgets, order="document"):
     """{"none needed" | "<= B" | "beyond B_max": {"held_out", "run", "success_rate"}}: success over the run ones."""
     rows = {}
     for r in requests:
-        b = reach(r, budgets)
+        b = reach(r, budgets, order)
         label = "none needed" if b == 0 else f"<= {b}" if b else f"beyond {max(budgets)}"
         rows.setdefault(label, []).append(r)
     out = {}
@@ -112,7 +115,7 @@ def by_reach(by_uid, requests, budgets):
     return out
 
 
-def breakdown(transcripts, requests, budgets=()):
+def breakdown(transcripts, requests, budgets=(), order="document"):
     """{"by_length": {bucket: {...}}, "first_failure": {kind: count}, "parameters": {name: count}, "after_error": {...},
     "invalid_json": {...}[, "by_reach": {...} with budgets]} for the transcripts (any order) against the source's gold
     requests (all held out)."""
@@ -132,7 +135,7 @@ def breakdown(transcripts, requests, budgets=()):
     out = {"by_length": rows, "first_failure": dict(kinds.most_common()), "parameters": dict(params.most_common()),
            "after_error": after_error(by_uid.values()), "invalid_json": invalid_json(by_uid.values())}
     if budgets:
-        out["by_reach"] = by_reach(by_uid, requests, budgets)
+        out["by_reach"] = by_reach(by_uid, requests, budgets, order)
     return out
 
 
@@ -196,6 +199,8 @@ def main(argv=None):
     p.add_argument("--split", choices=list(E2E_FILES), default="test", help="the requests the run was on")
     p.add_argument("--reach", type=int, nargs="*", default=[], metavar="CHARS",
                    help="also group the requests by the observation budget (of these) their gold values need")
+    p.add_argument("--reach-order", choices=references.ORDERS,
+                   help="the order the budgets are cut in (default: the --data folder's --observation-order)")
     p.add_argument("--json", help="also write the breakdown here")
     args = p.parse_args(argv)
     path = f"{args.data}/{E2E_FILES[args.split]}"
@@ -203,7 +208,8 @@ def main(argv=None):
     if not requests:
         raise SystemExit(f"{path}: no requests of source {args.source!r}")
     transcripts = [Transcript.from_dict(d) for d in read_json(args.transcripts, SystemExit)]
-    result = breakdown(transcripts, requests, args.reach)
+    order = args.reach_order or prepared_observation(args.data)[1]
+    result = breakdown(transcripts, requests, args.reach, order)
     print(markdown(result))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

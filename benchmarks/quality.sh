@@ -14,6 +14,7 @@
 #                                                   # call, its error and the call done right (--recovery-share)
 #   OBSERVATION_BUDGET=4000 ...                     # characters of a recorded response in the agent data and
 #                                                   # the replay loop (--observation-budget; default 2000)
+#   OBSERVATION_ORDER=ids-first ...                 # what fills that budget first (--observation-order)
 #   TRAIN_SETS="stages.agent.max_length=8192 train.packing=true model.attn_implementation=varlen" ...
 #                                                   # config overrides for main's stages (train.py --set)
 # Parts (a part keeps what an earlier run of it finished: delete $RUN to start over):
@@ -49,7 +50,8 @@ prepare() {
     --trajectories "$S/toolbench/data_example/answer" --trajectories "$S/stabletoolbench/data_example/answer" \
     --complexfuncbench --nestful --val-fraction "${VAL_FRACTION:-0.2}" \
     --agent-val-fraction "${AGENT_VAL_FRACTION:-0.1}" --input-doc "${INPUT_DOC:-names}" \
-    --recovery-share "${RECOVERY_SHARE:-0}" --observation-budget "${OBSERVATION_BUDGET:-2000}" "$@"
+    --recovery-share "${RECOVERY_SHARE:-0}" --observation-budget "${OBSERVATION_BUDGET:-2000}" \
+    --observation-order "${OBSERVATION_ORDER:-document}" "$@"
 }
 WRITER_FLAGS=()
 [ -z "${WRITER:-}" ] || WRITER_FLAGS+=(--query-writer "$WRITER" --writer-batch-size "${WRITER_BATCH:-16}")

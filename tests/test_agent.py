@@ -111,6 +111,13 @@ def test_tool_that_raises_or_returns_non_json_is_an_observation_and_the_loop_goe
     assert "TypeError" in t.steps[0].error and t.steps[1].error == f"no function is mapped to {ADD}"
     assert observation_text("plain text", 5) == "plain [cut]" and observation_text('{"a": 1}', 100) == '{"a": 1}'
     assert json.loads(observation_text({"k": list(range(100))}, 50))   # cut, still JSON
+    # a Python tool's result cut ids first (AgentConfig.observation_order): every element's id survives the cut
+    rows = [{"id": i, "blurb": "x" * 40} for i in range(6)]
+    t, _ = run([WEATHER, FINISH], ['{"city": "x"}', ANSWER], {"weather": lambda city: rows}, observation_chars=120,
+               observation_order="ids-first")
+    assert [r["id"] for r in json.loads(t.steps[0].observation)] == list(range(6))
+    with pytest.raises(AgentError, match="observation_order 'bfs': one of document, ids-first"):
+        run([WEATHER], [], observation_order="bfs")
 
 
 def test_hanging_tool_times_out_within_the_timeout():
@@ -187,6 +194,12 @@ def test_max_steps_and_context_budget():
                 {"role": "tool", "content": "y"}]
     assert fit_context(messages, lambda m: sum(len(x["content"]) for x in m) < 60)[1]["content"] == REMOVED
     assert fit_context(messages, lambda m: False) is None
+    # shortened in the loop's order: ids first keeps every row's id in the 200 characters, the document's order not
+    rows = json.dumps([{"id": i, "blurb": "x" * 40} for i in range(12)])
+    old = [{"role": "user", "content": "q"}, {"role": "tool", "content": rows}, {"role": "tool", "content": "y"}]
+    short = lambda m: len(m[1]["content"]) < 300   # noqa: E731
+    assert [r["id"] for r in json.loads(fit_context(old, short, "ids-first")[1]["content"])] == list(range(12))
+    assert len(json.loads(fit_context(old, short)[1]["content"])) < 12
 
 
 def test_block_repeats_keeps_a_call_made_twice_in_a_row_from_the_next_turn():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from toolgen import agent as agent_mod
+from toolgen import agent_cli
 from toolgen.agent import Agent, AgentConfig, ModelPolicy, Transcript
 from toolgen.tokens import FINISH
 from toolgen.executors import CallableExecutor
@@ -95,7 +96,7 @@ def test_run_e2e_with_forced_outputs_on_the_tiny_model(tiny_stage, monkeypatch):
 
 def cli_error(argv):
     with pytest.raises(SystemExit) as e:
-        agent_mod.main(argv)
+        agent_cli.main(argv)
     message = str(e.value.code)
     assert message.startswith("toolgen-agent: error: ") and "\n" not in message and "Traceback" not in message
     return message
@@ -124,20 +125,49 @@ def test_cli_errors_name_the_flag_or_file_before_loading(tiny_stage, tmp_path, m
     # replay:FILE of a benchmark record: its input is the request when --query is not given
     (tmp_path / "record.json").write_text(json.dumps({"input": " Weather in Osaka? ", "output": [
         {"name": "current weather", "arguments": {"city": "Osaka"}}, {"name": "var_result", "arguments": {}}]}))
-    tools, executor, request = agent_mod.check_inputs(agent_mod.parse_args(
-        ["--model", tiny_stage, "--executor", "replay:record.json", "--observation-chars", "50"]))
+    tools, executor, request = agent_cli.check_inputs(agent_cli.parse_args(
+        ["--model", tiny_stage, "--executor", "replay:record.json", "--observation-chars", "50",
+         "--observation-order", "ids-first"]))
     assert request == "Weather in Osaka?" and [c.name for c in executor.gold] == ["current weather"] and len(tools) == 72
-    assert executor.chars == 50   # the replayed responses are cut as the loop's own observations
+    assert (executor.chars, executor.order) == (50, "ids-first")   # replayed responses cut as the loop's own
+    assert "--observation-order: invalid choice: 'bfs'" in cli_error(
+        ["--model", tiny_stage, "--observation-order", "bfs"] + q)
+
+
+def test_cli_cuts_observations_as_the_stage_was_trained(tiny_stage, sample_data, tmp_path, monkeypatch):
+    """Without --observation-chars/--observation-order the command cuts tool results as the stage's prepared folder
+    did (its prepare_report.json); the flags override it; a stage whose data is gone gets 2000 and document."""
+    import shutil
+    monkeypatch.chdir(tmp_path)
+    data, stage = tmp_path / "data", tmp_path / "agent_tuning"
+    data.mkdir()
+    shutil.copytree(tiny_stage, stage)
+    shutil.copy(os.path.join(sample_data, "tool_tokens.json"), data / "tool_tokens.json")
+    (data / "prepare_report.json").write_text(json.dumps({"observation_budget": 321, "observation_order": "ids-first"}))
+    info = json.loads((stage / "stage.json").read_text())
+    (stage / "stage.json").write_text(json.dumps({**info, "data_file": str(data / "agent_tuning.json")}))
+    (tmp_path / "record.json").write_text(json.dumps([{"name": "current weather", "arguments": {"city": "Osaka"}}]))
+    replay = ["--model", str(stage), "--executor", "replay:record.json", "--query", "Weather in Osaka?"]
+    _, executor, _ = agent_cli.check_inputs(agent_cli.parse_args(replay))
+    assert (executor.chars, executor.order) == (321, "ids-first")
+    _, executor, _ = agent_cli.check_inputs(agent_cli.parse_args(replay + ["--observation-chars", "50",
+                                                                           "--observation-order", "document"]))
+    assert (executor.chars, executor.order) == (50, "document")
+    shutil.rmtree(data)
+    tools = ["--tools", os.path.join(sample_data, "tool_tokens.json")]
+    _, executor, _ = agent_cli.check_inputs(agent_cli.parse_args(replay + tools))
+    assert (executor.chars, executor.order) == (2000, "document")
 
 
 def test_cli_runs_the_loop_with_callables(tiny_stage, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "agent_cli_tools.py").write_text("FUNCTIONS = {'current weather': lambda city: {'temp_c': 21}}\n")
-    agent_mod.main(["--model", tiny_stage, "--query", "What is the weather in Osaka?", "--executor",
+    agent_cli.main(["--model", tiny_stage, "--query", "What is the weather in Osaka?", "--executor",
                     "callables:agent_cli_tools.FUNCTIONS", "--max-steps", "2", "--think", "--thought-tokens", "4",
-                    "--argument-tokens", "8", "--observation-chars", "100", "--transcript", "t.json"])
+                    "--argument-tokens", "8", "--observation-chars", "100", "--observation-order", "ids-first",
+                    "--transcript", "t.json"])
     out = capsys.readouterr().out
     t = Transcript.load("t.json")
     assert f"stop: {t.stop_reason}" in out and 1 <= len(t.steps) <= 2 and t.settings["think"] is True
-    assert t.settings["observation_chars"] == 100
+    assert t.settings["observation_chars"] == 100 and t.settings["observation_order"] == "ids-first"
     assert (t.settings["max_steps"], t.settings["argument_tokens"], t.request) == (2, 8, "What is the weather in Osaka?")

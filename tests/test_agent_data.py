@@ -238,6 +238,32 @@ def test_truncate_keeps_referenced_paths():
     assert isinstance(got, list) and got[0]["name"] == "r0"
 
 
+def test_truncate_ids_first_names_every_element_of_a_cut_list():
+    """order "ids-first": every id-like field (and its whole value) before the rest, the rest in the document's
+    order; the document's order keeps the first cars whole and drops the others, ids and all."""
+    cars = {"count": 4, "cars": [{"vehicle_id": f"v{i}", "name": "n" * 30, "supplier": {"supplierId": i, "x": "y"},
+                                  "quote_key": ["k", i]} for i in range(4)]}
+    document = json.loads(references.truncate(cars, 320))
+    assert [c["vehicle_id"] for c in document["cars"]] == ["v0", "v1", "v2"]   # v0, v1 whole, v2's id, no v3
+    got = references.truncate(cars, 320, order="ids-first")
+    assert len(got) <= 320
+    assert json.loads(got) == {"cars": [{"vehicle_id": f"v{i}", "supplier": {"supplierId": i}, "quote_key": ["k", i]}
+                                        for i in range(4)]}
+    # with room to spare the rest follows in the document's order: "count" first, then the first car's name
+    wide = json.loads(references.truncate(cars, 400, order="ids-first"))
+    assert wide["count"] == 4 and wide["cars"][0]["name"] == "n" * 30 and "name" not in wide["cars"][3]
+    # kept paths survive in either order; the whole response when it fits
+    keep = [("cars", 3, "name")]
+    assert json.loads(references.truncate(cars, 50, keep, order="ids-first")) == {"cars": [{"name": "n" * 30}]}
+    assert references.truncate(cars, 10 ** 6, order="ids-first") == json.dumps(cars)
+    assert [k for k in ("id", "hotel_id", "hotelId", "fromId", "token", "slug", "quote_key", "ids", "paid", "valid",
+                        "monkey", "width", "name") if references.is_id_key(k)] == \
+        ["id", "hotel_id", "hotelId", "fromId", "token", "slug", "quote_key", "ids"]
+    for budget in (50, None):   # also where nothing is cut
+        with pytest.raises(ValueError, match="observation order 'bfs': one of document, ids-first"):
+            references.truncate(cars, budget, order="bfs")
+
+
 def test_split_by_request_is_seeded_and_deterministic(cfb, nf):
     from toolgen.prepare import is_test
     requests = cfb.requests + nf.requests

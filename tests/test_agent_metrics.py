@@ -67,6 +67,13 @@ def test_replay_with_recorded_responses_matches_resolved_values():
     assert replay.call(tool("Search_Destination"), {"query": "osaka"}) == '[{"dest_id": "-240905"}]'
     cut = replay.call(tool("Search_Hotels"), {"dest_id": -240905, "adults": "2"})   # "-240905" == -240905
     assert len(cut) <= 300 and json.loads(cut)["count"] == 40                      # cut, the read path kept
+    assert len(json.loads(cut)["hotels"]) < 40
+    # cut ids first (prepare --observation-order ids-first): every hotel's id is shown, as in training
+    ids_first = ReplayExecutor(gold, observation_chars=600, order="ids-first")
+    ids_first.call(tool("Search_Destination"), {"query": "Osaka"})
+    cut = json.loads(ids_first.call(tool("Search_Hotels"), {"dest_id": "-240905", "adults": 2}))
+    assert [h["id"] for h in cut["hotels"]] == list(range(40)) and cut["count"] == 40
+    assert sum("name" in h for h in cut["hotels"]) < 40
 
 
 def test_replay_file_resolves_as_the_reader_does(tmp_path):

@@ -138,6 +138,7 @@ def test_reach_is_the_smallest_budget_that_shows_every_copied_value():
     assert reach(request({"vehicle_id": gold_id}), [2000, 4000]) == 4000
     assert reach(request({"vehicle_id": gold_id}), [2000]) is None
     assert reach(request({"vehicle_id": gold_id}), [4000, 2000, 8000]) == 4000   # budgets in any order
+    assert reach(request({"vehicle_id": gold_id}), [2000, 4000], order="ids-first") == 2000   # all 60 ids fit
     assert reach(request({"vehicle_id": cars[0]["vehicle_id"]}), [2000, 4000]) == 2000
     assert reach(request({"vehicle_id": gold_id}, text=f"details of car {gold_id}"), [2000]) == 0
     assert reach(request({"vehicle_id": "$var1.data.cars.0.vehicle_id$", "n": 3}), [2000]) == 0

@@ -239,12 +239,14 @@ def test_evaluate_runs_the_agent_end_to_end_on_held_out_requests(trained, tmp_pa
     # unless told otherwise
     assert settings["observation_chars"] == 2000   # the sample was prepared with the default
     report = json.loads((data / "prepare_report.json").read_text())
-    (data / "prepare_report.json").write_text(json.dumps({**report, "observation_budget": 123}))
+    assert settings["observation_order"] == "document"
+    (data / "prepare_report.json").write_text(json.dumps({**report, "observation_budget": 123,
+                                                          "observation_order": "ids-first"}))
     for flags, chars in (([], 123), (["--e2e-observation-chars", "50"], 50)):
         out = tmp_path / f"chars{chars}"
         evaluate_main(args + ["--out", str(out), "--e2e-source", "other", "--e2e-limit", "1"] + flags)
         settings = json.load(open(out / "transcripts" / "toolgen_agent_tuning_other.json"))[0]["settings"]
-        assert settings["observation_chars"] == chars
+        assert settings["observation_chars"] == chars and settings["observation_order"] == "ids-first"
     assert {k.split("/")[1] for k in one} == {"other"}
     assert one["agent_e2e/other/requests"] == 2
     with pytest.raises(SystemExit, match="--e2e-source nope: .* has no such source \\(it has other, weather\\)"):

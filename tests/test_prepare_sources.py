@@ -183,13 +183,26 @@ def test_min_complete_applies_to_the_sources():
     assert len(from_source(out["retrieval_training.json"], "complexfuncbench")) == 10   # retrieval keeps it
 
 
+def test_observation_order_reaches_the_agent_examples():
+    """--observation-order ids-first: the agent examples show the responses cut in that order (different from the
+    document's order at this budget), and the report says so, for evaluate's replay loop to follow."""
+    out = with_sources(test_fraction=0.0, observation_budget=120, observation_order="ids-first")
+    requests = complexfuncbench.read(FIXTURES).requests
+    shown = [[m["content"] for m in ex["messages"] if m["role"] == "tool"]
+             for ex in from_source(out["agent_tuning.json"], "complexfuncbench")]
+    assert shown == [[s.observation for s in gold.to_trajectory(r, 120, order="ids-first").steps[:-1]] for r in requests]
+    assert shown != [[s.observation for s in gold.to_trajectory(r, 120).steps[:-1]] for r in requests]
+    assert out["prepare_report.json"]["observation_order"] == "ids-first"
+
+
 def test_cli_flags_and_errors_name_the_flag(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    main(["--out", str(out), "--complexfuncbench", FIXTURES, "--nestful", FIXTURES, "--observation-budget", "500"])
+    main(["--out", str(out), "--complexfuncbench", FIXTURES, "--nestful", FIXTURES, "--observation-budget", "500",
+          "--observation-order", "ids-first"])
     with open(out / "prepare_report.json") as f:
         report = json.load(f)
     assert set(report["sources"]) == {"toolbench", "complexfuncbench", "nestful"}
-    assert report["observation_budget"] == 500
+    assert report["observation_budget"] == 500 and report["observation_order"] == "ids-first"
     assert report["written"]["agent_e2e_test.json"] == report["sources"]["complexfuncbench"]["test_requests"] + \
         report["sources"]["nestful"]["test_requests"]
     with pytest.raises(SystemExit, match=r"^toolgen-prepare: error: --nestful .*nowhere: not a folder"):

@@ -111,7 +111,9 @@ def test_a_failed_stage_cancels_the_rest(slurm, tmp_path):
     assert slurm_cluster.wait_for(ids, slurm) == ["FAILED", "CANCELLED", "CANCELLED"]
     for (_, job_id, log) in jobs[1:]:
         info = slurm_cluster.job_info(job_id, slurm)
-        assert info["Reason"] == "DependencyNeverSatisfied" and info["RunTime"] == "00:00:00"
+        # RunTime is no evidence: for a job cancelled while pending some Slurm builds count it from the epoch
+        # ("20784-10:21:05"), others report 00:00:00
+        assert info["Reason"] == "DependencyNeverSatisfied"
         assert not os.path.exists(log)   # never ran: its log was never opened
     assert not any(os.path.exists(tmp_path / "out" / d) for d in STAGE_DIRS)
 

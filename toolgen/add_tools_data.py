@@ -256,7 +256,8 @@ def split_settings(data_dir):
             report = json.load(f)
     return {"seed": report.get("seed", 0), "test_fraction": report.get("test_fraction", 0.2),
             "val_fraction": report.get("val_fraction", 0.1), "min_complete": report.get("min_complete", 0.0),
-            "observation_budget": report.get("observation_budget")}
+            "observation_budget": report.get("observation_budget"),
+            "observation_order": report.get("observation_order", "document")}
 
 
 def stage_file(train, old, chain, add_cfg, seed, replaced_tokens):

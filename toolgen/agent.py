@@ -2,7 +2,7 @@
 arguments as JSON -> an executor runs the call -> the observation -> ... -> <<Finish>> and its final answer.
 
     python -m toolgen.agent --model finetuned_toolgen_model/agent_tuning --query "What is the weather in Osaka?" \
-        --executor callables:my_tools.FUNCTIONS --transcript run.json           (console: toolgen-agent)
+        --executor callables:my_tools.FUNCTIONS --transcript run.json   (console: toolgen-agent; toolgen/agent_cli.py)
 
 The conversation is laid out as in training (data/stages.py): system AGENT_SYSTEM, user request, then per step an
 assistant "Thought: ..." (only with think=True: training data without a real thought has no thought turn), user
@@ -10,11 +10,8 @@ ASK_ACTION, assistant <tool token>, user ASK_INPUT + the API's short JSON docume
 tool observation. Model calls go through a policy (ModelPolicy: the real model; tests pass a scripted one).
 """
 
-import argparse
 import dataclasses
 import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from time import monotonic   # the time limit's clock, by name: a test replaces it here only
@@ -23,12 +20,12 @@ import torch
 
 from toolgen import decoding
 from toolgen.data.gold import OBSERVATION_BUDGET
+from toolgen.data.references import ORDERS
 from toolgen.data.stages import AGENT_SYSTEM, ASK_ACTION, ASK_INPUT, error_observation
-from toolgen.executors import (CallTimeout, NoExecutor, ReplayExecutor, ToolError, build_executor,
-                               call_with_timeout)
+from toolgen.executors import CallTimeout, NoExecutor, ReplayExecutor, ToolError, call_with_timeout
 from toolgen.observations import fit_context, observation_text
 from toolgen.prompt_cache import PromptCache
-from toolgen.toolset import FINISH_TOOL, AgentError, Toolset, context_budget, trained_input_doc
+from toolgen.toolset import FINISH_TOOL, AgentError, Toolset
 from toolgen.transcript import Step, Transcript
 from toolgen.tokens import FINISH
 
@@ -45,6 +42,7 @@ class AgentConfig:
     argument_tokens: int = 512              # the longest arguments in the prepared agent data (ComplexFuncBench's
     #                                         search keys): 11 % of them are > 128 tokens, and a cut one is invalid JSON
     observation_chars: int = OBSERVATION_BUDGET   # an observation is cut to this many characters (valid JSON kept)
+    observation_order: str = "document"     # what fills them first (references.ORDERS), as the stage was trained
     tool_list: bool = False                 # list every tool (token: description) in the system turn: how an
     #                                         untrained base is told what it can call
     block_repeats: bool = False             # the same call (tool and arguments) made twice in a row: that tool is not
@@ -125,6 +123,8 @@ class Agent:
         self.policy, self.tools, self.executor = policy, tools, executor or NoExecutor()
         self.config, self.tool_scorer = config or AgentConfig(), tool_scorer
         self.candidates = tools.tokens + [FINISH]
+        if self.config.observation_order not in ORDERS:
+            raise AgentError(f"observation_order {self.config.observation_order!r}: one of {', '.join(ORDERS)}")
         policy.check_tokens(self.candidates)
         self.executor.check(tools)
         self._current = self.executor
@@ -189,7 +189,8 @@ class Agent:
         budget = self.config.context_budget
         if budget is None:
             return messages
-        view = fit_context(messages, lambda m: self.policy.count_tokens(m) + new_tokens <= budget)
+        view = fit_context(messages, lambda m: self.policy.count_tokens(m) + new_tokens <= budget,
+                           self.config.observation_order)
         if view is None:
             raise ContextFull()
         return view
@@ -249,7 +250,7 @@ class Agent:
         start = time.perf_counter()
         try:
             value = call_with_timeout(lambda: self._current.call(tool, arguments), self.config.timeout)
-            step.observation = observation_text(value, self.config.observation_chars)
+            step.observation = observation_text(value, self.config.observation_chars, self.config.observation_order)
         except CallTimeout as e:
             step.timed_out, step.error = True, str(e)
         except ToolError as e:
@@ -276,7 +277,8 @@ def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_sc
     tools = tools if isinstance(tools, Toolset) else Toolset.load(tools)
     policy = policy or ModelPolicy(model, tokenizer)
     config = dataclasses.replace(config or AgentConfig(), think=think)
-    jobs = [(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars)) for r in requests]
+    jobs = [(r.text, r.uid, ReplayExecutor(r.calls, config.observation_chars, config.observation_order))
+            for r in requests]
     width = width if width > 0 else len(jobs)
     deadline = None if time_limit is None else monotonic() + time_limit
     stop = None if deadline is None else (lambda: monotonic() >= deadline)
@@ -297,101 +299,6 @@ def run_e2e(model, tokenizer, requests, tools, config=None, think=False, tool_sc
     return [t for t in transcripts if t is not None], metrics
 
 
-# ---- command line ----------------------------------------------------------------------------------------------------
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, no usage block
-        sys.exit(f"toolgen-agent: error: {message}")
-
-
-def parse_args(argv=None):
-    p = _Parser(prog="toolgen-agent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a finished stage folder (the agent stage)")
-    p.add_argument("--tools", help="tool_tokens.json (of a prepared or stage folder), a .jsonl catalog or a spec file "
-                                   "(default: the --model folder's tools)")
-    p.add_argument("--query", help="the request (default with replay:FILE: the record's input)")
-    p.add_argument("--executor", default="none", help="callables:module.attr (a dict {tool token or API name: "
-                   "callable}) | http (the catalog's specs, RAPIDAPI_KEY) | replay:FILE (gold calls) | none (default)")
-    p.add_argument("--max-steps", type=int, default=AgentConfig.max_steps)
-    p.add_argument("--timeout", type=float, default=AgentConfig.timeout, help="seconds per tool call")
-    p.add_argument("--context-budget", type=int, help="tokens (0: no limit; default: 4096, or the agent stage's "
-                   "max_length when larger)")
-    p.add_argument("--think", action=argparse.BooleanOptionalAction, default=False,
-                   help="a Thought turn before each action (as the model was trained: with or without thoughts)")
-    p.add_argument("--argument-tokens", type=int, default=AgentConfig.argument_tokens,
-                   help="most new tokens of an arguments answer")
-    p.add_argument("--thought-tokens", type=int, default=AgentConfig.thought_tokens, help="most new tokens of a thought")
-    p.add_argument("--observation-chars", type=int, default=AgentConfig.observation_chars,
-                   help="characters of a tool result shown to the model (JSON stays valid)")
-    p.add_argument("--block-repeats", action="store_true",
-                   help="a call made twice in a row with the same arguments: its tool is not offered next")
-    p.add_argument("--transcript", help="write the transcript (JSON) here")
-    args = p.parse_args(argv)
-    for flag, value in (("--max-steps", args.max_steps), ("--timeout", args.timeout),
-                        ("--argument-tokens", args.argument_tokens), ("--thought-tokens", args.thought_tokens),
-                        ("--observation-chars", args.observation_chars)):
-        if value <= 0:
-            p.error(f"{flag} {value}: must be positive")
-    if (args.context_budget or 0) < 0:
-        p.error(f"--context-budget {args.context_budget}: must be positive (0: no limit)")
-    return args
-
-
-def check_inputs(args):
-    """Everything but the model, before the model loads: -> (toolset, executor, request)."""
-    for needed in ("stage.json", os.path.join("adapter", "adapter_config.json")):
-        if not os.path.isfile(os.path.join(args.model, needed)):
-            raise AgentError(f"--model {args.model}: not a finished stage folder ({needed} is missing)")
-    try:
-        # a catalog or spec file gets the input docs the model learnt (toolgen-prepare --input-doc); the model's own
-        # folder lists the learnt docs themselves
-        learnt = trained_input_doc(args.model) if args.tools else None
-        if learnt is None and args.tools:
-            print(f"toolgen-agent: warning: the data {args.model} trained on is gone, so which input docs it learnt is "
-                  "unknown: a catalog or spec file's tools show parameter names only", file=sys.stderr)
-        tools = Toolset.load(args.tools or args.model, params=learnt == "params")
-    except AgentError as e:
-        raise AgentError(f"--tools: {e}") from None
-    executor, replay_text = build_executor(args.executor, args.timeout, args.observation_chars)
-    executor.check(tools)
-    request = args.query or replay_text
-    if not request or not request.strip():
-        raise AgentError("--query: give the request (or a replay:FILE record with an 'input')")
-    out_dir = os.path.dirname(os.path.abspath(args.transcript)) if args.transcript else None
-    if out_dir and not os.path.isdir(out_dir):
-        raise AgentError(f"--transcript {args.transcript}: the folder {out_dir} does not exist")
-    return tools, executor, request.strip()
-
-
-def show(t):
-    for s in t.steps:
-        print(f"[{s.index + 1}] {s.token} {json.dumps(s.arguments, ensure_ascii=False) if s.arguments else s.answers}")
-        if s.observation is not None:
-            print(f"    -> {s.observation[:300]}")
-    print(f"stop: {t.stop_reason}; final answer: {json.dumps(t.final_answer, ensure_ascii=False)}")
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        tools, executor, request = check_inputs(args)
-        from toolgen import quiet  # noqa: F401  (before the libraries load: silences their start-up notices)
-        from toolgen.models import load_stage, merge_for_inference
-        tokenizer, model, _ = load_stage(args.model)
-        merge_for_inference(model)
-        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-        config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,
-                             context_budget=context_budget(args.context_budget, args.model, AgentConfig.context_budget),
-                             thought_tokens=args.thought_tokens,
-                             block_repeats=args.block_repeats,
-                             argument_tokens=args.argument_tokens, observation_chars=args.observation_chars)
-        transcript = Agent(ModelPolicy(model, tokenizer), tools, executor, config).run(request)
-        if args.transcript:
-            transcript.save(args.transcript)
-    except AgentError as e:
-        sys.exit(f"toolgen-agent: error: {e}")
-    show(transcript)
-
-
-if __name__ == "__main__":
+if __name__ == "__main__":   # python -m toolgen.agent: the command (toolgen/agent_cli.py)
+    from toolgen.agent_cli import main
     main()

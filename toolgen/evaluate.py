@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from toolgen import baselines, decoding, e2e_merge, metrics, models, retrieval  # noqa: E402
 from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
-from toolgen.data.agent_sources import (E2E_FILES, e2e_prefix, prepared_observation_budget,  # noqa: E402
+from toolgen.data.agent_sources import (E2E_FILES, e2e_prefix, prepared_observation,  # noqa: E402
                                         source_tokens)
 from toolgen.agent_metrics import agent_metrics  # noqa: E402
 from toolgen.toolset import Toolset, context_budget  # noqa: E402
@@ -211,8 +211,9 @@ def e2e_system(model, tokenizer, requests, tools, args, tool_scorer=None, base_t
     metrics are agent_e2e_val/<source>/<metric>."""
     from toolgen.agent import AgentConfig, run_e2e
     result, transcripts, prefix = {}, {}, e2e_prefix(args.e2e_split)
+    chars, order = prepared_observation(args.data)   # how the --data folder's agent examples cut a response
     budget = {"context_budget": context_budget(args.e2e_context_budget, stage_dir, AgentConfig.context_budget),
-              "observation_chars": args.e2e_observation_chars or prepared_observation_budget(args.data)}
+              "observation_chars": args.e2e_observation_chars or chars, "observation_order": order}
     for source, rows in requests.items():
         rows = rows[:args.e2e_limit] if args.e2e_limit else rows
         subset = tools if base_tools is None else Toolset(

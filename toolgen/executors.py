@@ -197,8 +197,8 @@ class ReplayExecutor:
     gold call's position, so that later calls can write $varN.path$ as the gold arguments do. Anything else is an
     error observation saying what did not match."""
 
-    def __init__(self, gold_calls, observation_chars=OBSERVATION_BUDGET):
-        self.gold, self.used, self.chars = list(gold_calls), set(), observation_chars
+    def __init__(self, gold_calls, observation_chars=OBSERVATION_BUDGET, order="document"):
+        self.gold, self.used, self.chars, self.order = list(gold_calls), set(), observation_chars, order
         self.matched = []   # gold index per successful call, in call order
 
     def check(self, toolset):
@@ -213,7 +213,7 @@ class ReplayExecutor:
         c = self.gold[i]
         if not c.has_response:
             return {"result": f"$var{i + 1}$", "note": "no recorded response"}
-        return Prepared(references.truncate(c.response, self.chars, c.used_paths))
+        return Prepared(references.truncate(c.response, self.chars, c.used_paths, order=self.order))
 
 
 def read_replay_file(path):
@@ -266,7 +266,7 @@ def load_callables(target):
     return CallableExecutor(getattr(obj, attr), what=f"--executor callables:{target}")
 
 
-def build_executor(spec, timeout, observation_chars=OBSERVATION_BUDGET):
+def build_executor(spec, timeout, observation_chars=OBSERVATION_BUDGET, order="document"):
     """--executor -> (executor, the replay record's request text or None)."""
     kind, _, value = spec.partition(":")
     if spec == "none":
@@ -277,5 +277,5 @@ def build_executor(spec, timeout, observation_chars=OBSERVATION_BUDGET):
         return load_callables(value), None
     if kind == "replay" and value:
         text, calls = read_replay_file(value)
-        return ReplayExecutor(calls, observation_chars), text
+        return ReplayExecutor(calls, observation_chars, order), text
     raise AgentError(f"--executor {spec!r}: use callables:module.attr, http, replay:FILE or none")

@@ -15,7 +15,7 @@ import sys
 
 from toolgen import prepare_views, query_writer
 from toolgen.checkpoint import atomic_folder
-from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, stages, views as view_lib
+from toolgen.data import SAMPLE_DIR, agent_sources, gold, quality, references, stages, views as view_lib
 from toolgen.data.gold import is_test, is_val
 from toolgen.data.toolbench import (Catalog, DataError, api_from_record, read_api_jsonl, read_queries, read_text,
                                     read_tools_dir, read_trajectories, resolve_queries)
@@ -203,7 +203,8 @@ def _tool_tokens(apis, names, collisions, extra_tokens, input_doc="names"):
 def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajectories=(), test_fraction=0.2,
             seed=0, strict=False, extra_tokens=None, synthetic_queries=0, complexfuncbench=None, nestful=None,
             observation_budget=gold.OBSERVATION_BUDGET, min_complete=0.0, val_fraction=0.1, views=(), multi_rounds=1,
-            writer=None, writer_cache=(), agent_val_fraction=None, input_doc="names", recovery_share=0.0):
+            writer=None, writer_cache=(), agent_val_fraction=None, input_doc="names", recovery_share=0.0,
+            observation_order="document"):
     """Everything prepare writes, as {file name: object}. Nothing touches the disk here.
 
     complexfuncbench / nestful: a data_v1 folder, or True for the installed package (agent_sources.py).
@@ -247,7 +248,7 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
                                               min_complete, input_doc == "params")
     options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
-               "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
+               "observation_order": observation_order, "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
                "min_complete": min_complete, "input_params": input_doc == "params", "recovery_share": recovery_share}
     extra = agent_sources.all_source_outputs(sources, names, options, report)
     retrieval_train += extra["retrieval_training"]
@@ -264,8 +265,8 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     outputs["prepare_report.json"] = {
         "catalog_source": catalog_source, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
         "agent_val_fraction": options["val_fraction"],
-        "min_complete": min_complete, "observation_budget": observation_budget, "input_doc": input_doc,
-        "recovery_share": recovery_share,
+        "min_complete": min_complete, "observation_budget": observation_budget,
+        "observation_order": observation_order, "input_doc": input_doc, "recovery_share": recovery_share,
         "sources": {name: dict(counts) for name, counts in report.sources.items()},
         **({"views": view_counts} if views else {}), **({"query_writer": writer_report} if writer_report else {}),
         "read": dict(report.read), "written": {name: len(obj) if name != "tool_tokens.json" else len(obj["tokens"])
@@ -339,6 +340,8 @@ def parse_args(argv):
     p.add_argument("--observation-budget", type=_positive_int, default=gold.OBSERVATION_BUDGET, metavar="CHARS",
                    help="characters of a recorded response kept as an agent-source observation (the paths later "
                         f"calls read always survive; default {gold.OBSERVATION_BUDGET})")
+    p.add_argument("--observation-order", choices=references.ORDERS, default="document", help="what fills it first: "
+                   "the response's own order (default) or ids-first (every id-like field first: README, Agent loop)")
     p.add_argument("--min-complete", type=_fraction, default=0.0, metavar="FRACTION",
                    help="drop trajectories whose share of tool calls with complete arguments is below FRACTION "
                         "(0..1; default 0 keeps all; counted in prepare_report.json)")
@@ -380,7 +383,7 @@ def main(argv=None):
                           observation_budget=args.observation_budget, min_complete=args.min_complete,
                           val_fraction=args.val_fraction, views=args.views, multi_rounds=args.multi_queries_per_api,
                           agent_val_fraction=args.agent_val_fraction, input_doc=args.input_doc,
-                          recovery_share=args.recovery_share,
+                          recovery_share=args.recovery_share, observation_order=args.observation_order,
                           writer=prepare_views.writer_options(args), writer_cache=(
                               query_writer.read_cache(args.query_writer_cache) if args.query_writer_cache else [])
                           + old_cache)

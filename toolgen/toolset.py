@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from toolgen.data import complexfuncbench, gold, nestful, stages
+from toolgen.data.agent_sources import prepared_observation
 from toolgen.data.toolbench import DataError, read_api_jsonl, read_text
 from toolgen.tokens import FINISH, tool_token_names
 
@@ -167,6 +168,13 @@ def trained_input_doc(stage_dir):
     except (OSError, ValueError):
         return None
     return data.get("input_doc", "names") if isinstance(data, dict) else None
+
+
+def trained_observation(stage_dir):
+    """(characters, order): how the agent examples the stage trained on cut a tool result (toolgen-prepare
+    --observation-budget / --observation-order); None when its prepared folder cannot be read."""
+    prepared, _ = _prepared_tool_tokens(stage_dir)
+    return None if prepared is None else prepared_observation(os.path.dirname(prepared))
 
 
 def context_budget(given, stage_dir, default=4096):

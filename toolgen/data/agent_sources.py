@@ -35,15 +35,18 @@ REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "tr
                   "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references", "recovery_examples")
 
 
-def prepared_observation_budget(data_dir):
-    """The characters of a response that data_dir's agent examples show (prepare --observation-budget, in its
-    prepare_report.json). Evaluated on the folder it trained on, the replay loop then shows what the agent stage was
-    trained to see; the stage's own folder is not looked up (trained_input_doc in toolset.py does that)."""
+def prepared_observation(data_dir):
+    """(characters, order): how data_dir's agent examples cut a response (prepare --observation-budget and
+    --observation-order, in its prepare_report.json). Evaluated on the folder it trained on, the replay loop then
+    shows what the agent stage was trained to see; the stage's own folder is not looked up (trained_input_doc in
+    toolset.py does that). A folder written before --observation-order existed: the document's order."""
     try:
         with open(os.path.join(data_dir, "prepare_report.json"), encoding="utf-8") as f:
-            return int(json.load(f).get("observation_budget") or gold.OBSERVATION_BUDGET)
-    except (OSError, ValueError, TypeError, AttributeError):   # no report, or not one prepare wrote: the default
-        return gold.OBSERVATION_BUDGET
+            report = json.load(f)
+        return (int(report.get("observation_budget") or gold.OBSERVATION_BUDGET),
+                report.get("observation_order") or "document")
+    except (OSError, ValueError, TypeError, AttributeError):   # no report, or not one prepare wrote: the defaults
+        return gold.OBSERVATION_BUDGET, "document"
 
 
 def source_tokens(tools):
@@ -150,7 +153,7 @@ def _count_requests(counts, source, train, val, test):
 
 def source_outputs(name, source, names, options, report):
     """The examples and records of one source. options: seed, test_fraction, val_fraction, observation_budget,
-    min_complete, input_params (stages.api_input_doc's params), recovery_share (recovery.py).
+    observation_order, min_complete, input_params (stages.api_input_doc's params), recovery_share (recovery.py).
     Returns {"retrieval_training", "agent_tuning", "agent_e2e_test", "agent_e2e_val",
     "retrieval_test_agent_sources"}: lists."""
     for reason, detail in source.skips:
@@ -165,7 +168,7 @@ def source_outputs(name, source, names, options, report):
     counts["retrieval_pairs"] = len(retrieval)
     trajectories = []
     for r in train:
-        t = gold.to_trajectory(r, options["observation_budget"])
+        t = gold.to_trajectory(r, options["observation_budget"], order=options.get("observation_order", "document"))
         trajectories.append((_resolved(t, r, keys, apis, names), False, (t, r)))
     selected = quality.select(trajectories, options["min_complete"], counts, report)
     with_attempts, counts["recovery_examples"] = recovery.add_attempts(

@@ -266,18 +266,18 @@ def to_query(request, keys):
                  request.source)
 
 
-def to_trajectory(request, budget=OBSERVATION_BUDGET, count=len):
+def to_trajectory(request, budget=OBSERVATION_BUDGET, count=len, order="document"):
     """Agent trajectory: one Step per gold call, then Finish.
 
     With responses: the arguments resolved to values, the response cut to `budget` units of `count` keeping the
-    paths later calls read (references.truncate). Without (NESTFUL): the arguments as written, references kept, and
+    paths later calls read (references.truncate, filled in `order`). Without (NESTFUL): the arguments as written, references kept, and
     observation None, meaning "no observation recorded" (not an empty one). Finish carries the answer mapping as
     final_answer where the data has one; ComplexFuncBench (as shipped here) has no final answer text.
     """
     steps = []
     for c in request.calls:
         args = c.resolved if c.has_response else c.arguments
-        observation = references.truncate(c.response, budget, c.used_paths, count) if c.has_response else None
+        observation = references.truncate(c.response, budget, c.used_paths, count, order) if c.has_response else None
         steps.append(Step(c.name, json.dumps(args, ensure_ascii=False), "", observation))
     finish = {"return_type": "give_answer"}
     if request.answer is not None:

@@ -19,6 +19,11 @@ import re
 
 REFERENCE = re.compile(r"\$var(?P<var>\d+)(?P<path>(?:\.[^$]+)?)\$")
 OPENING = re.compile(r"\$var\d+")
+# How truncate fills its budget: "document" = the response's own order (a cut list keeps its first elements whole);
+# "ids-first" = every id-like field first (a cut list still names each element's handle), then the document's order.
+ORDERS = ("document", "ids-first")
+ID_KEY = re.compile(r"(^|_)(id|ids|token|slug|key)$")          # on the key in lower case: id, hotel_id, quote_key
+ID_KEY_CAMEL = re.compile(r"[a-z0-9](Id|Ids|ID|Token|Slug|Key)$")   # hotelId, fromId, productSlug
 
 
 def parse(text):
@@ -115,6 +120,31 @@ def _preorder(value, at=()):
         yield from _preorder(v, at + (k,))
 
 
+def is_id_key(key):
+    """A field that names a handle other calls take (vehicle_id, hotelId, token, slug, quote_key)."""
+    return isinstance(key, str) and bool(ID_KEY.search(key.lower()) or ID_KEY_CAMEL.search(key))
+
+
+def _ids_first(value):
+    """_preorder with every id-keyed node moved to the front, its ancestors just before it and its subtree after it;
+    the other nodes follow in their own order. Every prefix holds the ancestors of its nodes, as a preorder prefix
+    does, so truncate's bisection over prefixes stays valid."""
+    nodes = list(_preorder(value))
+    front, seen, root = [], set(), None
+    for p in nodes:
+        if root is not None and p[:len(root)] == root:   # inside an id field's value (a list of ids): whole
+            front.append(p)
+            seen.add(p)
+            continue
+        root = p if is_id_key(p[-1]) else None
+        if root is not None:
+            for i in range(1, len(p) + 1):
+                if p[:i] not in seen:
+                    seen.add(p[:i])
+                    front.append(p[:i])
+    return front + [p for p in nodes if p not in seen]
+
+
 def _select(value, at, chosen, whole, on_the_way):
     """The part of value made of the chosen nodes; a path in `whole` keeps its subtree entire."""
     if at in whole:
@@ -130,22 +160,25 @@ def _select(value, at, chosen, whole, on_the_way):
     return value
 
 
-def truncate(value, budget, keep=(), count=len):
+def truncate(value, budget, keep=(), count=len, order="document"):
     """JSON text of `value` cut to `budget` units of `count` (characters by default; pass a token counter for tokens).
 
     keep: concrete paths (as `lookup` returns) that must survive; their subtrees stay whole and their ancestors stay.
-    The rest of the budget is filled with the response in its own order (parents before children), as the longest
+    The rest of the budget is filled with the response in its own order (parents before children; order "ids-first":
+    every id-like field before the rest, see ORDERS), as the longest
     prefix of that order that fits, found by bisection: O(log n) serialisations, whatever `count` costs. The result
     is always valid JSON and a sub-document of `value` (dicts keep fewer keys, lists fewer elements, order kept).
     When the kept paths alone exceed the budget they are returned anyway: a later call cannot do without them.
     budget None: no truncation.
     """
+    if order not in ORDERS:
+        raise ValueError(f"observation order {order!r}: one of {', '.join(ORDERS)}")
     full = _dumps(value)
     if budget is None or count(full) <= budget:
         return full
     whole = {tuple(p) for p in keep}
     on_the_way = {p[:i] for p in whole for i in range(1, len(p))}
-    nodes = list(_preorder(value))
+    nodes = list(_preorder(value)) if order == "document" else _ids_first(value)
 
     def cut(n):
         return _dumps(_select(value, (), set(nodes[:n]), whole, on_the_way))

@@ -14,8 +14,8 @@ the time limit, or stopped by it: stop_reason "deadline") are counted, not score
   - the first failure of each run request: the first step whose call failed, by the replay executor's message
     (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
     request does not need; arguments invalid after the repair; other), or none;
-  - with --reach B1 B2 ... [--reach-order ids-first]: requests by the observation budget their gold calls need (reach
-    below): held out, run, success. Why: a gold argument value that lies only beyond the cut of an earlier response can only be guessed.
+  - with --reach B1 B2 ... [--reach-order ids-first]: requests by the observation budget their gold calls need
+    (toolgen/data/copied_ids.py reach): held out, run, success. Why: a gold argument value that lies only beyond the cut of an earlier response can only be guessed.
 """
 
 import argparse
@@ -25,14 +25,13 @@ import re
 
 from toolgen.agent_metrics import e2e_metrics
 from toolgen.checkpoint import read_json
-from toolgen.data import references
+from toolgen.data import copied_ids, references
 from toolgen.data.agent_sources import E2E_FILES, prepared_observation
 from toolgen.e2e_merge import load_requests
 from toolgen.tokens import FINISH
 from toolgen.transcript import Transcript
 
 BUCKETS = ((1, 2), (3, 4), (5, 6), (7, 10 ** 9))
-DATE_OR_TIME = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}")   # worked out from the request, not copied
 
 
 def bucket(n):
@@ -58,51 +57,11 @@ def first_failure(transcript):
     return "none", []
 
 
-def literals(value):
-    """The argument values a model must copy from somewhere: ids, i.e. strings of 4+ characters with a digit that are not
-    a $varN reference, a date or a time, and numbers of 4+ digits (not counts). Words (enum values such as "BEST") are
-    left out: the documentation names them."""
-    if isinstance(value, dict):
-        for v in value.values():
-            yield from literals(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from literals(v)
-    elif (isinstance(value, str) and len(value) >= 4 and any(ch.isdigit() for ch in value)
-          and not value.startswith("$var") and not DATE_OR_TIME.fullmatch(value)):
-        yield value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= 1000:
-        yield str(value)
-
-
-def reach(request, budgets, order="document"):
-    """The smallest of budgets (characters of an observation, cut as the replay executor cuts: references.truncate
-    keeping the paths later calls read, in that order) at which every literal argument value that is not in the request text but is
-    in an earlier recorded response is shown; 0 when no call needs one; None when a budget shows one too few."""
-    need = []   # (value, the earlier calls' responses)
-    for k, c in enumerate(request.calls):
-        earlier = [e for e in request.calls[:k] if e.has_response]
-        for value in literals(c.arguments):
-            if value not in request.text and any(value in json.dumps(e.response, ensure_ascii=False) for e in earlier):
-                need.append((value, earlier))
-    if not need:
-        return 0
-    for b in sorted(budgets):
-        shown = {}   # id(call) -> its observation at this budget
-
-        def seen(value, earlier):
-            return any(value in shown.setdefault(id(e), references.truncate(e.response, b, e.used_paths, order=order))
-                       for e in earlier)
-        if all(seen(value, earlier) for value, earlier in need):
-            return b
-    return None
-
-
 def by_reach(by_uid, requests, budgets, order="document"):
     """{"none needed" | "<= B" | "beyond B_max": {"held_out", "run", "success_rate"}}: success over the run ones."""
     rows = {}
     for r in requests:
-        b = reach(r, budgets, order)
+        b = copied_ids.reach(r, budgets, order)
         label = "none needed" if b == 0 else f"<= {b}" if b else f"beyond {max(budgets)}"
         rows.setdefault(label, []).append(r)
     out = {}

@@ -1,6 +1,6 @@
 """The benchmarks' end-to-end analysis scripts on hand-made runs: benchmarks/e2e_breakdown.py (by gold length, first
-failure, invalid answers by turn kind, what follows an error, by observation reach) and benchmarks/e2e_choose.py (the
-validation choice among runs)."""
+failure, invalid answers by turn kind, what follows an error, by observation reach: toolgen/data/copied_ids.py) and
+benchmarks/e2e_choose.py (the validation choice among runs)."""
 
 import json
 import os
@@ -9,12 +9,13 @@ import sys
 import pytest
 from conftest import ROOT
 
+from toolgen.data.copied_ids import ids, reach, unseen
 from toolgen.data.gold import GoldCall, GoldRequest
 from toolgen.tokens import FINISH
 from toolgen.transcript import Step, Transcript
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from e2e_breakdown import after_error, breakdown, invalid_json, literals, markdown, reach  # noqa: E402
+from e2e_breakdown import after_error, breakdown, invalid_json, markdown  # noqa: E402
 from e2e_choose import choose, markdown as choice_markdown  # noqa: E402
 
 
@@ -116,10 +117,10 @@ def test_e2e_breakdown_after_error_by_hand():
                                  "then_nothing": 1}
 
 
-def test_literals_are_ids_not_words_dates_or_references():
+def test_copied_ids_are_ids_not_words_dates_or_references():
     args = {"vehicle_id": "370878716", "n": 2, "price": 1450, "sort": "BEST", "date": "2024-11-21", "time": "10:00",
             "from": "$var1.data.0.id$", "legs": [{"fromId": "BNE.AIRPORT2"}], "flag": True, "slug": "abc"}
-    assert sorted(literals(args)) == ["1450", "370878716", "BNE.AIRPORT2"]
+    assert sorted(ids(args)) == ["1450", "370878716", "BNE.AIRPORT2"]
 
 
 def test_reach_is_the_smallest_budget_that_shows_every_copied_value():
@@ -136,6 +137,8 @@ def test_reach_is_the_smallest_budget_that_shows_every_copied_value():
     def request(args, text="rent a car in Brisbane"):
         return GoldRequest("r", text, [search, GoldCall("Vehicle_Details", args, args, {"ok": 1}, True)], None, "")
     assert reach(request({"vehicle_id": gold_id}), [2000, 4000]) == 4000
+    assert unseen(request({"vehicle_id": gold_id}), 2000) == [(1, gold_id)]   # call 1 copies it, unseen at 2,000
+    assert unseen(request({"vehicle_id": gold_id}), 4000) == []
     assert reach(request({"vehicle_id": gold_id}), [2000]) is None
     assert reach(request({"vehicle_id": gold_id}), [4000, 2000, 8000]) == 4000   # budgets in any order
     assert reach(request({"vehicle_id": gold_id}), [2000, 4000], order="ids-first") == 2000   # all 60 ids fit

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from conftest import ROOT, SHARED
-from toolgen.data import complexfuncbench, gold, nestful
+from toolgen.data import agent_sources, complexfuncbench, gold, nestful
 from toolgen.data.stages import MISSING_ARGUMENTS, NO_OBSERVATION
 from toolgen.prepare import SAMPLE_DIR, main, prepare
 from toolgen.tokens import FINISH
@@ -193,6 +193,28 @@ def test_observation_order_reaches_the_agent_examples():
     assert shown == [[s.observation for s in gold.to_trajectory(r, 120, order="ids-first").steps[:-1]] for r in requests]
     assert shown != [[s.observation for s in gold.to_trajectory(r, 120).steps[:-1]] for r in requests]
     assert out["prepare_report.json"]["observation_order"] == "ids-first"
+
+
+def test_prepare_counts_training_calls_copying_ids_the_cut_hides(monkeypatch):
+    """A call that copies the vehicle_id of the 9th of 10 cars in the previous response: hidden by a 400-character
+    cut in the document's order (about 6 cars fit), shown ids first (the 10 ids take about 290 characters). The
+    fixture's own calls copy no id (their arguments are references, places and dates)."""
+    real = agent_sources.read_sources
+    cars = [{"vehicle_id": str(700000000 + i), "blurb": "x" * 30} for i in range(10)]
+
+    def read_sources(roots):
+        sources = real(roots)
+        prev, last = sources["complexfuncbench"].requests[-1].calls[-2:]
+        prev.response, prev.used_paths = cars, []
+        last.arguments = {**last.arguments, "vehicle_id": cars[8]["vehicle_id"]}
+        last.resolved = {**last.resolved, "vehicle_id": cars[8]["vehicle_id"]}
+        return sources
+    monkeypatch.setattr(agent_sources, "read_sources", read_sources)
+    for order, hidden in (("document", 1), ("ids-first", 0)):
+        out = with_sources(test_fraction=0.0, observation_budget=400, observation_order=order)
+        counts = out["prepare_report.json"]["sources"]
+        assert counts["complexfuncbench"]["train_calls_copying_unseen_ids"] == hidden
+        assert counts["nestful"]["train_calls_copying_unseen_ids"] == 0   # no responses: nothing is copied
 
 
 def test_cli_flags_and_errors_name_the_flag(tmp_path, monkeypatch):

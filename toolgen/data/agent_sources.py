@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 
-from toolgen.data import complexfuncbench, gold, nestful, quality, recovery, references, stages
+from toolgen.data import complexfuncbench, copied_ids, gold, nestful, quality, recovery, references, stages
 from toolgen.data.toolbench import DataError
 from toolgen.tokens import FINISH
 
@@ -32,7 +32,8 @@ E2E_FILES = {"test": "agent_e2e_test.json", "val": "agent_e2e_val.json"}   # the
 # Per-source request counts of prepare_report.json "sources", before quality.COUNTS' trajectory counts.
 REQUEST_COUNTS = ("apis", "requests", "requests_dropped", "answers_dropped", "train_requests", "val_requests",
                   "test_requests", "retrieval_pairs", "ambiguous_references", "train_calls_with_ambiguous_references",
-                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references", "recovery_examples")
+                  "val_calls_with_ambiguous_references", "test_calls_with_ambiguous_references", "recovery_examples",
+                  "train_calls_copying_unseen_ids")
 
 
 def prepared_observation(data_dir):
@@ -166,9 +167,13 @@ def source_outputs(name, source, names, options, report):
     retrieval = [{**stages.retrieval_example(r.text, names[k]), "source": name}
                  for r in train for k in gold.to_query(r, keys).relevant]
     counts["retrieval_pairs"] = len(retrieval)
+    budget, order = options["observation_budget"], options.get("observation_order", "document")
+    # calls whose id (vehicle_id, hotel_id...) no observation of theirs shows: taught to invent it (copied_ids.py)
+    counts["train_calls_copying_unseen_ids"] = sum(len({k for k, _ in copied_ids.unseen(r, budget, order)})
+                                                   for r in train)
     trajectories = []
     for r in train:
-        t = gold.to_trajectory(r, options["observation_budget"], order=options.get("observation_order", "document"))
+        t = gold.to_trajectory(r, budget, order=order)
         trajectories.append((_resolved(t, r, keys, apis, names), False, (t, r)))
     selected = quality.select(trajectories, options["min_complete"], counts, report)
     with_attempts, counts["recovery_examples"] = recovery.add_attempts(

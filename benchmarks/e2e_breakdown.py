@@ -15,7 +15,8 @@ the time limit, or stopped by it: stop_reason "deadline") are counted, not score
     (an argument, with the parameters named: values differ, missing, unexpected; a call already made; a tool the
     request does not need; arguments invalid after the repair; other), or none;
   - with --reach B1 B2 ... [--reach-order ids-first]: requests by the observation budget their gold calls need
-    (toolgen/data/copied_ids.py reach): held out, run, success. Why: a gold argument value that lies only beyond the cut of an earlier response can only be guessed.
+    (toolgen/data/copied_ids.py reach): held out, run, success. Why: a gold argument value that lies only beyond
+    the cut of an earlier response can only be guessed.
 """
 
 import argparse

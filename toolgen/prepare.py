@@ -248,7 +248,8 @@ def prepare(toolbench=None, tools_dir=None, api_catalog=None, queries=(), trajec
     agent_train, agent_test = _agent_examples(inputs["trajectories"], catalog, names, seed, test_fraction, report,
                                               min_complete, input_doc == "params")
     options = {"seed": seed, "test_fraction": test_fraction, "observation_budget": observation_budget,
-               "observation_order": observation_order, "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
+               "observation_order": observation_order,
+               "val_fraction": val_fraction if agent_val_fraction is None else agent_val_fraction,
                "min_complete": min_complete, "input_params": input_doc == "params", "recovery_share": recovery_share}
     extra = agent_sources.all_source_outputs(sources, names, options, report)
     retrieval_train += extra["retrieval_training"]

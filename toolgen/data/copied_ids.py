@@ -38,29 +38,36 @@ def ids(value):
 def copied(request):
     """[(call index, id, the earlier calls with a recorded response)] for every id a call copies from an earlier
     response."""
+    whole = {id(c): json.dumps(c.response, ensure_ascii=False) for c in request.calls if c.has_response}
     out = []
     for k, c in enumerate(request.calls):
         earlier = [e for e in request.calls[:k] if e.has_response]
         for value in ids(c.arguments):
-            if value not in request.text and any(value in json.dumps(e.response, ensure_ascii=False) for e in earlier):
+            if value not in request.text and any(value in whole[id(e)] for e in earlier):
                 out.append((k, value, earlier))
     return out
 
 
-def unseen(request, budget, order="document"):
-    """The (call index, id) pairs of copied(request) that no earlier observation shows, each response cut to budget
-    characters in `order` keeping the paths later calls read (as gold.to_trajectory and the replay executor cut)."""
+def _hidden(need, budget, order):
+    """The (call index, id) pairs of need (copied's list) that no earlier observation shows at budget/order."""
     shown = {}   # id(call) -> its observation
 
     def seen(value, earlier):
         return any(value in shown.setdefault(id(e), references.truncate(e.response, budget, e.used_paths, order=order))
                    for e in earlier)
-    return [(k, value) for k, value, earlier in copied(request) if not seen(value, earlier)]
+    return [(k, value) for k, value, earlier in need if not seen(value, earlier)]
+
+
+def unseen(request, budget, order="document"):
+    """The (call index, id) pairs of copied(request) that no earlier observation shows, each response cut to budget
+    characters in `order` keeping the paths later calls read (as gold.to_trajectory and the replay executor cut)."""
+    return _hidden(copied(request), budget, order)
 
 
 def reach(request, budgets, order="document"):
     """The smallest of budgets at which every id the request's calls copy is shown; 0 when they copy none; None when
     the largest budget still hides one."""
-    if not copied(request):
+    need = copied(request)   # found once, then checked at each budget
+    if not need:
         return 0
-    return next((b for b in sorted(budgets) if not unseen(request, b, order)), None)
+    return next((b for b in sorted(budgets) if not _hidden(need, b, order)), None)

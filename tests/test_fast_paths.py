@@ -123,12 +123,28 @@ def test_varlen_needs_packing_and_refuses_what_it_would_not_compute():
             attention.varlen_attention(None, q, k, k, None, **row, **extra)
 
 
+def test_compile_settings_reach_the_accelerator():
+    """train.compile_mode and train.compile_regional are what accelerate compiles with; a mode torch does not know
+    stops at load, naming the key."""
+    from toolgen.distributed import dynamo_plugin
+    sets = ["train.compile=true", "train.compile_mode=reduce-overhead", "train.compile_regional=false"]
+    plugin = dynamo_plugin(load_config(TINY, sets).train)
+    assert (plugin.mode, plugin.use_regional_compilation, plugin.dynamic) == ("reduce-overhead", False, True)
+    shipped = dynamo_plugin(load_config(TINY, ["train.compile=true"]).train)
+    assert (shipped.mode, shipped.use_regional_compilation) == ("default", True)
+    assert dynamo_plugin(load_config(TINY, []).train) is None
+    with pytest.raises(ConfigError, match="train.compile_mode='fast'"):
+        load_config(TINY, ["train.compile_mode=fast"])
+
+
 def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_data):
-    """Whole stage runs: the plain path (peft's dense tool rows, padded batches), packing, and torch.compile give the
-    same loss curve and save the same adapter (with the same tensor names)."""
+    """Whole stage runs: the plain path (peft's dense tool rows, padded batches), packing, and torch.compile (each
+    layer, or the whole model as one graph) give the same loss curve and save the same adapter (with the same tensor
+    names)."""
     steps = ["stages.memorization.max_steps=12", "lora.dropout=0"]
     runs = {"plain": ["train.sparse_tool_rows=false"], "packed": ["train.packing=true"],
             "compiled": ["train.packing=true", "train.compile=true"],
+            "compiled_whole": ["train.packing=true", "train.compile=true", "train.compile_regional=false"],
             "varlen": ["train.packing=true", "model.attn_implementation=varlen"]}
     out = {}
     for name, overrides in runs.items():
@@ -138,11 +154,12 @@ def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_da
     varlen_stage = str(tmp_path / "varlen" / "tool_memorization")
     assert models.load_stage(varlen_stage, trainable=True)[1].config._attn_implementation == "varlen"
     assert models.load_stage(varlen_stage)[1].config._attn_implementation == "sdpa"
-    for name in ("packed", "compiled", "varlen"):
+    fast = ("packed", "compiled", "compiled_whole", "varlen")
+    for name in fast:
         assert out[name] == pytest.approx(out["plain"], rel=1e-4, abs=1e-4)
     adapters = {n: load_file(str(tmp_path / n / "tool_memorization" / "adapter" / "adapter_model.safetensors"))
                 for n in runs}
-    for name in ("packed", "compiled", "varlen"):
+    for name in fast:
         assert sorted(adapters[name]) == sorted(adapters["plain"])
         for k, v in adapters["plain"].items():
             torch.testing.assert_close(adapters[name][k], v, rtol=1e-3, atol=1e-5)

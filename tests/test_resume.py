@@ -4,6 +4,7 @@ run of a stage needs (--resume / --overwrite), and a diverged step stopped befor
 import glob
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -44,8 +45,6 @@ def test_resume_continues_exactly(tmp_path, sample_data, grouped, monkeypatch):
 
 
 def test_tensorboard_logs_each_step_once_after_a_resume(tmp_path, sample_data, monkeypatch):
-    import shutil
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     common = ["train.save_steps=2", "train.logging_steps=1", "stages.memorization.max_steps=10",
               "train.lr_scheduler=constant"]
@@ -162,3 +161,11 @@ def test_a_resume_may_change_logging_and_compilation(tmp_path, sample_data, monk
     _, resumed = run_stage("memorization", tmp_path / "cut", sample_data, *common, "train.logging_steps=3",
                            "train.compile=true", resume=True)
     assert resumed == pytest.approx(full, rel=1e-4, abs=1e-4)
+    # the whole model compiled as one graph: its checkpoint's names differ (`_orig_mod.` first); resumed uncompiled
+    _, whole = run_stage("memorization", tmp_path / "whole", sample_data, *common, "train.compile=true",
+                         "train.compile_regional=false")
+    assert whole == pytest.approx(full, rel=1e-4, abs=1e-4)
+    shutil.rmtree(tmp_path / "whole" / "tool_memorization")
+    shutil.rmtree(tmp_path / "whole" / "tool_memorization.checkpoints" / "step-6")   # resumes after step 4
+    _, again = run_stage("memorization", tmp_path / "whole", sample_data, *common, resume=True)
+    assert again == pytest.approx(full, rel=1e-4, abs=1e-4)

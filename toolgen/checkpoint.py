@@ -81,7 +81,8 @@ def file_sha256(path):
 # Config keys a resumed run may change: they do not change what is computed (how often it logs or saves, data-loader
 # workers, compilation). Anything else (steps, batch, learning rate, data, model...) would make the finished stage's
 # config.json describe a run that did not happen.
-MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.compile"}
+MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.compile",
+                        "train.compile_mode", "train.compile_regional"}
 
 
 class CheckpointError(ValueError):
@@ -193,6 +194,11 @@ def diverged(accelerator, stage, step, error, ckpt_root):
 
 # ---- the finished stage folder ----------------------------------------------------------------------------------------
 
+def _uncompiled_name(key):
+    parts = [p for p in key.split(".") if p != "_orig_mod"]
+    return ".".join(parts[1:] if parts[0] == "module" else parts)
+
+
 def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metrics, info):
     """adapter/ + tokenizer/ + tool_tokens.json + config.json + metrics.json + stage.json, as one atomic folder
     (stage.json, which later stages check for, is written last). Every process calls it: under ZeRO-3 the state dict
@@ -200,8 +206,9 @@ def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metr
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         # names as one uncompiled process has them: under data parallel accelerate compiles the regions of the DDP
-        # wrapper and get_state_dict then returns the wrapper's names (`module.` first, `_orig_mod` in each layer)
-        state = {k.removeprefix("module.").replace("._orig_mod", ""): v for k, v in state.items()}
+        # wrapper and get_state_dict then returns the wrapper's names (`module.` first, `_orig_mod` in each layer;
+        # compile_regional false: `_orig_mod.` before all)
+        state = {_uncompiled_name(k): v for k, v in state.items()}
         with atomic_folder(out_dir) as tmp:
             accelerator.unwrap_model(model, keep_torch_compile=False).save_pretrained(
                 os.path.join(tmp, "adapter"), state_dict=state, save_embedding_layers=False)

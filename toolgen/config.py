@@ -95,6 +95,9 @@ class TrainConfig:
     pack_to_multiple_of: int = 64     # packed row length rounded up to this: fewer shapes for compiled kernels
     sparse_tool_rows: bool = True     # gradient for the tool-token rows only (toolgen/tool_rows.py), same result
     compile: bool = False             # torch.compile each decoder layer (accelerate's regional compilation)
+    compile_mode: str = "default"     # torch.compile's mode; reduce-overhead replays CUDA graphs (one per packed
+    #                                   length: pair it with a coarse pack_to_multiple_of), for launch-bound short rows
+    compile_regional: bool = True     # false: the whole model as one graph (fewer calls per step, longer compile)
 
 
 @dataclass
@@ -147,6 +150,7 @@ CHOICES = {
     "model.quantization": ("none", "4bit"),
     "train.optimizer": ("adamw", "sgd"),
     "train.lr_scheduler": ("cosine", "constant"),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "retrieval.prior": ("none", "bm25", "dense", "bm25+dense"),
     "retrieval.fusion": ("rrf", "weighted"),
     "add_tools.train": ("all", "new_rows", "new_rows_head", "new_rows_lora"),

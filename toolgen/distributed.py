@@ -27,11 +27,17 @@ def build_accelerator(train_cfg, gradient_accumulation_steps, output_dir):
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
                                                                 sync_with_dataloader=False),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        # compile: each decoder layer once (one graph reused for every layer), shapes dynamic since every batch has
-        # its own length
-        dynamo_plugin=TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True)
-        if train_cfg.compile else None,
+        dynamo_plugin=dynamo_plugin(train_cfg),
         log_with="tensorboard", project_dir=os.path.join(output_dir, "runs"), kwargs_handlers=handlers)
+
+
+def dynamo_plugin(train_cfg):
+    """train.compile: each decoder layer once (one graph reused for every layer; compile_regional false: the whole
+    model as one graph), shapes dynamic since every batch has its own length; None without compilation."""
+    if not train_cfg.compile:
+        return None
+    return TorchDynamoPlugin(backend="inductor", mode=train_cfg.compile_mode, dynamic=True,
+                             use_regional_compilation=train_cfg.compile_regional)
 
 
 def device_map(accelerator, model_cfg):

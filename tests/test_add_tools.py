@@ -423,6 +423,14 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
                             str(tmp_path / "lora")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert flags.split()[-4:] == ["--set", "add_tools.train=new_rows_lora", "--set", "add_tools.lora_learning_rate=0.0001"]
+    # a sixth field: add_tools.distill_weight (toolgen/distill.py)
+    scores = {"0.5:1e-3:all:2::5": (1.0, 0.80), "0.5:1e-3:all:2": (1.0, 0.70)}
+    chosen = sweep_choice(tmp_path / "distill", scores, 1, dict.fromkeys(scores, 0.97))
+    assert (chosen["train"], chosen["epochs"], chosen["distill_weight"], "lora_learning_rate" in chosen) == \
+        ("all", 2, 5.0, False)
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "distill")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags.split()[-2:] == ["--set", "add_tools.distill_weight=5.0"]
 
 
 def test_the_sweep_keeps_to_the_time_target(tmp_path):

@@ -127,6 +127,9 @@ class AddToolsConfig:
     #                      new_rows_lora: the new rows, and the LoRA weights at lora_learning_rate (the rows alone
     #                      learn the documentation but not how requests word a need; the old rows stay frozen)
     lora_learning_rate: float = 0.0   # new_rows_lora's rate for the LoRA weights (the rows use the stage's)
+    distill_weight: float = 0.0       # > 0: + weight * KL(parent || stage) over the old tools at every tool target
+    #                                   (toolgen/distill.py: keeps their order while the LoRA moves; train all or
+    #                                   new_rows_lora; one more forward pass per micro-batch)
 
 
 @dataclass
@@ -160,7 +163,7 @@ POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size"
             "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight", "memorization_repeats",
             "multi_queries_per_api"}
 NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed",
-                "lora_learning_rate"}
+                "lora_learning_rate", "distill_weight"}
 BELOW_ONE = {"add_tools.replay_fraction"}   # a share in [0, 1): 1 would leave no room for the new tools' examples
 
 
@@ -271,6 +274,10 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{where}: add_tools.lora_learning_rate={cfg.add_tools.lora_learning_rate} with "
                           f"add_tools.train={cfg.add_tools.train}: it is the LoRA weights' rate of new_rows_lora only "
                           "(> 0 there, 0 otherwise)")
+    if cfg.add_tools.distill_weight and cfg.add_tools.train not in ("all", "new_rows_lora"):
+        raise ConfigError(f"{where}: add_tools.distill_weight={cfg.add_tools.distill_weight} with add_tools.train="
+                          f"{cfg.add_tools.train}: the LoRA and the old rows are frozen there, so the old tools' "
+                          "scores cannot move (train all or new_rows_lora, or distill_weight 0)")
     if cfg.add_tools.train != "all" and cfg.train.weight_decay:
         raise ConfigError(f"{where}: add_tools.train={cfg.add_tools.train} needs train.weight_decay=0 (it is "
                           f"{cfg.train.weight_decay}): AdamW would decay the parent's rows, which get no gradient")

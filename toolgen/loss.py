@@ -16,8 +16,8 @@ def count_targets(batch):
     return (batch["labels"][:, 1:] != IGNORE).sum()
 
 
-def target_loss(model, batch, vocab_size):
-    """Summed cross-entropy over the target tokens, with the LM head run only at positions where some row has a target.
+def target_logits(model, batch, vocab_size):
+    """The logits where some row has a target, and the labels there: ([rows, positions, vocab] fp32, [rows, positions]).
 
     `logits_to_keep` takes the positions, so the [tokens x vocab] logits tensor of the whole batch is never built; with
     left padding the short stage-1/2 examples share their target positions. Logits are cut to the real vocabulary: the
@@ -28,6 +28,11 @@ def target_loss(model, batch, vocab_size):
     varlen = {k: batch[k] for k in attention.KEYS if k in batch}   # where the examples of a packed row start
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                 position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False, **varlen)
-    logits = out.logits[..., :vocab_size].float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels[:, positions].reshape(-1),
+    return out.logits[..., :vocab_size].float(), labels[:, positions]
+
+
+def target_loss(model, batch, vocab_size):
+    """Summed cross-entropy over the target tokens (the LM head run only at positions where some row has one)."""
+    logits, labels = target_logits(model, batch, vocab_size)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1),
                                              ignore_index=IGNORE, reduction="sum")

@@ -33,8 +33,10 @@ def build_scheduler(optimizer, train_cfg, total_steps):
     return get_constant_schedule_with_warmup(optimizer, warmup)
 
 
-def update(accelerator, model, optimizer, group, vocab_size, params, max_grad_norm):
+def update(accelerator, model, optimizer, group, vocab_size, params, max_grad_norm, loss_fn=None):
     """One optimizer update over the micro-batches in `group` -> (loss per target token, grad norm or None).
+    loss_fn(model, batch, vocab_size): the summed loss of a micro-batch (None: target_loss; an add_tools stage with
+    distillation adds its KL term: toolgen/distill.py).
 
     The loss is normalised by the target tokens of the whole update on all processes, so it does not depend on how
     the update is split (accelerate's autoregressive gradient-accumulation recipe). The finiteness check runs before
@@ -49,7 +51,7 @@ def update(accelerator, model, optimizer, group, vocab_size, params, max_grad_no
     loss = grad_norm = None
     for i, batch in enumerate(group):
         with accelerator.accumulate(model):
-            loss_sum = target_loss(model, batch, vocab_size)
+            loss_sum = (loss_fn or target_loss)(model, batch, vocab_size)
             step_loss += loss_sum.detach()
             if deepspeed and i == len(group) - 1:
                 loss, _ = _checked(accelerator.gather(step_loss).sum() / n_targets)

@@ -35,6 +35,7 @@ from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, 
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
                                  uses_deepspeed)
+from toolgen.distill import OldToolDistillation  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
 
@@ -80,9 +81,12 @@ def check_start(args, run, paths):
                              f"({prepare}) or pass --data-dir")
     if stage is ADD_TOOLS:
         tokens.parent_token_count(parent_dir, data_dir)
-        if run["config"]["add_tools"]["train"] != "all" and launched_with_deepspeed():
-            raise StageError(f"add_tools.train={run['config']['add_tools']['train']} runs without DeepSpeed (its "
-                             "gradient hook is not ZeRO's)")
+        add = run["config"]["add_tools"]
+        if add["train"] != "all" and launched_with_deepspeed():
+            raise StageError(f"add_tools.train={add['train']} runs without DeepSpeed (its gradient hook is not ZeRO's)")
+        if add["distill_weight"] and launched_with_deepspeed():
+            raise StageError("add_tools.distill_weight runs without DeepSpeed (the teacher's weights are swapped in "
+                             "place; ZeRO partitions them)")
     return checkpoint.earlier_run(out_dir, ckpt_root, stage.name, run, args.resume, args.overwrite)
 
 
@@ -101,8 +105,8 @@ def main(argv=None):
            "data_sha256": checkpoint.file_sha256(data_file) if os.path.exists(data_file) else None}
     resume_from = check_start(args, run, (stage, data_dir, out_dir, parent_dir, ckpt_root))
 
-    accelerator, tokenizer, model, optimizer, loader, params, tool_tokens = build(args, cfg, sc, parent_dir, data_dir,
-                                                                                  ckpt_root)
+    accelerator, tokenizer, model, optimizer, loader, params, tool_tokens, loss_fn = build(args, cfg, sc, parent_dir,
+                                                                                           data_dir, ckpt_root)
     ga = sc.gradient_accumulation_steps
     updates_per_epoch = len(loader) // ga   # a tail shorter than `ga` micro-batches is dropped, like drop_last
     if updates_per_epoch == 0:
@@ -141,7 +145,7 @@ def main(argv=None):
             batches_done += ga
             try:
                 loss, grad_norm = update(accelerator, model, optimizer, group, len(tokenizer), params,
-                                         cfg.train.max_grad_norm)
+                                         cfg.train.max_grad_norm, loss_fn)
             except NonFiniteLoss as e:
                 raise StageError(checkpoint.diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
             tokens = sum(num_tokens(b) for b in group)
@@ -208,7 +212,10 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         if old is not None and cfg.add_tools.train == "new_rows_lora" else params
     optimizer = build_optimizer(groups, cfg.train, sc.learning_rate, fused)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens
+    # add_tools with distillation: the parent's weights, as they are now, are the teacher of the old tools' order
+    loss_fn = OldToolDistillation(params, tool_ids, old, cfg.add_tools.distill_weight) \
+        if old is not None and cfg.add_tools.distill_weight > 0 else None
+    return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens, loss_fn
 
 
 def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history, seconds, clock):

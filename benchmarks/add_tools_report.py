@@ -10,7 +10,8 @@
                            in the ToolBench query format that toolgen.evaluate --queries reads
     python benchmarks/add_tools_report.py testsets ... --file retrieval_val.json --prefix val
                         -> val_new.json, val_old.json: the same cut of a validation split (the sweep's)
-    python benchmarks/add_tools_report.py choose --run RUN --candidates REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR]]] ...
+    python benchmarks/add_tools_report.py choose --run RUN \
+        --candidates REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL]]]] ...
                         -> RUN/chosen.json: the candidate with the best validation score (candidate_score)
     python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
                         -> benchmarks/results/add_tools.{json,md}
@@ -290,7 +291,7 @@ def main(argv=None):
     t.add_argument("--prefix", default="test", help="names of the two sets: <prefix>_new, <prefix>_old")
     c = sub.add_parser("choose")
     c.add_argument("--run", required=True)
-    c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR]]]")
+    c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL]]]]")
     c.add_argument("--time-share", type=float, default=0.25,
                    help="a candidate must add the tools within this share of the full retrain's seconds")
     f = sub.add_parser("chosen-flags")

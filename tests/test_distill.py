@@ -12,8 +12,8 @@ from test_add_tools import FAST, add, error_of, memorization_ranks, parent, read
 from toolgen import decoding, models
 from toolgen.collate import LeftPadCollator, tokenize_messages
 from toolgen.config import ConfigError, load_config
-from toolgen.distill import OldToolDistillation, kl_old_tools
-from toolgen.loss import target_loss
+from toolgen.distill import OldToolDistillation, kl_old_tools, old_tool_ids
+from toolgen.loss import IGNORE, target_loss
 
 
 def test_kl_over_the_old_tools_by_hand():
@@ -37,7 +37,7 @@ def test_the_teacher_is_the_stage_as_it_started(parent):  # noqa: F811
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     n_old = len(tool_ids) - 3
-    distill = OldToolDistillation(params, tool_ids, n_old, weight=2.0)
+    distill = OldToolDistillation(params, tool_ids, tool_ids[:n_old], weight=2.0)
     batch = retrieval_batch(tokenizer, parent["data"])
     vocab = len(tokenizer)
     model.eval()   # no dropout: the two losses below see the same student
@@ -54,6 +54,18 @@ def test_the_teacher_is_the_stage_as_it_started(parent):  # noqa: F811
     assert with_kl.item() > target_loss(model, batch, vocab).item() + 0.01
     with_kl.backward()
     assert lora.grad is not None and lora.grad.abs().sum() > 0
+    # a micro-batch without a tool target: the cross-entropy alone (the teacher still runs: DDP's collectives)
+    no_tool = {k: v.clone() for k, v in batch.items()}
+    no_tool["labels"][torch.isin(no_tool["labels"], torch.tensor(tool_ids))] = IGNORE
+    assert distill(model, no_tool, vocab).item() == pytest.approx(target_loss(model, no_tool, vocab).item(), abs=1e-5)
+
+
+def test_the_tools_an_addition_learns_anew_are_not_kept_in_place(tmp_path):
+    """Replaced documentation and promoted distractor names are the addition's to learn: not in the KL's old tools."""
+    (tmp_path / "add_tools_report.json").write_text(json.dumps({"tools_replaced": ["<<b>>"],
+                                                                "distractors_promoted": ["<<c>>"]}))
+    tokens = ["<<a>>", "<<b>>", "<<c>>", "<<d>>", "<<new>>"]
+    assert old_tool_ids(str(tmp_path), tokens, [10, 11, 12, 13, 14], 4) == [10, 13]
 
 
 def old_tool_drift(parent_dir, stage_dir, data_dir):

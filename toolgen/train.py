@@ -35,7 +35,7 @@ from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, 
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
                                  uses_deepspeed)
-from toolgen.distill import OldToolDistillation  # noqa: E402
+from toolgen.distill import OldToolDistillation, old_tool_ids  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
 
@@ -213,8 +213,10 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     optimizer = build_optimizer(groups, cfg.train, sc.learning_rate, fused)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # add_tools with distillation: the parent's weights, as they are now, are the teacher of the old tools' order
-    loss_fn = OldToolDistillation(params, tool_ids, old, cfg.add_tools.distill_weight) \
-        if old is not None and cfg.add_tools.distill_weight > 0 else None
+    loss_fn = None
+    if old is not None and cfg.add_tools.distill_weight > 0:
+        loss_fn = OldToolDistillation(params, tool_ids, old_tool_ids(data_dir, tool_tokens, tool_ids, old),
+                                      cfg.add_tools.distill_weight)
     return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens, loss_fn
 
 

@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from toolgen.loss import IGNORE, target_logits, target_positions
+from toolgen.loss import summed_cross_entropy, target_logits, target_positions
 
 
 @contextlib.contextmanager
@@ -63,8 +63,7 @@ class OldToolDistillation:
     def __call__(self, model, batch, vocab_size):
         positions = target_positions(batch)
         logits, labels = target_logits(model, batch, vocab_size, positions)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1),
-                                               ignore_index=IGNORE, reduction="sum")
+        ce = summed_cross_entropy(logits, labels)
         tools, old = self.tools.to(labels.device), self.old.to(labels.device)   # no copy once on the device
         at_tool = torch.isin(labels, tools)                   # [rows, positions]: this row's target is a tool
         keep = at_tool.any(0).nonzero().squeeze(-1)           # the positions the teacher is asked about

@@ -37,8 +37,12 @@ def target_logits(model, batch, vocab_size, positions=None, columns=None):
     return logits.float(), batch["labels"][:, 1:][:, positions]
 
 
+def summed_cross_entropy(logits, labels):
+    """Cross-entropy summed over the labels that are not IGNORE: logits [..., vocab], labels [...]."""
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+
+
 def target_loss(model, batch, vocab_size):
     """Summed cross-entropy over the target tokens (the LM head run only at positions where some row has one)."""
-    logits, labels = target_logits(model, batch, vocab_size)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), labels.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
+    return summed_cross_entropy(*target_logits(model, batch, vocab_size))

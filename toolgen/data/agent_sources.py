@@ -40,7 +40,8 @@ def prepared_observation(data_dir):
     """(characters, order): how data_dir's agent examples cut a response (prepare --observation-budget and
     --observation-order, in its prepare_report.json). Evaluated on the folder it trained on, the replay loop then
     shows what the agent stage was trained to see; the stage's own folder is not looked up here (toolset.py's
-    trained_observation does that, for toolgen-agent). A folder written before --observation-order existed: the document's order."""
+    trained_observation does that, for toolgen-agent). A folder written before --observation-order existed: the
+    document's order."""
     try:
         with open(os.path.join(data_dir, "prepare_report.json"), encoding="utf-8") as f:
             report = json.load(f)

@@ -271,8 +271,8 @@ def to_trajectory(request, budget=OBSERVATION_BUDGET, count=len, order="document
 
     With responses: the arguments resolved to values, the response cut to `budget` units of `count` keeping the
     paths later calls read (references.truncate, filled in `order`). Without (NESTFUL): the arguments as written,
-    references kept, and observation None, meaning "no observation recorded" (not an empty one). Finish carries the answer mapping as
-    final_answer where the data has one; ComplexFuncBench (as shipped here) has no final answer text.
+    references kept, and observation None, meaning "no observation recorded" (not an empty one). Finish carries the
+    answer mapping as final_answer where the data has one; ComplexFuncBench (as shipped here) has no final answer text.
     """
     steps = []
     for c in request.calls:

@@ -125,16 +125,19 @@ def test_varlen_needs_packing_and_refuses_what_it_would_not_compute():
 
 def test_compile_settings_reach_the_accelerator():
     """train.compile_mode and train.compile_regional are what accelerate compiles with; a mode torch does not know
-    stops at load, naming the key."""
+    stops at load, naming the key, and a CUDA-graph mode (it crashed the loop on an H200) says why."""
     from toolgen.distributed import dynamo_plugin
-    sets = ["train.compile=true", "train.compile_mode=reduce-overhead", "train.compile_regional=false"]
+    sets = ["train.compile=true", "train.compile_mode=max-autotune-no-cudagraphs", "train.compile_regional=false"]
     plugin = dynamo_plugin(load_config(TINY, sets).train)
-    assert (plugin.mode, plugin.use_regional_compilation, plugin.dynamic) == ("reduce-overhead", False, True)
+    assert (plugin.mode, plugin.use_regional_compilation, plugin.dynamic) == ("max-autotune-no-cudagraphs", False, True)
     shipped = dynamo_plugin(load_config(TINY, ["train.compile=true"]).train)
     assert (shipped.mode, shipped.use_regional_compilation) == ("default", True)
     assert dynamo_plugin(load_config(TINY, []).train) is None
     with pytest.raises(ConfigError, match="train.compile_mode='fast'"):
         load_config(TINY, ["train.compile_mode=fast"])
+    for mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(ConfigError, match=f"train.compile_mode='{mode}'.*CUDA-graph mode"):
+            load_config(TINY, [f"train.compile_mode={mode}"])
 
 
 def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_data):

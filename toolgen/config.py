@@ -95,9 +95,9 @@ class TrainConfig:
     pack_to_multiple_of: int = 64     # packed row length rounded up to this: fewer shapes for compiled kernels
     sparse_tool_rows: bool = True     # gradient for the tool-token rows only (toolgen/tool_rows.py), same result
     compile: bool = False             # torch.compile each decoder layer (accelerate's regional compilation)
-    compile_mode: str = "default"     # torch.compile's mode; reduce-overhead replays CUDA graphs (one per packed
-    #                                   length: pair it with a coarse pack_to_multiple_of), for launch-bound short rows
-    compile_regional: bool = True     # false: the whole model as one graph (fewer calls per step, longer compile)
+    compile_mode: str = "default"     # torch.compile's mode; the CUDA-graph modes are refused (see REFUSED)
+    compile_regional: bool = True     # false: the whole model as one graph (one call per step; Llama-3.2-1B did not
+    #                                   finish compiling in 5 min on an H200: benchmarks/results/throughput.md)
 
 
 @dataclass
@@ -153,11 +153,16 @@ CHOICES = {
     "model.quantization": ("none", "4bit"),
     "train.optimizer": ("adamw", "sgd"),
     "train.lr_scheduler": ("cosine", "constant"),
-    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "train.compile_mode": ("default", "max-autotune-no-cudagraphs"),
     "retrieval.prior": ("none", "bm25", "dense", "bm25+dense"),
     "retrieval.fusion": ("rrf", "weighted"),
     "add_tools.train": ("all", "new_rows", "new_rows_head", "new_rows_lora"),
 }
+# Values torch accepts that the loop refuses, and why (the error says it).
+_CUDA_GRAPHS = ("a CUDA-graph mode: reduce-overhead crashed the loop (SIGSEGV before the first update, torch 2.11, "
+                "H200: benchmarks/results/throughput.md, 'How the loop compiles')")
+REFUSED = {("train.compile_mode", "reduce-overhead"): _CUDA_GRAPHS,
+           ("train.compile_mode", "max-autotune"): _CUDA_GRAPHS}
 # Numbers that must be positive (> 0) or not negative (>= 0).
 POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
             "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight", "memorization_repeats",
@@ -200,7 +205,8 @@ def _check(value, kind, key, where):
     if key in BELOW_ONE and not 0 <= value < 1:
         raise bad("a fraction in [0, 1)")
     if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{where}: {key}={value!r}: allowed values are {', '.join(CHOICES[key])}")
+        why = f" ({REFUSED[key, value]})" if (key, value) in REFUSED else ""
+        raise ConfigError(f"{where}: {key}={value!r}: allowed values are {', '.join(CHOICES[key])}{why}")
     return value
 
 

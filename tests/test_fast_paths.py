@@ -141,13 +141,14 @@ def test_compile_settings_reach_the_accelerator():
 
 
 def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_data):
-    """Whole stage runs: the plain path (peft's dense tool rows, padded batches), packing, and torch.compile (each
-    layer, or the whole model as one graph) give the same loss curve and save the same adapter (with the same tensor
-    names)."""
+    """Whole stage runs: the plain path (peft's dense tool rows, padded batches), packing, torch.compile (each
+    layer, or the whole model as one graph) and the chunked LM-head loss give the same loss curve and save the same
+    adapter (with the same tensor names)."""
     steps = ["stages.memorization.max_steps=12", "lora.dropout=0"]
     runs = {"plain": ["train.sparse_tool_rows=false"], "packed": ["train.packing=true"],
             "compiled": ["train.packing=true", "train.compile=true"],
             "compiled_whole": ["train.packing=true", "train.compile=true", "train.compile_regional=false"],
+            "chunked": ["train.packing=true", "train.compile=true", "train.chunked_loss=true"],
             "varlen": ["train.packing=true", "model.attn_implementation=varlen"]}
     out = {}
     for name, overrides in runs.items():
@@ -157,7 +158,7 @@ def test_packed_and_compiled_stages_train_like_the_plain_one(tmp_path, sample_da
     varlen_stage = str(tmp_path / "varlen" / "tool_memorization")
     assert models.load_stage(varlen_stage, trainable=True)[1].config._attn_implementation == "varlen"
     assert models.load_stage(varlen_stage)[1].config._attn_implementation == "sdpa"
-    fast = ("packed", "compiled", "compiled_whole", "varlen")
+    fast = ("packed", "compiled", "compiled_whole", "chunked", "varlen")
     for name in fast:
         assert out[name] == pytest.approx(out["plain"], rel=1e-4, abs=1e-4)
     adapters = {n: load_file(str(tmp_path / n / "tool_memorization" / "adapter" / "adapter_model.safetensors"))

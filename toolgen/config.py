@@ -94,6 +94,9 @@ class TrainConfig:
     #                                   (best with model.attn_implementation=varlen on GPU: no mask; sdpa works too)
     pack_to_multiple_of: int = 64     # packed row length rounded up to this: fewer shapes for compiled kernels
     sparse_tool_rows: bool = True     # gradient for the tool-token rows only (toolgen/tool_rows.py), same result
+    chunked_loss: bool = False        # the LM head and its cross-entropy chunk by chunk, gradients at once: no
+    #                                   [targets x vocab] logits at the step's peak (toolgen/head_loss.py), same result;
+    #                                   a third less reserved memory on the agent shape, ~9 % slower (one H200 run)
     compile: bool = False             # torch.compile each decoder layer (accelerate's regional compilation)
     compile_mode: str = "default"     # torch.compile's mode; the CUDA-graph modes are refused (see REFUSED)
     compile_regional: bool = True     # false: the whole model as one graph (one call per step; Llama-3.2-1B did not

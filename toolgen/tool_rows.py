@@ -13,13 +13,14 @@ The gradient then reaches only the delta ([tools x hidden]). Saving, loading and
 layer's parameters and state dict are the same. `tests/test_fast_paths.py` checks equal losses and gradients.
 """
 
+import contextlib
 import types
 
 import torch
 import torch.nn.functional as F
 
 
-def _slots(layer, name, device):
+def tool_slots(layer, name, device):
     """(tool ids, id -> row of the delta or -1), built once per adapter and device."""
     cache = layer.__dict__.setdefault("_toolgen_slots", {})
     if (name, device) not in cache:
@@ -37,7 +38,7 @@ def _forward(self, x, *args, **kwargs):
     name = active[0]
     base = self.base_layer
     weight = base.weight
-    index, slot = _slots(self, name, weight.device)
+    index, slot = tool_slots(self, name, weight.device)
     delta = self.trainable_tokens_delta[name].to(weight.dtype)
     if isinstance(base, torch.nn.Embedding):
         out = F.embedding(x, weight, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
@@ -46,6 +47,8 @@ def _forward(self, x, *args, **kwargs):
         scale = self._get_embed_scale()
         return out * scale.to(out.dtype) if scale is not None else out
     if isinstance(base, torch.nn.Linear):   # an LM head (tied to the embedding, or its own trainable rows)
+        if _HIDDEN_OUT[0]:
+            return x   # head_loss.py computes the logits itself, chunk by chunk
         return F.linear(x, weight).index_copy(-1, index, F.linear(x, delta))
     return type(self).forward(self, x, *args, **kwargs)
 
@@ -56,4 +59,19 @@ def sparse_tool_rows(model):
     layers = [m for m in model.modules() if isinstance(m, TrainableTokensLayer)]
     for layer in layers:
         layer.forward = types.MethodType(_forward, layer)
+        layer._toolgen_sparse = True
     return len(layers)
+
+
+_HIDDEN_OUT = [False]   # one switch for every sparse head: a compiled model may run a copy of the layer object
+
+
+@contextlib.contextmanager
+def head_returns_hidden():
+    """Inside the block an LM head made sparse above returns its input: the model's `logits` are then the final
+    hidden states at the positions asked for (toolgen/head_loss.py)."""
+    _HIDDEN_OUT[0] = True
+    try:
+        yield
+    finally:
+        _HIDDEN_OUT[0] = False

@@ -36,6 +36,7 @@ from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
                                  uses_deepspeed)
 from toolgen.distill import OldToolDistillation, old_tool_ids  # noqa: E402
+from toolgen.head_loss import ChunkedTargetLoss, head_layer  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
 
@@ -217,6 +218,9 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     if old is not None and cfg.add_tools.distill_weight > 0:
         loss_fn = OldToolDistillation(params, tool_ids, old_tool_ids(data_dir, tool_tokens, tool_ids, old),
                                       cfg.add_tools.distill_weight)
+    elif cfg.train.chunked_loss and getattr(accelerator.state.deepspeed_plugin, "zero_stage", 0) != 3:
+        head = head_layer(accelerator.unwrap_model(model, keep_torch_compile=False))
+        loss_fn = ChunkedTargetLoss(head) if head is not None else None
     return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens, loss_fn
 
 

@@ -50,6 +50,33 @@ def test_chunks_give_the_dense_loss_and_gradients(monkeypatch):
     torch.testing.assert_close(got[1], rows.grad)
 
 
+def test_bf16_a_frozen_decoder_and_no_target():
+    """In bf16 (the GPU dtype) within bf16's rounding of the dense loss; hidden states without a gradient (a head-only
+    addition: only the rows get one); no target position: a zero loss that still backpropagates."""
+    torch.manual_seed(0)
+    vocab, h, n = 50, 16, 9
+    weight, index, labels = torch.randn(56, h).bfloat16(), torch.tensor([4, 9, 30]), torch.randint(0, vocab, (n,))
+    hidden = torch.randn(n, h).bfloat16().requires_grad_()
+    rows = torch.randn(3, h).bfloat16().requires_grad_()
+    loss = HeadCrossEntropy.apply(hidden, rows, weight, index, labels, vocab)
+    (loss / 7).backward()
+    got = hidden.grad.clone(), rows.grad.clone()
+    hidden.grad = rows.grad = None
+    ref = F.cross_entropy((hidden @ weight[:vocab].index_copy(0, index, rows).t()).float(), labels, reduction="sum")
+    (ref / 7).backward()
+    assert got[0].dtype == got[1].dtype == torch.bfloat16
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-3)
+    torch.testing.assert_close(got[0], hidden.grad, rtol=2e-2, atol=4e-3)
+    torch.testing.assert_close(got[1], rows.grad, rtol=2e-2, atol=4e-3)
+    frozen, rows = torch.randn(n, h), torch.randn(3, h, requires_grad=True)
+    HeadCrossEntropy.apply(frozen, rows, weight.float(), index, labels, vocab).backward()
+    assert rows.grad.abs().sum() > 0
+    none = torch.randn(0, h, requires_grad=True)
+    loss = HeadCrossEntropy.apply(none, rows, weight.float(), index, labels[:0], vocab)
+    loss.backward()
+    assert loss.item() == 0 and none.grad.shape == (0, h)
+
+
 def test_the_loop_trains_with_it_to_the_same_numbers(tmp_path, sample_data, monkeypatch):
     """A stage with train.chunked_loss runs HeadCrossEntropy, keeps no tensor of vocabulary width for
     the backward pass, and gives the plain loss's curve and adapter."""
@@ -90,12 +117,17 @@ def test_the_loop_trains_with_it_to_the_same_numbers(tmp_path, sample_data, monk
 
 
 def test_models_it_cannot_stand_in_for(trained):
-    """head_layer: only a sparse tool-row head over a frozen table with nothing after it in the forward."""
+    """head_layer: only a sparse tool-row head over a frozen table, in a model family with nothing after the head;
+    otherwise the loop is told why the plain loss runs."""
     from toolgen import models
     from toolgen.tool_rows import sparse_tool_rows
     model = models.load_stage(f"{trained['output_dir']}/retrieval_training", trainable=True)[1]
     assert head_loss.head_layer(model) is None          # peft's own dense forward: the rows are not split out
     sparse_tool_rows(model)
     assert head_loss.head_layer(model) is model.get_output_embeddings().token_adapter
-    model.config.final_logit_softcapping = 30.0         # Gemma-style capping after the head: the logits are needed
-    assert head_loss.head_layer(model) is None
+    loss_fn, why = head_loss.chunked_target_loss(model)
+    assert loss_fn.head is model.get_output_embeddings().token_adapter and why is None
+    assert head_loss.chunked_target_loss(model, zero3=True)[0] is None
+    model.config.model_type = "gemma2"                  # soft-capping after the head: the logits are needed
+    loss_fn, why = head_loss.chunked_target_loss(model)
+    assert loss_fn is None and "'gemma2' is not in head_loss.SUPPORTED" in why

@@ -2,8 +2,8 @@
 
 With 46,985 tool tokens Llama-3.2-1B's vocabulary has 175,296 rows. The plain loss (loss.target_loss) asks the model
 for the logits at every target position: a bf16 [positions x vocab] tensor, its fp32 copy, the fp32 log-softmax the
-cross-entropy keeps for the backward pass and the fp32 gradient there — about 12 bytes per position and vocabulary
-row, 2 GiB for 1,000 target positions, alive at the very moment every layer's activations are (the peak of a step).
+cross-entropy keeps for the backward pass and the fp32 gradient there — about 14 bytes per position and vocabulary
+row, 2.4 GiB for 1,000 target positions, alive at the very moment every layer's activations are (the peak of a step).
 
 Here the model's LM head returns its input (tool_rows.head_returns_hidden), so the forward pass ends with the
 final hidden states at the target positions, and `HeadCrossEntropy` computes the summed cross-entropy over chunks of
@@ -15,8 +15,9 @@ and the trainable rows apart (tool_rows.py), so the table gets no gradient and i
 The numbers are the plain loss's: the same products in the same dtypes (logits in the model's dtype, softmax in
 fp32), the rows' gradient summed over chunks in fp32 (tests/test_head_loss.py: loss and gradients equal). The loop
 uses it when train.chunked_loss is on and the model allows it (head_layer): tool rows through tool_rows.py, a frozen
-table, nothing after the LM head in the model's forward (no logit soft-capping or scaling), not under ZeRO-3 (whose
-table is gathered only inside the head's own forward), not with distillation (which reads the logits).
+table, a model family whose forward does nothing after the LM head (SUPPORTED), not under ZeRO-3 (whose table is
+gathered only inside the head's own forward), not with distillation (which reads the logits); otherwise it says why
+and the plain loss runs.
 Measured on the agent shape (one H200, benchmarks/results/throughput.md): the same first loss, peak reserved memory
 24.2 GiB against 35.6, peak allocated 23.4 against 24.1, tokens/s 29,150 against 32,115 (one run each): off by
 default, for stages that run out of memory.
@@ -24,11 +25,15 @@ default, for stages that run out of memory.
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from toolgen.loss import IGNORE, target_positions
 from toolgen.tool_rows import head_returns_hidden, tool_slots
 
 CHUNK_ELEMENTS = 1 << 25   # positions x vocabulary per chunk: 32 M, ~400 MB of transient fp32 at a time
+# Model types whose causal-LM forward returns lm_head(hidden states) as the logits, with nothing after it (no
+# soft-capping, scaling or multiplier: Gemma, Cohere, Granite, Falcon-H1 have one); others keep the plain loss.
+SUPPORTED = {"llama", "mistral", "qwen2", "qwen3"}
 
 
 class HeadCrossEntropy(torch.autograd.Function):
@@ -42,7 +47,8 @@ class HeadCrossEntropy(torch.autograd.Function):
         table = weight[:vocab_size]
         chunk = max(1, CHUNK_ELEMENTS // vocab_size)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden)
+        # a head-only addition (add_tools.train=new_rows_head) needs no gradient for the hidden states
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_rows = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], labels[start:start + chunk]
@@ -54,18 +60,23 @@ class HeadCrossEntropy(torch.autograd.Function):
             grad = logits.sub_(lse[:, None]).exp_()
             grad[torch.arange(len(y), device=y.device), y] -= 1
             grad = grad.to(h.dtype)
-            grad_tools = grad[:, index]
+            grad_tools = grad.index_select(-1, index)
             grad_rows += (grad_tools.t() @ h).float()
-            grad[:, index] = 0   # the tool columns come from the rows, not from the table
-            grad_hidden[start:start + chunk] = grad @ table + grad_tools @ rows
-        ctx.save_for_backward(grad_hidden, grad_rows.to(rows.dtype))
+            if grad_hidden is not None:   # the tool columns come from the rows, not from the table
+                grad_hidden[start:start + chunk] = grad.index_fill_(-1, index, 0) @ table + grad_tools @ rows
+            del logits, grad, grad_tools   # freed before the next chunk's logits are made
+        ctx.save_for_backward(grad_hidden, grad_rows)
+        ctx.dtypes = hidden.dtype, rows.dtype
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_total):
         grad_hidden, grad_rows = ctx.saved_tensors
-        return grad_hidden * grad_total.to(grad_hidden.dtype), grad_rows * grad_total.to(grad_rows.dtype), \
-            None, None, None, None
+        # scaled in fp32 and rounded once, as autograd scales the plain loss's fp32 logits gradient
+        scaled = (None if grad_hidden is None else (grad_hidden.float() * grad_total).to(ctx.dtypes[0]),
+                  (grad_rows * grad_total).to(ctx.dtypes[1]))
+        return *scaled, None, None, None, None
 
 
 def head_layer(model):
@@ -73,12 +84,10 @@ def head_layer(model):
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
     head = model.get_output_embeddings()
     head = getattr(head, "token_adapter", head)   # peft's wrapper of a head tied to the embedding holds the layer
-    config = getattr(model, "config", None)
-    after_head = any(getattr(config, k, None) not in (None, 1, 1.0)
-                     for k in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"))
-    ok = (isinstance(head, TrainableTokensLayer) and getattr(head, "_toolgen_sparse", False)
-          and isinstance(head.base_layer, torch.nn.Linear) and not head.base_layer.weight.requires_grad
-          and head.base_layer.bias is None and not after_head)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    ok = (model_type in SUPPORTED and isinstance(head, TrainableTokensLayer) and getattr(head, "_toolgen_sparse", False)
+          and type(head.base_layer) is torch.nn.Linear and not head.base_layer.weight.requires_grad
+          and head.base_layer.bias is None)
     return head if ok else None
 
 
@@ -105,3 +114,14 @@ class ChunkedTargetLoss:
         rows = self.head.trainable_tokens_delta[name].to(weight.dtype)
         # the table's dtype, as the head computes in it (accelerate's mixed precision hands the outputs back in fp32)
         return HeadCrossEntropy.apply(hidden[keep].to(weight.dtype), rows, weight, index, labels[keep], vocab_size)
+
+
+def chunked_target_loss(model, zero3=False):
+    """(ChunkedTargetLoss, None) for the unwrapped training model, or (None, why the plain loss runs instead)."""
+    if zero3:
+        return None, "ZeRO-3 gathers the LM head's table only inside the head's own forward"
+    head = head_layer(model)
+    if head is None:
+        return None, (f"model type {getattr(model.config, 'model_type', None)!r} is not in head_loss.SUPPORTED, or "
+                      "its LM head is not a frozen table with tool rows from train.sparse_tool_rows")
+    return ChunkedTargetLoss(head), None

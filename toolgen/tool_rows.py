@@ -63,7 +63,7 @@ def sparse_tool_rows(model):
     return len(layers)
 
 
-_HIDDEN_OUT = [False]   # one switch for every sparse head: a compiled model may run a copy of the layer object
+_HIDDEN_OUT = [False]   # one switch, read by every sparse head (also inside a torch.compile'd head, which guards it)
 
 
 @contextlib.contextmanager

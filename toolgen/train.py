@@ -36,7 +36,7 @@ from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
                                  uses_deepspeed)
 from toolgen.distill import OldToolDistillation, old_tool_ids  # noqa: E402
-from toolgen.head_loss import ChunkedTargetLoss, head_layer  # noqa: E402
+from toolgen.head_loss import chunked_target_loss  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
 
@@ -214,13 +214,16 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     optimizer = build_optimizer(groups, cfg.train, sc.learning_rate, fused)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # add_tools with distillation: the parent's weights, as they are now, are the teacher of the old tools' order
-    loss_fn = None
+    loss_fn = why = None
     if old is not None and cfg.add_tools.distill_weight > 0:
         loss_fn = OldToolDistillation(params, tool_ids, old_tool_ids(data_dir, tool_tokens, tool_ids, old),
                                       cfg.add_tools.distill_weight)
-    elif cfg.train.chunked_loss and getattr(accelerator.state.deepspeed_plugin, "zero_stage", 0) != 3:
-        head = head_layer(accelerator.unwrap_model(model, keep_torch_compile=False))
-        loss_fn = ChunkedTargetLoss(head) if head is not None else None
+        why = "the distillation reads the logits" if cfg.train.chunked_loss else None
+    elif cfg.train.chunked_loss:
+        zero3 = getattr(accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+        loss_fn, why = chunked_target_loss(accelerator.unwrap_model(model, keep_torch_compile=False), zero3)
+    if why:
+        accelerator.print(f"[{args.stage}] train.chunked_loss: the plain loss runs ({why})")
     return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens, loss_fn
 
 

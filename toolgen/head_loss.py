@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from toolgen.loss import IGNORE, target_positions
-from toolgen.tool_rows import head_returns_hidden, tool_slots
+from toolgen.loss import IGNORE, head_outputs
+from toolgen.tool_rows import head_returns_hidden, is_sparse, parts
 
 CHUNK_ELEMENTS = 1 << 25   # positions x vocabulary per chunk: 32 M, ~400 MB of transient fp32 at a time
 # Model types whose causal-LM forward returns lm_head(hidden states) as the logits, with nothing after it (no
@@ -85,7 +85,7 @@ def head_layer(model):
     head = model.get_output_embeddings()
     head = getattr(head, "token_adapter", head)   # peft's wrapper of a head tied to the embedding holds the layer
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    ok = (model_type in SUPPORTED and isinstance(head, TrainableTokensLayer) and getattr(head, "_toolgen_sparse", False)
+    ok = (model_type in SUPPORTED and isinstance(head, TrainableTokensLayer) and is_sparse(head)
           and type(head.base_layer) is torch.nn.Linear and not head.base_layer.weight.requires_grad
           and head.base_layer.bias is None)
     return head if ok else None
@@ -99,19 +99,10 @@ class ChunkedTargetLoss:
         self.head = head
 
     def __call__(self, model, batch, vocab_size):
-        from toolgen import attention
-        positions = target_positions(batch)
-        varlen = {k: batch[k] for k in attention.KEYS if k in batch}
         with head_returns_hidden():
-            hidden = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                           position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False,
-                           **varlen).logits
-        labels = batch["labels"][:, 1:][:, positions]
+            hidden, labels = head_outputs(model, batch)
         keep = labels != IGNORE
-        name = self.head.active_adapters[0]
-        weight = self.head.base_layer.weight
-        index, _ = tool_slots(self.head, name, weight.device)
-        rows = self.head.trainable_tokens_delta[name].to(weight.dtype)
+        weight, index, _, rows = parts(self.head)
         # the table's dtype, as the head computes in it (accelerate's mixed precision hands the outputs back in fp32)
         return HeadCrossEntropy.apply(hidden[keep].to(weight.dtype), rows, weight, index, labels[keep], vocab_size)
 

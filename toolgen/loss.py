@@ -21,20 +21,27 @@ def target_positions(batch):
     return (batch["labels"][:, 1:] != IGNORE).any(0).nonzero().squeeze(-1)
 
 
-def target_logits(model, batch, vocab_size, positions=None, columns=None):
-    """The logits at `positions` (default: target_positions) and the labels there: ([rows, positions, vocab] fp32,
-    [rows, positions]); `columns`: only those vocabulary ids (default: the real vocabulary).
-
-    `logits_to_keep` takes the positions, so the [tokens x vocab] logits tensor of the whole batch is never built; with
-    left padding the short stage-1/2 examples share their target positions. Logits are cut to the real vocabulary: the
-    padding rows (the vocabulary is padded to a multiple of 64) are never predicted.
-    """
+def head_outputs(model, batch, positions=None):
+    """What the LM head gives at `positions` (default: target_positions) and the labels there: ([rows, positions,
+    ...], [rows, positions]). `logits_to_keep` takes the positions, so the head never runs over the whole batch; with
+    left padding the short stage-1/2 examples share their target positions."""
     positions = target_positions(batch) if positions is None else positions
     varlen = {k: batch[k] for k in attention.KEYS if k in batch}   # where the examples of a packed row start
     out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                 position_ids=batch["position_ids"], logits_to_keep=positions, use_cache=False, **varlen)
-    logits = out.logits[..., :vocab_size] if columns is None else out.logits[..., columns]
-    return logits.float(), batch["labels"][:, 1:][:, positions]
+    return out.logits, batch["labels"][:, 1:][:, positions]
+
+
+def target_logits(model, batch, vocab_size, positions=None, columns=None):
+    """The logits at `positions` (default: target_positions) and the labels there: ([rows, positions, vocab] fp32,
+    [rows, positions]); `columns`: only those vocabulary ids (default: the real vocabulary).
+
+    The [tokens x vocab] logits tensor of the whole batch is never built (head_outputs). Logits are cut to the real
+    vocabulary: the padding rows (the vocabulary is padded to a multiple of 64) are never predicted.
+    """
+    logits, labels = head_outputs(model, batch, positions)
+    logits = logits[..., :vocab_size] if columns is None else logits[..., columns]
+    return logits.float(), labels
 
 
 def summed_cross_entropy(logits, labels):

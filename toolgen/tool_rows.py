@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 
-def tool_slots(layer, name, device):
+def _slots(layer, name, device):
     """(tool ids, id -> row of the delta or -1), built once per adapter and device."""
     cache = layer.__dict__.setdefault("_toolgen_slots", {})
     if (name, device) not in cache:
@@ -31,15 +31,21 @@ def tool_slots(layer, name, device):
     return cache[(name, device)]
 
 
+def parts(layer):
+    """(frozen table, tool ids, id -> delta row or -1, the trainable rows in the table's dtype) of a trainable-token
+    layer's one active adapter."""
+    weight = layer.base_layer.weight
+    name = layer.active_adapters[0]
+    index, slot = _slots(layer, name, weight.device)
+    return weight, index, slot, layer.trainable_tokens_delta[name].to(weight.dtype)
+
+
 def _forward(self, x, *args, **kwargs):
     active = self.active_adapters
     if self.disable_adapters or self.merged or len(active) != 1:
         return type(self).forward(self, x, *args, **kwargs)   # the cases peft handles its own way
-    name = active[0]
     base = self.base_layer
-    weight = base.weight
-    index, slot = tool_slots(self, name, weight.device)
-    delta = self.trainable_tokens_delta[name].to(weight.dtype)
+    weight, index, slot, delta = parts(self)
     if isinstance(base, torch.nn.Embedding):
         out = F.embedding(x, weight, base.padding_idx, base.max_norm, base.norm_type, base.scale_grad_by_freq, base.sparse)
         tool_slot = slot[x]
@@ -59,8 +65,12 @@ def sparse_tool_rows(model):
     layers = [m for m in model.modules() if isinstance(m, TrainableTokensLayer)]
     for layer in layers:
         layer.forward = types.MethodType(_forward, layer)
-        layer._toolgen_sparse = True
     return len(layers)
+
+
+def is_sparse(layer):
+    """Whether sparse_tool_rows gave `layer` its forward."""
+    return getattr(layer.forward, "__func__", None) is _forward
 
 
 _HIDDEN_OUT = [False]   # one switch, read by every sparse head (also inside a torch.compile'd head, which guards it)

@@ -73,9 +73,11 @@ print(json.dumps(info))
 """
 
 
-def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1, launchers=("ddp", "zero2", "zero3")):
+def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1, launchers=("ddp", "zero2", "zero3"),
+         scaling_systems=("ours",)):
     """The jobs in run order. `once`: systems run in the first repeat only; `first`: the first repeat's number (more
-    repeats into an earlier run's folder: its scaling jobs are not planned again); `launchers`: the scaling jobs'."""
+    repeats into an earlier run's folder: its scaling jobs are not planned again); `launchers`: the scaling jobs';
+    `scaling_systems`: the loop systems run on N GPUs (each launcher, system after system)."""
     jobs = []
     for r in range(first, repeats + 1):
         for stage in stages:
@@ -84,16 +86,24 @@ def plan(stages, systems, repeats, once, scaling, scaling_stage="agent", first=1
                     jobs.append({"name": f"{stage}-{system}-r{r}", "stage": stage, "system": system, "repeat": r,
                                  "gpus": 1, "launcher": "1gpu"})
     if scaling and scaling > 1 and first == 1:
-        for launcher in launchers:
-            jobs.append({"name": f"{scaling_stage}-ours-{launcher}{scaling}", "stage": scaling_stage, "system": "ours",
-                         "repeat": 1, "gpus": scaling, "launcher": launcher})
+        for system in scaling_systems:
+            for launcher in launchers:
+                jobs.append({"name": f"{scaling_stage}-{system}-{launcher}{scaling}", "stage": scaling_stage,
+                             "system": system, "repeat": 1, "gpus": scaling, "launcher": launcher})
     return jobs
+
+
+def job_steps(job, args):
+    """(warmup, timed updates) of a job: the stage's, or --scaling-steps timed updates on several GPUs (an update
+    there is N times shorter: more of them for as long a measurement)."""
+    warmup, steps = args.steps[job["stage"]]
+    return warmup, (args.scaling_steps or steps) if job["gpus"] > 1 else steps
 
 
 def command(job, args, folder):
     """The command line of one job (run from the repository root)."""
     stage = job["stage"]
-    warmup, steps = args.steps[stage]
+    warmup, steps = job_steps(job, args)
     if job["system"] in args.loop:
         from toolgen.config import load_config
         ga = load_config(args.config).stages[stage].gradient_accumulation_steps
@@ -138,7 +148,7 @@ def steady_state(clock, warmup, steps):
 
 def result(job, args, folder):
     """What a finished job measured, from the files it wrote."""
-    warmup, steps = args.steps[job["stage"]]
+    warmup, steps = job_steps(job, args)
     if job["system"] not in args.loop:
         with open(os.path.join(folder, "result.json"), encoding="utf-8") as f:
             return json.load(f)
@@ -259,7 +269,7 @@ def prepare_run(args, card_ids, jobs):
         n_tools = 100 if args.tiny else stage_shapes.TOOL_TOKENS
         lengths = stage_shapes.write(args.data, args.model, counts, n_tools=n_tools)
         info = {**host, "command": command_line, "model": args.model, "tools": n_tools, "config": args.config,
-                "steps": args.steps, "cards": card_ids, "jobs": [j["name"] for j in jobs],
+                "steps": args.steps, "scaling_steps": args.scaling_steps, "cards": card_ids, "jobs": [j["name"] for j in jobs],
                 "examples": {s: len(v["tokens"]) for s, v in lengths.items()}}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
@@ -282,6 +292,11 @@ def main():
     p.add_argument("--scaling-launchers", nargs="+", choices=["ddp", "zero2", "zero3"],
                    default=["ddp", "zero2", "zero3"],
                    help="which scaling jobs (device time: ZeRO-3 is there for its memory, not its speed)")
+    p.add_argument("--scaling-systems", nargs="+", default=["ours"],
+                   help="loop systems of the scaling jobs, e.g. ours and a variant with train.balance_processes=false "
+                        "(a variant without a one-GPU run is compared with ours on one GPU)")
+    p.add_argument("--scaling-steps", type=int, default=None,
+                   help="timed updates of the scaling jobs (default: the stage's, as on one GPU)")
     p.add_argument("--gpus", default=None, help="GPU ids to use, e.g. 0,1,2,3 (default: all)")
     p.add_argument("--timeout", type=int, default=300, help="seconds before a job is stopped and recorded as failed")
     p.add_argument("--config", default="launch/configs/llama-3.2-1b.yaml")
@@ -298,6 +313,7 @@ def main():
     if not 1 <= args.repeat_from <= args.repeats:
         p.error(f"--repeat-from {args.repeat_from}: expected 1 .. --repeats ({args.repeats})")
     unknown = [s for s in args.systems + args.once if s not in args.loop and s not in TRAINER]
+    unknown += [s for s in args.scaling_systems if s not in args.loop]
     if unknown:
         p.error(f"unknown systems {unknown}: known {[*args.loop, *TRAINER]} (variants with --variant)")
     args.model = "tiny" if args.tiny else "random:llama-3.2-1b"
@@ -315,7 +331,7 @@ def main():
     args.data = os.path.join(args.out, "data")
     os.makedirs(args.out, exist_ok=True)
     jobs = plan(args.stages, args.systems, args.repeats, set(args.once), args.scaling, first=args.repeat_from,
-                launchers=args.scaling_launchers)
+                launchers=args.scaling_launchers, scaling_systems=args.scaling_systems)
     prepare_run(args, card_ids, jobs)
     run_all(jobs, args, card_ids)
 

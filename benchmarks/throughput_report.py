@@ -11,7 +11,8 @@ process, median), `_peak_reserved_gib`, `ours_mfu` (benchmarks/flops.py: useful 
 datasheet dense bf16 peak), `ours_mfu_measured_peak`, `repeats`, `tuned_system` (the better of the tuned Trainer
 settings that ran), `qlora_over_bf16` (ours-qlora / ours: they differ by the 4-bit base alone); scaling -> N ->
 {system, ddp_speedup, zero2_speedup, zero3_speedup: tokens/s on N GPUs / the same system on one GPU, same stage and
-global batch; zero3_peak_mem_gib (rank 0); first_loss per setup}; ours_system; card; measures.
+global batch; zero3_peak_mem_gib (rank 0); first_loss per setup}; scaling_by_system -> system -> N -> the same (every
+loop system run on several GPUs); ours_system; card; measures.
 """
 
 import argparse
@@ -97,25 +98,30 @@ def stage_table(info, rows, lengths, ours="ours"):
 
 
 def scaling_table(rows, stages):
-    """N GPUs against one GPU of the same system (the same settings), same stage and global batch."""
-    out = {}
-    for n in sorted({r["gpus"] for r in rows if r["gpus"] > 1}):
-        setups = {r["launcher"]: r for r in rows if r["gpus"] == n}
-        first = next(iter(setups.values()))
-        stage, system = first["stage"], first["system"]
-        one = stages[stage]["systems"][system].get("tokens_per_s")
-        entry = {"stage": stage, "system": system, "one_gpu_tokens_per_s": one,
-                 "one_gpu_first_loss": stages[stage]["systems"][system]["first_loss"]}
+    """N GPUs against one GPU of the same system (the same settings), same stage and global batch -> {N: entry} for
+    `ours` (or the first system that ran on several GPUs) and {system: {N: entry}} for every such system. A variant
+    with no one-GPU run of its own (e.g. train.balance_processes=false, which one process does not read) is compared
+    with `ours` on one GPU; the entry names that system."""
+    by_system = {}
+    for n, system in sorted({(r["gpus"], r["system"]) for r in rows if r["gpus"] > 1}):
+        setups = {r["launcher"]: r for r in rows if r["gpus"] == n and r["system"] == system}
+        stage = next(iter(setups.values()))["stage"]
+        one_system = system if system in stages[stage]["systems"] else "ours"
+        one = stages[stage]["systems"][one_system]
+        entry = {"stage": stage, "system": system, "one_gpu_system": one_system,
+                 "one_gpu_tokens_per_s": one.get("tokens_per_s"), "one_gpu_first_loss": one["first_loss"]}
         for launcher, r in setups.items():
             if "error" in r:
                 entry[f"{launcher}_error"] = r["error"][:300]
                 continue
             entry[f"{launcher}_tokens_per_s"] = r["tokens_per_s"]
-            entry[f"{launcher}_speedup"] = r["tokens_per_s"] / one if one else None
+            entry[f"{launcher}_speedup"] = r["tokens_per_s"] / entry["one_gpu_tokens_per_s"] \
+                if entry["one_gpu_tokens_per_s"] else None
             entry[f"{launcher}_peak_mem_gib"] = r["peak_mem_gib"]
             entry[f"{launcher}_first_loss"] = r["first_loss"]
-        out[str(n)] = entry
-    return out
+        by_system.setdefault(system, {})[str(n)] = entry
+    main = by_system.get("ours") or next(iter(by_system.values()), {})
+    return main, by_system
 
 
 def report(run, ours="ours"):
@@ -123,11 +129,12 @@ def report(run, ours="ours"):
     if not any(r["system"] == ours and r["gpus"] == 1 and "error" not in r for r in rows):
         raise ValueError(f"--ours {ours}: no one-GPU result of that system in {run}/results.jsonl")
     stages = stage_table(info, rows, lengths, ours)
+    scaling, by_system = scaling_table(rows, stages)
     return {"measures": "toolgen/train.py loop", "ours_system": ours, "card": info["card"], "gpus": info["gpus"],
             "versions": info["versions"], "command": info["command"], "model": info["model"], "config": info["config"],
             "steps": info["steps"], "matmul_peak_tflops": (info["matmul_peak_flops"] or 0) / 1e12 or None,
             "datasheet_peak_tflops": (flops.datasheet_peak(info["card"]) or 0) / 1e12 or None,
-            "stages": stages, "scaling": scaling_table(rows, stages), "targets": TARGETS}
+            "stages": stages, "scaling": scaling, "scaling_by_system": by_system, "targets": TARGETS}
 
 
 def F(x, digits=0):
@@ -181,11 +188,13 @@ def markdown(r):
         mfu = row["ours_mfu"]
         lines.append(f"| {stage} | " + " | ".join(f"{F(v, 2)} ({verdict(v, g, h)})" for v, g, h in cells)
                      + f" | {F(mfu, 3)}" + (f" ({verdict(mfu, t['agent_mfu'])})" if stage == "agent" else "") + " |")
-    for n, e in r["scaling"].items():
+    tables = r.get("scaling_by_system", {"": r["scaling"]}).values()   # (older results have the one table)
+    for n, e in [(n, e) for table in tables for n, e in table.items()]:
         goal = t["scaling"].get(n)
         lines += ["", f"## {n} GPUs ({e['stage']} shape, system {e['system']}, same global batch as one GPU)", "",
                   "| setup | tokens/s | speed-up vs 1 GPU | peak alloc GiB (rank 0) | first loss |", "|---" * 5 + "|",
-                  f"| 1 GPU ({e['system']}, median) | {F(e['one_gpu_tokens_per_s'])} | 1.00x | - | "
+                  f"| 1 GPU ({e.get('one_gpu_system', e['system'])}, median) | {F(e['one_gpu_tokens_per_s'])} "
+                  "| 1.00x | - | "
                   f"{', '.join(F(x, 5) for x in e['one_gpu_first_loss'])} |"]
         for setup in ("ddp", "zero2", "zero3"):
             if f"{setup}_error" in e:

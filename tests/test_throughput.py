@@ -58,6 +58,9 @@ def test_jobs_interleave_repeats_and_scaling_comes_last():
     assert [j["name"] for j in more] == ["agent-ours-r2", "agent-ours-r3"]
     some = throughput.plan(["agent"], ["ours"], 1, set(), 4, launchers=["ddp", "zero2"])
     assert [j["name"] for j in some] == ["agent-ours-r1", "agent-ours-ddp4", "agent-ours-zero24"]
+    both = throughput.plan(["agent"], ["ours"], 1, set(), 4, launchers=["ddp"], scaling_systems=["ours", "ours-even"])
+    assert [(j["name"], j["system"]) for j in both[1:]] == [("agent-ours-ddp4", "ours"),
+                                                            ("agent-ours-even-ddp4", "ours-even")]
 
 
 def test_the_benchmark_runs_the_loop_and_the_trainer_on_cpu(tmp_path):
@@ -123,7 +126,7 @@ def test_report_reads_the_targets_on_the_shipped_system_and_scaling_against_its_
     rows = [("ours", 1, 100.0), ("ours", 1, 120.0), ("ours", 1, 90.0),             # median 100
             ("ours-compiled", 1, 300.0), ("ours-compiled", 1, 250.0), ("ours-compiled", 1, 280.0),   # median 280
             ("ours-qlora", 1, 85.0), ("plain", 1, 70.0), ("tuned-eager", 1, 140.0),
-            ("ours", 4, 360.0)]
+            ("ours", 4, 360.0), ("ours-unbalanced", 4, 330.0)]
     with open(tmp_path / "results.jsonl", "w") as f:
         for system, gpus, tps in rows:
             f.write(json.dumps({"stage": "agent", "system": system, "gpus": gpus, "tokens_per_s": tps,
@@ -137,5 +140,8 @@ def test_report_reads_the_targets_on_the_shipped_system_and_scaling_against_its_
     scaling = r["scaling"]["4"]
     assert scaling["system"] == "ours" and scaling["one_gpu_tokens_per_s"] == 100
     assert scaling["ddp_speedup"] == pytest.approx(3.6)                # 360 / 100, not 360 / 280
+    # a scaling variant with no one-GPU run of its own: against ours on one GPU, and it says so
+    variant = r["scaling_by_system"]["ours-unbalanced"]["4"]
+    assert variant["one_gpu_system"] == "ours" and variant["ddp_speedup"] == pytest.approx(3.3)
     md = throughput_report.markdown(r)
     assert "`ours-compiled` (the reference config as shipped)" in md and "--ours ours-compiled" in md

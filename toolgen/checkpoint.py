@@ -82,7 +82,8 @@ def file_sha256(path):
 # workers, compilation). Anything else (steps, batch, learning rate, data, model...) would make the finished stage's
 # config.json describe a run that did not happen.
 MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.compile",
-                        "train.compile_mode", "train.compile_regional", "train.chunked_loss"}
+                        "train.compile_mode", "train.compile_regional", "train.chunked_loss",
+                        "train.balance_processes"}
 
 
 class CheckpointError(ValueError):

@@ -225,17 +225,24 @@ def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextli
 
 
 def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext,
-                 attn_implementation="sdpa"):
+                 attn_implementation="sdpa", processes=1):
     """A stage file -> (DataLoader, what max_length cut: stage_dataset's): tokenized examples in length-grouped or
     shuffled order, left-padded (document mask, except for flash attention) or packed batches of
-    `per_device_batch_size` examples."""
-    from torch.utils.data import DataLoader
+    `per_device_batch_size` examples; with several processes each update's examples re-dealt among them
+    (toolgen/balance.py, train.balance_processes)."""
+    from torch.utils.data import DataLoader, RandomSampler
     dataset, cut = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first)
     batch = stage_cfg.per_device_batch_size
-    sampler = (LengthGroupedSampler([len(ids) for ids in dataset["input_ids"]], 64 * batch, train_cfg.seed)
-               if train_cfg.group_by_length else None)
+    balance = processes > 1 and train_cfg.balance_processes
+    lengths = [len(ids) for ids in dataset["input_ids"]] if train_cfg.group_by_length or balance else None
+    sampler = LengthGroupedSampler(lengths, 64 * batch, train_cfg.seed) if train_cfg.group_by_length else None
     collate = (PackedCollator(tokenizer.pad_token_id, train_cfg.pack_to_multiple_of,
                               varlen=attn_implementation == attention.NAME) if train_cfg.packing
                else LeftPadCollator(tokenizer.pad_token_id, document_mask="flash" not in attn_implementation))
+    if balance:   # the same batches as below (a RandomSampler: accelerate seeds it as it would DataLoader's own)
+        from toolgen.balance import BalancedBatchSampler
+        batches = BalancedBatchSampler(sampler or RandomSampler(dataset), batch, lengths, processes,
+                                       stage_cfg.gradient_accumulation_steps, train_cfg.packing)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=train_cfg.num_workers, collate_fn=collate), cut
     return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
                       num_workers=train_cfg.num_workers, collate_fn=collate), cut

@@ -58,6 +58,10 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: str | list = "all-linear"
+    recompute_dropout: bool = False   # with train.compile: the dropout mask drawn again in the backward pass from a
+    #                                   seed, so each LoRA input is kept once, not as a mask and a copy per module
+    #                                   (toolgen/lora_dropout.py); the same dropout, another random stream than peft's.
+    #                                   Off: on the agent shape (4 x H200) it left peak memory and speed as they were
 
 
 @dataclass
@@ -93,6 +97,8 @@ class TrainConfig:
     packing: bool = False             # a batch as one row without padding, examples kept apart by a document mask
     #                                   (best with model.attn_implementation=varlen on GPU: no mask; sdpa works too)
     pack_to_multiple_of: int = 64     # packed row length rounded up to this: fewer shapes for compiled kernels
+    balance_processes: bool = True    # several processes: each update's examples re-dealt so every process gets about
+    #                                   as many tokens (toolgen/balance.py); the same update, the slowest share shorter
     sparse_tool_rows: bool = True     # gradient for the tool-token rows only (toolgen/tool_rows.py), same result
     chunked_loss: bool = False        # the LM head and its cross-entropy chunk by chunk, gradients at once: no
     #                                   [targets x vocab] logits at the step's peak (toolgen/head_loss.py), same result;

@@ -5,7 +5,7 @@ import contextlib
 import os
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, InitProcessGroupKwargs
 from accelerate.utils import GradientAccumulationPlugin, TorchDynamoPlugin
 
 
@@ -20,6 +20,11 @@ def build_accelerator(train_cfg, gradient_accumulation_steps, output_dir):
     deepspeed = launched_with_deepspeed()
     # No CUDA: gloo, or several CPU processes would not form a process group and the data would not be sharded.
     handlers = [InitProcessGroupKwargs(backend="gloo")] if distributed and cpu_only else []
+    # DDP broadcasts the model's buffers from process 0 before every forward pass, which makes every micro-batch
+    # wait for the slowest process, not only the update's all-reduce. Our models' buffers (rotary frequencies) never
+    # change in training, so there is nothing to broadcast.
+    if distributed and not deepspeed:
+        handlers.append(DistributedDataParallelKwargs(broadcast_buffers=False))
     return Accelerator(
         # without cpu=True, CPU processes of a plain data-parallel launch each think they are alone (no gather)
         cpu=cpu_only and not deepspeed,

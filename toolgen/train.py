@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from toolgen import checkpoint, models, tokens  # noqa: E402
+from toolgen import checkpoint, lora_dropout, models, tokens  # noqa: E402
 from toolgen.collate import num_tokens, stage_loader  # noqa: E402
 from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, load_config  # noqa: E402
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
@@ -196,9 +196,11 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)
+    if cfg.lora.recompute_dropout and cfg.train.compile:   # (the parent's adapter brings its own dropout rate)
+        lora_dropout.recompute(model)
 
     loader, cut = stage_loader(tokenizer, data_file, sc, cfg.train, accelerator.main_process_first,
-                               cfg.model.attn_implementation)
+                               cfg.model.attn_implementation, accelerator.num_processes)
     if cut["target_tokens_cut"]:   # silent truncation once left half of the agent's targets untrained
         accelerator.print(f"[{args.stage}] warning: {cut['examples_cut']} of {cut['examples']} examples of {data_file} "
                           f"are longer than stages.{args.stage}.max_length={sc.max_length}: "
@@ -212,6 +214,9 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     groups = models.lora_param_groups(model, sc.learning_rate, cfg.add_tools.lora_learning_rate) \
         if old is not None and cfg.add_tools.train == "new_rows_lora" else params
     optimizer = build_optimizer(groups, cfg.train, sc.learning_rate, fused)
+    plugin = accelerator.state.deepspeed_plugin   # DeepSpeed's "auto" micro-batch is read from the loader, which
+    if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):   # has none when it deals its
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = sc.per_device_batch_size   # batches (balance.py)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # add_tools with distillation: the parent's weights, as they are now, are the teacher of the old tools' order
     loss_fn = why = None

@@ -269,7 +269,8 @@ def prepare_run(args, card_ids, jobs):
         n_tools = 100 if args.tiny else stage_shapes.TOOL_TOKENS
         lengths = stage_shapes.write(args.data, args.model, counts, n_tools=n_tools)
         info = {**host, "command": command_line, "model": args.model, "tools": n_tools, "config": args.config,
-                "steps": args.steps, "scaling_steps": args.scaling_steps, "cards": card_ids, "jobs": [j["name"] for j in jobs],
+                "steps": args.steps, "scaling_steps": args.scaling_steps, "cards": card_ids,
+                "jobs": [j["name"] for j in jobs],
                 "examples": {s: len(v["tokens"]) for s, v in lengths.items()}}
     with open(path, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)

@@ -95,7 +95,8 @@ def test_the_folded_dropout_keeps_less_for_the_backward_pass_and_leaves_eval_and
     assert all(p.grad is not None for n, p in folded.named_parameters() if "lora_A" in n)
     model.eval(), folded.eval()   # no dropout: the same numbers
     with torch.no_grad():
-        torch.testing.assert_close(target_loss(folded, batch, len(tokenizer)), target_loss(model, batch, len(tokenizer)))
+        vocab = len(tokenizer)
+        torch.testing.assert_close(target_loss(folded, batch, vocab), target_loss(model, batch, vocab))
 
 
 def test_a_compiled_stage_with_folded_dropout_learns_as_with_peft_dropout_and_its_adapter_reloads(tmp_path,

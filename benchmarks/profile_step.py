@@ -3,6 +3,8 @@ toolgen.train.build) on one stage shape with torch.profiler, to see where an upd
 
     python benchmarks/profile_step.py --stage retrieval [--set train.compile=false ...]      # GPU: random Llama-3.2-1B
     python benchmarks/profile_step.py --stage retrieval --tiny                                # CPU: checks the script
+    accelerate launch --config_file launch/accelerate/multi_gpu.yaml --num_processes 4 benchmarks/profile_step.py \
+        --stage agent --set stages.agent.gradient_accumulation_steps=2                   # DDP: process 0's tables
 
 The data are benchmarks/stage_shapes.py's synthetic stage files (the shapes benchmarks/throughput.py times); the first
 --warmup updates run unprofiled (compilation, autotuning), the next --updates are profiled.
@@ -12,6 +14,7 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -41,6 +44,7 @@ def main():
     p.add_argument("--stage", default="retrieval", choices=list(stage_shapes.SHAPES))
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--timed", type=int, default=5, help="updates timed unprofiled after the warmup (s/update)")
     p.add_argument("--updates", type=int, default=4)
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -55,22 +59,27 @@ def main():
     targs = train.parse_args(argv)
     cfg = load_config(targs.config, targs.overrides)
     sc = cfg.stages[args.stage]
-    accelerator, tokenizer, net, optimizer, loader, params, _ = train.build(
+    accelerator, tokenizer, net, optimizer, loader, params, _, loss_fn = train.build(
         targs, cfg, sc, None, os.path.join(out, "data"), os.path.join(out, "checkpoints"))
     groups = updates(loader, sc.gradient_accumulation_steps)
     net.train()
 
     def step():
-        update(accelerator, net, optimizer, next(groups), len(tokenizer), params, cfg.train.max_grad_norm)
+        update(accelerator, net, optimizer, next(groups), len(tokenizer), params, cfg.train.max_grad_norm, loss_fn)
     for _ in range(args.warmup):
         step()
     cuda = accelerator.device.type == "cuda"
+    t0 = time.perf_counter()   # update() ends in a host sync (its loss and gradient norm): no other sync needed
+    for _ in range(args.timed):
+        step()
+    accelerator.print(f"[profile] {args.timed} updates unprofiled: {(time.perf_counter() - t0) / max(args.timed, 1):.4f}"
+                      f" s/update on {accelerator.num_processes} process(es)")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(args.updates):
             step()
     for key in ("self_cpu_time_total",) + (("self_cuda_time_total",) if cuda else ()):
-        print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
+        accelerator.print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
 
 
 if __name__ == "__main__":

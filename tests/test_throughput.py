@@ -145,3 +145,12 @@ def test_report_reads_the_targets_on_the_shipped_system_and_scaling_against_its_
     assert variant["one_gpu_system"] == "ours" and variant["ddp_speedup"] == pytest.approx(3.3)
     md = throughput_report.markdown(r)
     assert "`ours-compiled` (the reference config as shipped)" in md and "--ours ours-compiled" in md
+
+
+def test_the_profile_script_runs_the_loops_update_on_cpu():
+    """benchmarks/profile_step.py builds the stage with toolgen.train.build and profiles toolgen.step.update."""
+    out = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--stage", "agent", "--tiny", "--warmup", "1",
+                          "--timed", "1", "--updates", "1", "--rows", "3"], cwd=ROOT, check=True, timeout=600,
+                         capture_output=True, text=True).stdout
+    assert "[profile] 1 updates unprofiled:" in out and "s/update on 1 process(es)" in out
+    assert "Self CPU" in out and "aten::mm" in out

@@ -72,8 +72,9 @@ def main():
     t0 = time.perf_counter()   # update() ends in a host sync (its loss and gradient norm): no other sync needed
     for _ in range(args.timed):
         step()
-    accelerator.print(f"[profile] {args.timed} updates unprofiled: {(time.perf_counter() - t0) / max(args.timed, 1):.4f}"
-                      f" s/update on {accelerator.num_processes} process(es)")
+    seconds = (time.perf_counter() - t0) / max(args.timed, 1)
+    accelerator.print(f"[profile] {args.timed} updates unprofiled: {seconds:.4f} s/update on "
+                      f"{accelerator.num_processes} process(es)")
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(args.updates):

@@ -5,11 +5,11 @@ and accelerate deals them round-robin (micro-batch k to process k % N). Every pr
 at the gradient all-reduce, so an update lasts as long as its longest share: with shuffled lengths (agent
 trajectories of 1,500-4,000 tokens, 2 per micro-batch, 4 processes x 2) the longest share is ~15 % above the mean,
 and a length-sorted order gives process 0 the longest micro-batch of every round (tests/test_balance.py; on 4 x H200
-DDP ran 5 % faster with the re-deal: benchmarks/results/throughput.md). `BalancedBatchSampler` re-deals the examples of each update
-among its micro-batches (packed rows: each keeps its number of examples, and their tokens are evened out; padded
-batches: whole batches are dealt to the processes, since mixing lengths in a padded batch adds padding). The update
-holds the same examples as on one process, and the loss is normalised over all of them (toolgen/step.py), so it
-computes the same update: only where each example is computed changes.
+DDP ran 5 % faster with the re-deal: benchmarks/results/throughput.md). `BalancedBatchSampler` re-deals the examples
+of each update among its micro-batches (packed rows: each keeps its number of examples, and their tokens are evened
+out; padded batches: whole batches are dealt to the processes, since mixing lengths in a padded batch adds padding).
+The update holds the same examples as on one process, and the loss is normalised over all of them
+(toolgen/step.py), so it computes the same update: only where each example is computed changes.
 """
 
 import torch

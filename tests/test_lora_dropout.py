@@ -2,17 +2,15 @@
 gradients, what the backward pass keeps, and a stage trained with it."""
 
 import copy
-import json
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, run_stage
+from conftest import run_stage
+from test_fast_paths import lora_tiny, stage_examples
 from toolgen import lora_dropout, models
-from toolgen.collate import LeftPadCollator, tokenize_messages
-from toolgen.config import load_config
+from toolgen.collate import LeftPadCollator
 from toolgen.lora_dropout import DroppedLinear, keep_mask
 from toolgen.loss import target_loss
 
@@ -54,21 +52,6 @@ def test_dropped_linear_is_dropout_then_the_product_with_its_gradients():
     assert torch.autograd.gradcheck(lambda x, w: DroppedLinear.apply(x, w, seed, p, torch.float64), (x, w))
 
 
-def tiny_lora(data_dir, dropout):
-    with open(os.path.join(data_dir, "tool_tokens.json")) as f:
-        tokens = json.load(f)["tokens"]
-    cfg = load_config(TINY, [f"lora.dropout={dropout}"])
-    tokenizer, base, tool_ids = models.load_base(cfg.model, tokens)
-    torch.manual_seed(0)
-    model = models.lora_model(base, cfg.lora, tool_ids)
-    for n, p in model.named_parameters():   # LoRA B starts at zero: move it, so that dropout changes the loss
-        if "lora_B" in n:
-            p.data.normal_(0, 0.1)
-    with open(os.path.join(data_dir, "retrieval_training.json")) as f:
-        examples = [tokenize_messages(tokenizer, ex["messages"], 128) for ex in json.load(f)[:4]]
-    return tokenizer, model, LeftPadCollator(tokenizer.pad_token_id)(examples)
-
-
 def kept_bytes(model, batch, vocab):
     """Bytes the backward pass keeps (each storage once: q, k and v may keep the same x) -> (bytes, loss)."""
     storages = {}
@@ -82,7 +65,8 @@ def kept_bytes(model, batch, vocab):
 
 
 def test_the_folded_dropout_keeps_less_for_the_backward_pass_and_leaves_eval_and_names_alone(sample_data):
-    tokenizer, model, batch = tiny_lora(sample_data, 0.1)
+    tokenizer, model, _, _ = lora_tiny(sample_data, "lora.dropout=0.1")   # LoRA B moved: dropout changes the loss
+    batch = LeftPadCollator(tokenizer.pad_token_id)(stage_examples(tokenizer, sample_data))
     folded = copy.deepcopy(model)
     layers = sum(1 for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict))
     assert lora_dropout.recompute(folded) == layers > 0

@@ -46,20 +46,21 @@ class DroppedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, seed, p, dtype):
         ctx.save_for_backward(x, weight, seed)
         ctx.p, ctx.dtype = p, dtype
-        return F.linear(_dropped(x, seed, p, dtype), weight.to(dtype))
+        return F.linear(x.to(dtype) * _scale(seed, x, p, dtype), weight.to(dtype))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, seed = ctx.saved_tensors
-        scale = keep_mask(seed, x, ctx.p).to(ctx.dtype) / (1 - ctx.p)
+        scale = _scale(seed, x, ctx.p, ctx.dtype)   # the forward's, drawn again
         grad = grad.to(ctx.dtype)
         grad_weight = grad.reshape(-1, grad.shape[-1]).T @ (x.to(ctx.dtype) * scale).reshape(-1, x.shape[-1])
         grad_x = (grad @ weight.to(ctx.dtype)) * scale
         return grad_x.to(x.dtype), grad_weight.to(weight.dtype), None, None, None
 
 
-def _dropped(x, seed, p, dtype):
-    return x.to(dtype) * (keep_mask(seed, x, p).to(dtype) / (1 - p))
+def _scale(seed, x, p, dtype):
+    """What dropout multiplies x by: 0 where dropped, 1 / (1 - p) where kept."""
+    return keep_mask(seed, x, p).to(dtype) / (1 - p)
 
 
 class RecomputedDropoutA(torch.nn.Module):

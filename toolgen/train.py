@@ -225,7 +225,7 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
                                       cfg.add_tools.distill_weight)
         why = "the distillation reads the logits" if cfg.train.chunked_loss else None
     elif cfg.train.chunked_loss:
-        zero3 = getattr(accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+        zero3 = getattr(plugin, "zero_stage", 0) == 3
         loss_fn, why = chunked_target_loss(accelerator.unwrap_model(model, keep_torch_compile=False), zero3)
     if why:
         accelerator.print(f"[{args.stage}] train.chunked_loss: the plain loss runs ({why})")

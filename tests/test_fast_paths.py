@@ -1,5 +1,6 @@
 """The speed paths of the loop give the plain path's numbers: row-sparse tool rows, packed batches, torch.compile."""
 
+import gc
 import json
 import os
 
@@ -8,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, TINY, run_stage
-from toolgen import models
+from toolgen import models, train
 from toolgen.collate import IGNORE, LeftPadCollator, PackedCollator, tokenize_messages
 from toolgen.config import ConfigError, load_config
 from toolgen.tool_rows import sparse_tool_rows
@@ -232,3 +233,33 @@ def test_agent_decode_benchmark_runs_on_the_tiny_stage(trained, tmp_path):
     for v in result["variants"].values():
         assert len(v["seconds"]) == 2 and v["median_s"] > 0 and v["longest_tokens"] >= 1
     assert result["variants"]["merged"]["same_answers"] == 1.0
+
+
+def test_loader_workers_and_the_gc_schedule_train_like_the_main_process(tmp_path, sample_data):
+    """train.num_workers collates in worker processes and train.gc_every moves Python's garbage collector to fixed
+    updates: the same batches, so the same loss curve, and the collector is Python's own again after the stage."""
+    steps = ["stages.memorization.max_steps=6", "lora.dropout=0", "train.packing=true", "train.group_by_length=true"]
+    _, plain = run_stage("memorization", tmp_path / "plain", sample_data, *steps, "train.num_workers=0",
+                         "train.gc_every=0")
+    assert gc.isenabled()
+    _, workers = run_stage("memorization", tmp_path / "workers", sample_data, *steps, "train.num_workers=2",
+                           "train.gc_every=2")
+    assert gc.isenabled()
+    assert workers == pytest.approx(plain, rel=1e-6, abs=1e-7)
+
+
+def test_the_gc_schedule_collects_on_its_updates_and_gives_the_collector_back(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gc, "collect", lambda generation=2: calls.append(generation))
+    with pytest.raises(RuntimeError):
+        with train.scheduled_gc(3) as collect:
+            assert not gc.isenabled() and calls == [1]   # one collection as the schedule starts
+            for step in range(1, 8):
+                collect(step)
+            assert calls == [1, 1, 1]                    # steps 3 and 6
+            raise RuntimeError("a failing stage")
+    assert gc.isenabled()
+    with train.scheduled_gc(0) as collect:
+        assert gc.isenabled()
+        collect(3)
+    assert calls == [1, 1, 1]

@@ -169,3 +169,23 @@ def test_a_resume_may_change_logging_and_compilation(tmp_path, sample_data, monk
     shutil.rmtree(tmp_path / "whole" / "tool_memorization.checkpoints" / "step-6")   # resumes after step 4
     _, again = run_stage("memorization", tmp_path / "whole", sample_data, *common, resume=True)
     assert again == pytest.approx(full, rel=1e-4, abs=1e-4)
+
+
+def test_two_writers_of_one_folder_at_once_both_finish_and_leave_nothing_behind(tmp_path):
+    """Two benchmark jobs that build the same cache folder side by side: neither removes the other's half-written
+    folder (each writes its own temporary one), the last to finish is what stays, and the folder has the mode that
+    os.makedirs gives."""
+    from toolgen.checkpoint import atomic_folder
+    final = tmp_path / "cache" / "model"
+    with atomic_folder(str(final)) as first:
+        (tmp_path / "first").write_text("x")
+        shutil.copy(tmp_path / "first", os.path.join(first, "weights"))
+        with atomic_folder(str(final)) as second:
+            assert second != first and os.path.exists(os.path.join(first, "weights"))
+            with open(os.path.join(second, "weights"), "w") as f:
+                f.write("second")
+        assert (final / "weights").read_text() == "second"
+    assert (final / "weights").read_text() == "x"
+    assert sorted(os.listdir(tmp_path / "cache")) == ["model"]
+    os.makedirs(tmp_path / "plain")
+    assert os.stat(final).st_mode == os.stat(tmp_path / "plain").st_mode

@@ -11,6 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import flops  # noqa: E402
+import step_anatomy  # noqa: E402
 import throughput  # noqa: E402
 
 TINY_CONFIG = {"hidden_size": 4, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -154,3 +155,45 @@ def test_the_profile_script_runs_the_loops_update_on_cpu():
                          capture_output=True, text=True).stdout
     assert "[profile] 1 updates unprofiled:" in out and "s/update on 1 process(es)" in out
     assert "Self CPU" in out and "aten::mm" in out
+
+
+def test_the_profile_script_sweeps_the_micro_batches_per_update_on_cpu():
+    out = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--stage", "agent", "--tiny", "--warmup", "1",
+                          "--timed", "1", "--updates", "0", "--examples", "8", "--ga-sweep", "2", "1"], cwd=ROOT,
+                         check=True, timeout=600, capture_output=True, text=True).stdout
+    assert "[sweep] 2 micro-batches/update:" in out and "[sweep] 1 micro-batches/update:" in out
+    assert "[sweep] fit:" in out and "Self CPU" not in out
+
+
+def test_gpu_gaps_union_of_kernels_and_idle_gaps_by_hand(tmp_path):
+    events = [{"ph": "X", "cat": "kernel", "name": "a", "ts": 0, "dur": 100},
+              {"ph": "X", "cat": "kernel", "name": "b", "ts": 50, "dur": 100},        # overlaps a: busy 0-150
+              {"ph": "X", "cat": "gpu_memcpy", "name": "c", "ts": 450, "dur": 50},    # gap 150-450: 300 us
+              {"ph": "X", "cat": "kernel", "name": "d", "ts": 600, "dur": 100},       # gap 500-600: 100 us (< 200)
+              {"ph": "X", "cat": "cpu_op", "name": "ignored", "ts": 0, "dur": 10_000}]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    g = step_anatomy.gpu_gaps(str(path), min_gap_us=200)
+    assert g["busy_us"] == 150 + 50 + 100 and g["span_us"] == 700 and g["idle_us"] == 400
+    assert g["gaps"] == 1 and g["idle_in_gaps_us"] == 300 and g["largest"] == [(300, "b", "c")]
+
+
+def test_peak_sites_replays_allocations_to_the_peak_by_hand():
+    frames = {"x": [{"filename": "/site/torch/nn/f.py", "line": 1, "name": "inner"},
+                    {"filename": "/repo/toolgen/loss.py", "line": 7, "name": "target_loss"}],
+              "y": [{"filename": "/repo/toolgen/step.py", "line": 3, "name": "update"}]}
+    trace = [{"action": "alloc", "addr": 1, "size": 100, "frames": frames["x"]},
+             {"action": "alloc", "addr": 2, "size": 50, "frames": frames["y"]},
+             {"action": "free_requested", "addr": 1, "size": 100},
+             {"action": "free_completed", "addr": 1, "size": 100},
+             {"action": "alloc", "addr": 3, "size": 30, "frames": frames["y"]}]
+    peak, sites = step_anatomy.peak_sites({"device_traces": [trace]}, 0, baseline_bytes=1000)
+    assert peak == 1150   # 1000 + 100 + 50; after the free 1000 + 50 + 30 = 1080 never passes it
+    assert sites == [(100, "loss.py:7:target_loss"), (50, "step.py:3:update")]
+
+
+def test_fixed_cost_fit_by_hand():
+    fixed, per = step_anatomy.fit_fixed_cost([(8, 0.85), (4, 0.45), (2, 0.25), (1, 0.15)])
+    assert fixed == pytest.approx(0.05) and per == pytest.approx(0.1)
+    with pytest.raises(ValueError):
+        step_anatomy.fit_fixed_cost([(2, 0.3), (2, 0.31)])

@@ -1,6 +1,6 @@
 """Folders that are complete or absent: stage folders, checkpoints, prepared data, cached models, reports.
 
-`atomic_folder` is the one way anything here writes a folder: write into `<final>.tmp`, then swap it in. Checkpoint
+`atomic_folder` is the one way anything here writes a folder: write into `<final>.tmp-*`, then swap it in. Checkpoint
 save / find / resume (with our own copy of the torch RNG) live here too, so `train.py` keeps only the loop.
 """
 
@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 
 
 @contextlib.contextmanager
@@ -19,15 +20,20 @@ def atomic_folder(final):
     temporary folder is removed and `final` is left as it was.
     """
     final = os.path.normpath(final)
-    tmp, old = final + ".tmp", final + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    parent, name = os.path.split(final)
+    os.makedirs(parent or ".", exist_ok=True)
+    # names of this writer's own: two processes that build the same cache folder at once (two benchmark jobs
+    # starting side by side) must not remove each other's half-written folder; the last to finish wins
+    tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=parent or ".")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)   # as os.makedirs would make it (mkdtemp's folder is private to its owner)
+    old = final + ".old-" + os.path.basename(tmp)[len(name) + len(".tmp-"):]
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
     try:
         if os.path.exists(final):
             os.replace(final, old)
@@ -81,8 +87,8 @@ def file_sha256(path):
 # Config keys a resumed run may change: they do not change what is computed (how often it logs or saves, data-loader
 # workers, compilation). Anything else (steps, batch, learning rate, data, model...) would make the finished stage's
 # config.json describe a run that did not happen.
-MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.compile",
-                        "train.compile_mode", "train.compile_regional", "train.chunked_loss",
+MAY_CHANGE_ON_RESUME = {"train.logging_steps", "train.save_steps", "train.num_workers", "train.gc_every",
+                        "train.compile", "train.compile_mode", "train.compile_regional", "train.chunked_loss",
                         "train.balance_processes"}
 
 

@@ -239,10 +239,14 @@ def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=
     collate = (PackedCollator(tokenizer.pad_token_id, train_cfg.pack_to_multiple_of,
                               varlen=attn_implementation == attention.NAME) if train_cfg.packing
                else LeftPadCollator(tokenizer.pad_token_id, document_mask="flash" not in attn_implementation))
+    # workers: the loop's next batches are collated while the GPU runs (kept across epochs); pinned on a GPU host so
+    # that accelerate's copy to the device does not wait (DataLoaderConfiguration(non_blocking=...))
+    workers = {"num_workers": train_cfg.num_workers, "persistent_workers": train_cfg.num_workers > 0,
+               "pin_memory": train_cfg.num_workers > 0 and torch.cuda.is_available()}
     if balance:   # the same batches as below (a RandomSampler: accelerate seeds it as it would DataLoader's own)
         from toolgen.balance import BalancedBatchSampler
         batches = BalancedBatchSampler(sampler or RandomSampler(dataset), batch, lengths, processes,
                                        stage_cfg.gradient_accumulation_steps, train_cfg.packing)
-        return DataLoader(dataset, batch_sampler=batches, num_workers=train_cfg.num_workers, collate_fn=collate), cut
-    return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler,
-                      num_workers=train_cfg.num_workers, collate_fn=collate), cut
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate, **workers), cut
+    return DataLoader(dataset, batch_size=batch, shuffle=sampler is None, sampler=sampler, collate_fn=collate,
+                      **workers), cut

@@ -92,7 +92,12 @@ class TrainConfig:
     lr_scheduler: str = "cosine"      # cosine (with warm-up) | constant (with warm-up)
     logging_steps: int = 5
     save_steps: int = 0               # checkpoint every N steps and at the end; 0: no checkpoints
-    num_workers: int = 0
+    num_workers: int = 0              # > 0: batches collated in worker processes, ahead of the step; on a GPU the
+    #                                   loader pins them for an asynchronous copy. 0: the GPU waits for each collation
+    #                                   (~5 ms per agent micro-batch on an H200 host: benchmarks/results/throughput.md)
+    gc_every: int = 50                # Python's cyclic garbage collector runs every N updates (young generations), not
+    #                                   when its counters say; a pause in one process stalls every process of an
+    #                                   update (torchtitan's gc_freq). 0: Python's own schedule
     group_by_length: bool = False     # batches of similar lengths (less padding); the order is still shuffled
     packing: bool = False             # a batch as one row without padding, examples kept apart by a document mask
     #                                   (best with model.attn_implementation=varlen on GPU: no mask; sdpa works too)
@@ -176,8 +181,8 @@ REFUSED = {("train.compile_mode", "reduce-overhead"): _CUDA_GRAPHS,
 POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size", "gradient_accumulation_steps",
             "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight", "memorization_repeats",
             "multi_queries_per_api"}
-NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "seed",
-                "lora_learning_rate", "distill_weight"}
+NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "gc_every",
+                "seed", "lora_learning_rate", "distill_weight"}
 BELOW_ONE = {"add_tools.replay_fraction"}   # a share in [0, 1): 1 would leave no room for the new tools' examples
 
 

@@ -31,7 +31,9 @@ def build_accelerator(train_cfg, gradient_accumulation_steps, output_dir):
         # sync_with_dataloader=False: the loop hands accumulate() exactly `steps` micro-batches per update.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
                                                                 sync_with_dataloader=False),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # non_blocking: batches the loader's workers pinned are copied to the GPU while the host goes on
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                  non_blocking=train_cfg.num_workers > 0 and not cpu_only),
         dynamo_plugin=dynamo_plugin(train_cfg),
         log_with="tensorboard", project_dir=os.path.join(output_dir, "runs"), kwargs_handlers=handlers)
 

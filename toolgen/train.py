@@ -12,7 +12,9 @@ Any config key can be overridden: `--set stages.agent.max_length=2048 --set lora
 """
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -133,42 +135,65 @@ def main(argv=None):
     t0 = time.perf_counter()
     clock = {"update_end_s": [], "tokens": torch.zeros(max(total - step, 0), dtype=torch.long, device=accelerator.device)}
     model.train()
-    while step < total:
-        loader.set_epoch(epoch)   # the seedable sampler's order depends on (seed, epoch): a resume replays it
-        batches, batches_done, skip = iter(accelerator.skip_first_batches(loader, skip) if skip else loader), skip, 0
+    with scheduled_gc(cfg.train.gc_every) as collect_garbage:
         while step < total:
-            group = [b for _, b in zip(range(ga), batches)]
-            if len(group) < ga:
-                break
-            if rng is not None:   # after the iterator's first fetch, which draws a seed from the torch RNG
-                checkpoint.set_torch_rng_state(rng)
-                rng = None
-            batches_done += ga
-            try:
-                loss, grad_norm = update(accelerator, model, optimizer, group, len(tokenizer), params,
-                                         cfg.train.max_grad_norm, loss_fn)
-            except NonFiniteLoss as e:
-                raise StageError(checkpoint.diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
-            tokens = sum(num_tokens(b) for b in group)
-            clock["tokens"][len(clock["update_end_s"])] = tokens
-            clock["update_end_s"].append(time.perf_counter() - t0)
-            scheduler.step()
-            step += 1
-            history.append(loss)
-            bar.update(1)
-            if step % cfg.train.logging_steps == 0 or step == total or step == 1:
-                logs = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm or 0.0,
-                        "tokens_per_s_per_device": clock["tokens"].sum().item() / max(time.perf_counter() - t0, 1e-9)}
-                accelerator.log({f"{stage.name}/{k}": v for k, v in logs.items()}, step=step)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if cfg.train.save_steps and (step % cfg.train.save_steps == 0 or step == total):
-                checkpoint.save_checkpoint(accelerator, ckpt_root, {"step": step, "epoch": epoch, "history": history,
-                                                                    "batches_done": batches_done, "run": run})
-        epoch += 1
+            loader.set_epoch(epoch)   # the seedable sampler's order depends on (seed, epoch): a resume replays it
+            batches = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
+            batches_done, skip = skip, 0
+            while step < total:
+                group = [b for _, b in zip(range(ga), batches)]
+                if len(group) < ga:
+                    break
+                if rng is not None:   # after the iterator's first fetch, which draws a seed from the torch RNG
+                    checkpoint.set_torch_rng_state(rng)
+                    rng = None
+                batches_done += ga
+                try:
+                    loss, grad_norm = update(accelerator, model, optimizer, group, len(tokenizer), params,
+                                             cfg.train.max_grad_norm, loss_fn)
+                except NonFiniteLoss as e:
+                    raise StageError(checkpoint.diverged(accelerator, stage.name, step + 1, e, ckpt_root)) from None
+                tokens = sum(num_tokens(b) for b in group)
+                clock["tokens"][len(clock["update_end_s"])] = tokens
+                clock["update_end_s"].append(time.perf_counter() - t0)
+                scheduler.step()
+                step += 1
+                collect_garbage(step)
+                history.append(loss)
+                bar.update(1)
+                if step % cfg.train.logging_steps == 0 or step == total or step == 1:
+                    seconds = max(time.perf_counter() - t0, 1e-9)
+                    logs = {"loss": loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm or 0.0,
+                            "tokens_per_s_per_device": clock["tokens"].sum().item() / seconds}
+                    accelerator.log({f"{stage.name}/{k}": v for k, v in logs.items()}, step=step)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if cfg.train.save_steps and (step % cfg.train.save_steps == 0 or step == total):
+                    progress = {"step": step, "epoch": epoch, "history": history, "batches_done": batches_done,
+                                "run": run}
+                    checkpoint.save_checkpoint(accelerator, ckpt_root, progress)
+            epoch += 1
     bar.close()
     finish(accelerator, model, tokenizer, tool_tokens, cfg, (stage, out_dir, parent_dir, data_file), run, history,
            time.perf_counter() - t0, clock)
     return accelerator.unwrap_model(model, keep_torch_compile=False), history
+
+
+@contextlib.contextmanager
+def scheduled_gc(every):
+    """Python's cyclic garbage collector at fixed updates -> collect(step): it runs the young generations every
+    `every` updates (0: Python's own schedule, collect does nothing). Its own schedule pauses a process at moments
+    the update cannot choose, and under data parallelism every process waits for the one that paused."""
+    if not every:
+        yield lambda step: None
+        return
+    was_enabled = gc.isenabled()
+    gc.disable()
+    gc.collect(1)
+    try:
+        yield lambda step: gc.collect(1) if step % every == 0 else None
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):

@@ -1,0 +1,80 @@
+"""Where an update's wall time and memory go, read from what torch records (used by benchmarks/profile_step.py).
+
+gpu_gaps:   a CUDA-only profiler trace (kernels, copies, memsets; no CPU tracing, so the host runs at its own speed)
+            -> the wall time the GPU was busy (the union of its intervals) and the idle gaps between them;
+peak_sites: the caching allocator's recorded history over some updates -> the allocated peak and what was live
+            there, summed by the code that allocated it;
+fit_fixed_cost: seconds per update against micro-batches per update -> (fixed seconds per update, seconds per
+            micro-batch), least squares.
+"""
+
+import json
+import os
+from collections import defaultdict
+
+GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def gpu_gaps(trace_path, min_gap_us=200.0, top=6):
+    """{busy_us, span_us, idle_us, gaps: count of idle gaps >= min_gap_us, idle_in_gaps_us, largest: [(gap us,
+    kernel before, kernel after)]} over every GPU stream of the trace together (one device)."""
+    with open(trace_path, encoding="utf-8") as f:
+        events = json.load(f)["traceEvents"]
+    work = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)), e.get("name", "?"))
+                  for e in events if e.get("ph") == "X" and e.get("cat") in GPU_WORK)
+    if not work:
+        return {"busy_us": 0.0, "span_us": 0.0, "idle_us": 0.0, "gaps": 0, "idle_in_gaps_us": 0.0, "largest": []}
+    busy, gaps = 0.0, []
+    start, end, end_name = work[0]
+    for s, e, name in work[1:]:
+        if s > end:   # an idle gap: close the busy interval
+            busy += end - start
+            if s - end >= min_gap_us:
+                gaps.append((s - end, end_name[:60], name[:60]))
+            start, end, end_name = s, e, name
+        elif e > end:
+            end, end_name = e, name
+    busy += end - start
+    span = end - work[0][0]
+    return {"busy_us": busy, "span_us": span, "idle_us": span - busy, "gaps": len(gaps),
+            "idle_in_gaps_us": sum(g for g, _, _ in gaps), "largest": sorted(gaps, reverse=True)[:top]}
+
+
+def _site(frames, depth=3):
+    """The innermost frames that are not torch's own machinery (the code that asked for the memory)."""
+    keep = [f for f in frames if f["filename"].endswith(".py")
+            and ("/torch/" not in f["filename"] or "torchinductor" in f["filename"])]
+    return " < ".join(f"{os.path.basename(f['filename'])}:{f['line']}:{f['name']}" for f in keep[:depth]) or "?"
+
+
+def peak_sites(snapshot, device, baseline_bytes, top=12):
+    """Replay the recorded allocations and frees of `device` from `baseline_bytes` (allocated when recording began)
+    -> (peak bytes, [(bytes live at the peak, site)] largest first). Blocks allocated before the recording are the
+    baseline (weights, optimizer states): they are not in the history."""
+    trace = snapshot["device_traces"][device]
+    live, current, peak, at_peak = {}, baseline_bytes, baseline_bytes, {}
+    for entry in trace:
+        action = entry["action"]
+        if action == "alloc":
+            live[entry["addr"]] = (entry["size"], _site(entry.get("frames", [])))
+            current += entry["size"]
+            if current > peak:
+                peak, at_peak = current, dict(live)
+        elif action == "free_completed" and entry["addr"] in live:
+            current -= live.pop(entry["addr"])[0]
+    by_site = defaultdict(int)
+    for size, site in at_peak.values():
+        by_site[site] += size
+    return peak, sorted(((b, s) for s, b in by_site.items()), reverse=True)[:top]
+
+
+def fit_fixed_cost(points):
+    """points: [(micro-batches per update, seconds per update)] -> (fixed s per update, s per micro-batch)."""
+    n = len(points)
+    mx = sum(k for k, _ in points) / n
+    my = sum(t for _, t in points) / n
+    sxx = sum((k - mx) ** 2 for k, _ in points)
+    if sxx == 0:
+        raise ValueError("the fit needs at least two different micro-batch counts")
+    slope = sum((k - mx) * (t - my) for k, t in points) / sxx
+    return my - slope * mx, slope

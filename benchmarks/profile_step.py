@@ -54,21 +54,29 @@ def run_updates(step, n, ga):
 
 
 def ga_sweep(accelerator, step, sweep, timed):
-    """Seconds per update at several micro-batch counts per update, in one process after one compilation: the
-    intercept of the fit is what an update costs apart from its micro-batches (fetch, sync, clipping, optimizer)."""
+    """Seconds per update at several micro-batch counts per update, in one process after one compilation, over the
+    same micro-batches for every K (fetched once: the sampler's length order would otherwise give each K other
+    examples): the intercept of the fit is what an update costs apart from its micro-batches (host sync, clipping,
+    optimizer; the fetch is timed apart, per micro-batch)."""
+    fetch0 = time.perf_counter()
+    fixed = step.fetch(max(sweep) * timed)
+    fetch = (time.perf_counter() - fetch0) / len(fixed)
+    accelerator.print(f"[sweep] {len(fixed)} micro-batches fetched once: {fetch * 1e3:.1f} ms each")
     points = []
     for ga in sweep:
         accelerator.gradient_accumulation_steps = ga
         accelerator.step = 0   # accelerate's micro-batch counter: the next update's last micro-batch syncs
-        times = run_updates(step, timed, ga)
-        fetch = sum(f for f, _ in times) / timed
-        total = sum(f + u for f, u in times) / timed
-        points.append((ga, total))
-        accelerator.print(f"[sweep] {ga} micro-batches/update: {total:.4f} s/update (fetch {fetch * 1e3:.1f} ms), "
-                          f"{timed} updates")
+        t0 = time.perf_counter()
+        for i in range(0, len(fixed), ga):
+            step(fixed[i:i + ga])
+        per_update = (time.perf_counter() - t0) / (len(fixed) // ga)
+        points.append((ga, per_update))
+        accelerator.print(f"[sweep] {ga} micro-batches/update: {per_update:.4f} s/update over the same "
+                          f"{len(fixed)} micro-batches")
     if len(points) > 1:
-        fixed, per = step_anatomy.fit_fixed_cost(points)
-        accelerator.print(f"[sweep] fit: {fixed * 1e3:.1f} ms per update + {per * 1e3:.1f} ms per micro-batch")
+        fixed_cost, per = step_anatomy.fit_fixed_cost(points)
+        accelerator.print(f"[sweep] fit: {fixed_cost * 1e3:.1f} ms per update + {per * 1e3:.1f} ms per micro-batch "
+                          "(+ the fetch above)")
 
 
 def trace_gaps(accelerator, step, n, ga):
@@ -125,6 +133,8 @@ def main():
                    "gradient_accumulation_steps x processes; each new epoch restarts the loader)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
+    if args.ga_sweep and any(max(args.ga_sweep) % k for k in args.ga_sweep):
+        p.error(f"--ga-sweep {args.ga_sweep}: each K must divide the largest (the same micro-batches for every K)")
     model = "tiny" if args.tiny else "random:llama-3.2-1b"
     config = "launch/configs/tiny.yaml" if args.tiny else "launch/configs/llama-3.2-1b.yaml"
     out = tempfile.mkdtemp(prefix="toolgen-profile-")

@@ -161,8 +161,12 @@ def test_the_profile_script_sweeps_the_micro_batches_per_update_on_cpu():
     out = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--stage", "agent", "--tiny", "--warmup", "1",
                           "--timed", "1", "--updates", "0", "--examples", "8", "--ga-sweep", "2", "1"], cwd=ROOT,
                          check=True, timeout=600, capture_output=True, text=True).stdout
+    assert "[sweep] 2 micro-batches fetched once" in out
     assert "[sweep] 2 micro-batches/update:" in out and "[sweep] 1 micro-batches/update:" in out
     assert "[sweep] fit:" in out and "Self CPU" not in out
+    bad = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--tiny", "--ga-sweep", "4", "3"], cwd=ROOT,
+                         timeout=600, capture_output=True, text=True)
+    assert bad.returncode == 2 and "each K must divide the largest" in bad.stderr
 
 
 def test_gpu_gaps_union_of_kernels_and_idle_gaps_by_hand(tmp_path):

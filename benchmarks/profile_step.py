@@ -92,9 +92,11 @@ def trace_gaps(accelerator, step, n, ga):
     g = step_anatomy.gpu_gaps(path)
     print(f"[gaps] {n} updates: wall {wall * 1e3 / n:.1f} ms/update, GPU busy {g['busy_us'] / 1e3 / n:.1f}, "
           f"idle within the trace {g['idle_us'] / 1e3 / n:.1f} (in {g['gaps']} gaps >= 0.2 ms: "
-          f"{g['idle_in_gaps_us'] / 1e3 / n:.1f}), outside it {(wall * 1e6 - g['span_us']) / 1e3 / n:.1f}")
+          f"{g['idle_in_gaps_us'] / 1e3 / n:.1f}), outside it {(wall * 1e6 - g['span_us']) / 1e3 / n:.1f}; "
+          f"NCCL kernels {g['nccl_us'] / 1e3 / n:.1f}")
     for gap, before, after in g["largest"]:
         print(f"[gaps]   {gap / 1e3:7.2f} ms after {before} | before {after}")
+    print(f"[gaps] trace (chrome://tracing, Perfetto): {path}")
 
 
 def memory_peak(accelerator, step, n, ga):

@@ -1,7 +1,8 @@
 """Where an update's wall time and memory go, read from what torch records (used by benchmarks/profile_step.py).
 
 gpu_gaps:   a CUDA-only profiler trace (kernels, copies, memsets; no CPU tracing, so the host runs at its own speed)
-            -> the wall time the GPU was busy (the union of its intervals) and the idle gaps between them;
+            -> the wall time the GPU was busy (the union of its intervals), the idle gaps between them, and the time
+            in NCCL kernels (transfer and waiting for the other processes);
 peak_sites: the caching allocator's recorded history over some updates -> the allocated peak and what was live
             there, summed by the code that allocated it;
 fit_fixed_cost: seconds per update against micro-batches per update -> (fixed seconds per update, seconds per
@@ -16,14 +17,15 @@ GPU_WORK = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
 def gpu_gaps(trace_path, min_gap_us=200.0, top=6):
-    """{busy_us, span_us, idle_us, gaps: count of idle gaps >= min_gap_us, idle_in_gaps_us, largest: [(gap us,
-    kernel before, kernel after)]} over every GPU stream of the trace together (one device)."""
+    """{busy_us, span_us, idle_us, gaps: count of idle gaps >= min_gap_us, idle_in_gaps_us, nccl_us: summed NCCL kernel
+    time, largest: [(gap us, kernel before, kernel after)]} over every GPU stream of the trace together (one device)."""
     with open(trace_path, encoding="utf-8") as f:
         events = json.load(f)["traceEvents"]
     work = sorted((float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)), e.get("name", "?"))
                   for e in events if e.get("ph") == "X" and e.get("cat") in GPU_WORK)
     if not work:
-        return {"busy_us": 0.0, "span_us": 0.0, "idle_us": 0.0, "gaps": 0, "idle_in_gaps_us": 0.0, "largest": []}
+        return {"busy_us": 0.0, "span_us": 0.0, "idle_us": 0.0, "gaps": 0, "nccl_us": 0.0, "idle_in_gaps_us": 0.0,
+                "largest": []}
     busy, gaps = 0.0, []
     start, end, end_name = work[0]
     for s, e, name in work[1:]:
@@ -36,7 +38,10 @@ def gpu_gaps(trace_path, min_gap_us=200.0, top=6):
             end, end_name = e, name
     busy += end - start
     span = end - work[0][0]
-    return {"busy_us": busy, "span_us": span, "idle_us": span - busy, "gaps": len(gaps),
+    # NCCL's kernels run from the moment a collective is launched until every process has joined it: their time is
+    # the data's transfer plus the wait for the slowest process
+    nccl = sum(e - s for s, e, name in work if "nccl" in name.lower())
+    return {"busy_us": busy, "span_us": span, "idle_us": span - busy, "gaps": len(gaps), "nccl_us": nccl,
             "idle_in_gaps_us": sum(g for g, _, _ in gaps), "largest": sorted(gaps, reverse=True)[:top]}
 
 

@@ -174,12 +174,14 @@ def test_gpu_gaps_union_of_kernels_and_idle_gaps_by_hand(tmp_path):
               {"ph": "X", "cat": "kernel", "name": "b", "ts": 50, "dur": 100},        # overlaps a: busy 0-150
               {"ph": "X", "cat": "gpu_memcpy", "name": "c", "ts": 450, "dur": 50},    # gap 150-450: 300 us
               {"ph": "X", "cat": "kernel", "name": "d", "ts": 600, "dur": 100},       # gap 500-600: 100 us (< 200)
+              {"ph": "X", "cat": "kernel", "name": "ncclDevKernel_AllReduce", "ts": 620, "dur": 30},   # within d
               {"ph": "X", "cat": "cpu_op", "name": "ignored", "ts": 0, "dur": 10_000}]
     path = tmp_path / "trace.json"
     path.write_text(json.dumps({"traceEvents": events}))
     g = step_anatomy.gpu_gaps(str(path), min_gap_us=200)
     assert g["busy_us"] == 150 + 50 + 100 and g["span_us"] == 700 and g["idle_us"] == 400
     assert g["gaps"] == 1 and g["idle_in_gaps_us"] == 300 and g["largest"] == [(300, "b", "c")]
+    assert g["nccl_us"] == 30
 
 
 def test_peak_sites_replays_allocations_to_the_peak_by_hand():

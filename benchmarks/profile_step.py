@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from statistics import linear_regression
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -73,10 +74,10 @@ def ga_sweep(accelerator, step, sweep, timed):
         points.append((ga, per_update))
         accelerator.print(f"[sweep] {ga} micro-batches/update: {per_update:.4f} s/update over the same "
                           f"{len(fixed)} micro-batches")
-    if len(points) > 1:
-        fixed_cost, per = step_anatomy.fit_fixed_cost(points)
-        accelerator.print(f"[sweep] fit: {fixed_cost * 1e3:.1f} ms per update + {per * 1e3:.1f} ms per micro-batch "
-                          "(+ the fetch above)")
+    if len(set(sweep)) > 1:   # least squares: s/update = fixed + K x per micro-batch
+        fit = linear_regression([k for k, _ in points], [t for _, t in points])
+        accelerator.print(f"[sweep] fit: {fit.intercept * 1e3:.1f} ms per update + {fit.slope * 1e3:.1f} ms per "
+                          "micro-batch (+ the fetch above)")
 
 
 def trace_gaps(accelerator, step, n, ga):

@@ -4,9 +4,7 @@ gpu_gaps:   a CUDA-only profiler trace (kernels, copies, memsets; no CPU tracing
             -> the wall time the GPU was busy (the union of its intervals), the idle gaps between them, and the time
             in NCCL kernels (transfer and waiting for the other processes);
 peak_sites: the caching allocator's recorded history over some updates -> the allocated peak and what was live
-            there, summed by the code that allocated it;
-fit_fixed_cost: seconds per update against micro-batches per update -> (fixed seconds per update, seconds per
-            micro-batch), least squares.
+            there, summed by the code that allocated it.
 """
 
 import json
@@ -52,34 +50,30 @@ def _site(frames, depth=3):
     return " < ".join(f"{os.path.basename(f['filename'])}:{f['line']}:{f['name']}" for f in keep[:depth]) or "?"
 
 
-def peak_sites(snapshot, device, baseline_bytes, top=12):
-    """Replay the recorded allocations and frees of `device` from `baseline_bytes` (allocated when recording began)
-    -> (peak bytes, [(bytes live at the peak, site)] largest first). Blocks allocated before the recording are the
-    baseline (weights, optimizer states): they are not in the history."""
-    trace = snapshot["device_traces"][device]
-    live, current, peak, at_peak = {}, baseline_bytes, baseline_bytes, {}
-    for entry in trace:
-        action = entry["action"]
-        if action == "alloc":
+def _replay(trace, baseline_bytes, stop=None):
+    """The allocations and frees of trace[:stop] -> (blocks live at the end {addr: (bytes, site)}, the highest
+    allocated bytes reached, the index of the entry that reached it)."""
+    live, current, peak, peak_at = {}, baseline_bytes, baseline_bytes, -1
+    for i, entry in enumerate(trace[:stop]):
+        if entry["action"] == "alloc":
             live[entry["addr"]] = (entry["size"], _site(entry.get("frames", [])))
             current += entry["size"]
             if current > peak:
-                peak, at_peak = current, dict(live)
-        elif action == "free_completed" and entry["addr"] in live:
+                peak, peak_at = current, i
+        elif entry["action"] == "free_completed" and entry["addr"] in live:
             current -= live.pop(entry["addr"])[0]
+    return live, peak, peak_at
+
+
+def peak_sites(snapshot, device, baseline_bytes, top=12):
+    """Replay the recorded allocations and frees of `device` from `baseline_bytes` (allocated when recording began)
+    -> (peak bytes, [(bytes live at the peak, site)] largest first). Blocks allocated before the recording are the
+    baseline (weights, optimizer states): they are not in the history. Two passes: the first finds the peak, the
+    second stops there (no copy of the live blocks at every new high)."""
+    trace = snapshot["device_traces"][device]
+    _, peak, peak_at = _replay(trace, baseline_bytes)
+    at_peak, _, _ = _replay(trace, baseline_bytes, peak_at + 1)
     by_site = defaultdict(int)
     for size, site in at_peak.values():
         by_site[site] += size
     return peak, sorted(((b, s) for s, b in by_site.items()), reverse=True)[:top]
-
-
-def fit_fixed_cost(points):
-    """points: [(micro-batches per update, seconds per update)] -> (fixed s per update, s per micro-batch)."""
-    n = len(points)
-    mx = sum(k for k, _ in points) / n
-    my = sum(t for _, t in points) / n
-    sxx = sum((k - mx) ** 2 for k, _ in points)
-    if sxx == 0:
-        raise ValueError("the fit needs at least two different micro-batch counts")
-    slope = sum((k - mx) * (t - my) for k, t in points) / sxx
-    return my - slope * mx, slope

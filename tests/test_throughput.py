@@ -197,9 +197,3 @@ def test_peak_sites_replays_allocations_to_the_peak_by_hand():
     assert peak == 1150   # 1000 + 100 + 50; after the free 1000 + 50 + 30 = 1080 never passes it
     assert sites == [(100, "loss.py:7:target_loss"), (50, "step.py:3:update")]
 
-
-def test_fixed_cost_fit_by_hand():
-    fixed, per = step_anatomy.fit_fixed_cost([(8, 0.85), (4, 0.45), (2, 0.25), (1, 0.15)])
-    assert fixed == pytest.approx(0.05) and per == pytest.approx(0.1)
-    with pytest.raises(ValueError):
-        step_anatomy.fit_fixed_cost([(2, 0.3), (2, 0.31)])

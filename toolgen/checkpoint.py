@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 
 
 @contextlib.contextmanager
@@ -20,15 +20,11 @@ def atomic_folder(final):
     temporary folder is removed and `final` is left as it was.
     """
     final = os.path.normpath(final)
-    parent, name = os.path.split(final)
-    os.makedirs(parent or ".", exist_ok=True)
     # names of this writer's own: two processes that build the same cache folder at once (two benchmark jobs
     # starting side by side) must not remove each other's half-written folder; the last to finish wins
-    tmp = tempfile.mkdtemp(prefix=name + ".tmp-", dir=parent or ".")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)   # as os.makedirs would make it (mkdtemp's folder is private to its owner)
-    old = final + ".old-" + os.path.basename(tmp)[len(name) + len(".tmp-"):]
+    suffix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp, old = f"{final}.tmp-{suffix}", f"{final}.old-{suffix}"
+    os.makedirs(tmp)
     try:
         yield tmp
     except BaseException:

@@ -108,16 +108,17 @@ def candidate_score(metrics, folder):
 
 
 def choose(args):
-    """The sweep's pick: among the candidates (replay_fraction:learning_rate[:train[:epochs[:lora_lr[:distill]]]])
-    that fit the time target (within_time), the best validation score -> chosen.json, which the timed addition then
-    uses. Test queries play no part."""
+    """The sweep's pick: among the candidates
+    (replay_fraction:learning_rate[:train[:epochs[:lora_lr[:distill[:layers[:new]]]]]]) that fit the time target
+    (within_time), the best validation score -> chosen.json, which the timed addition then uses. Test queries play
+    no part."""
     scores = {}
     for cand in args.candidates:
         folder = "sweep_" + cand.replace(":", "_")
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
     fits, time_note = within_time(args.run, args.candidates, args.time_share)
     best = max(fits, key=scores.get)
-    replay, lr, train, epochs, lora_lr, distill = (best.split(":") + [""] * 4)[:6]   # see the docstring
+    replay, lr, train, epochs, lora_lr, distill, layers, new = (best.split(":") + [""] * 6)[:8]   # the docstring
     chosen = {"replay_fraction": float(replay), "learning_rate": float(lr),
               "train": train or "all"}   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
     if epochs:   # else the config's stages.add_tools.epochs
@@ -127,6 +128,10 @@ def choose(args):
         chosen["lora_learning_rate"] = float(lora_lr)
     if distill:   # add_tools.distill_weight: the KL that keeps the old tools' order (toolgen/distill.py)
         chosen["distill_weight"] = float(distill)
+    if layers:   # add_tools.lora_layers: only the last layers' LoRA moves (the teacher reruns those alone)
+        chosen["lora_layers"] = int(layers)
+    if new:   # add_tools.distill_new_tools: at old targets the KL holds the new tools down too
+        chosen["distill_new_tools"] = True
     write_json(os.path.join(args.run, "chosen.json"), {**chosen, "validation_scores": scores, "rule": RULE,
                                                        "time": time_note,
                                                        "validation_old_only": old_only(args.run, args.candidates)})
@@ -271,7 +276,9 @@ def chosen_flags(args):
               f"--set stages.add_tools.learning_rate={c['learning_rate']} --set add_tools.train={c.get('train', 'all')}"
               + (f" --set stages.add_tools.epochs={c['epochs']}" if "epochs" in c else "")
               + (f" --set add_tools.lora_learning_rate={c['lora_learning_rate']}" if "lora_learning_rate" in c else "")
-              + (f" --set add_tools.distill_weight={c['distill_weight']}" if "distill_weight" in c else ""))
+              + (f" --set add_tools.distill_weight={c['distill_weight']}" if "distill_weight" in c else "")
+              + (f" --set add_tools.lora_layers={c['lora_layers']}" if "lora_layers" in c else "")
+              + (" --set add_tools.distill_new_tools=true" if c.get("distill_new_tools") else ""))
 
 
 def main(argv=None):

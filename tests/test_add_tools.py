@@ -431,6 +431,20 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
                             str(tmp_path / "distill")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert flags.split()[-2:] == ["--set", "add_tools.distill_weight=5.0"]
+    # a seventh: add_tools.lora_layers (only the last layers' LoRA moves)
+    scores = {"0.5:1e-2:new_rows_lora:1:1e-3:5:4": (1.0, 0.80), "0.5:1e-2:new_rows_lora:1:1e-3:5": (1.0, 0.70)}
+    chosen = sweep_choice(tmp_path / "layers", scores, 1, dict.fromkeys(scores, 0.97))
+    assert (chosen["lora_learning_rate"], chosen["distill_weight"], chosen["lora_layers"]) == (1e-3, 5.0, 4)
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "layers")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags.split()[-4:] == ["--set", "add_tools.distill_weight=5.0", "--set", "add_tools.lora_layers=4"]
+    # an eighth: "new" for add_tools.distill_new_tools
+    scores = {"0.5:1e-2:new_rows_lora:1:1e-3:5:4:new": (1.0, 0.80), "0.5:1e-2:new_rows_lora:1:1e-3:5:4": (1.0, 0.70)}
+    chosen = sweep_choice(tmp_path / "guard", scores, 1, dict.fromkeys(scores, 0.97))
+    assert (chosen["lora_layers"], chosen["distill_new_tools"]) == (4, True)
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "guard")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags.split()[-2:] == ["--set", "add_tools.distill_new_tools=true"]
 
 
 def test_the_sweep_keeps_to_the_time_target(tmp_path):

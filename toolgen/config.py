@@ -144,6 +144,12 @@ class AddToolsConfig:
     distill_weight: float = 0.0       # > 0: + weight * KL(parent || stage) over the old tools at every tool target
     #                                   (toolgen/distill.py: keeps their order while the LoRA moves; train all or
     #                                   new_rows_lora; one more forward pass per micro-batch)
+    distill_new_tools: bool = False   # with distill_weight: at an old tool's target the teacher gives the new tools
+    #                                   no mass, so the KL also pulls their share down there (they climbed over old
+    #                                   tools on old queries: toolgen/distill.py); at a new tool's target, as before
+    lora_layers: int = 0              # new_rows_lora: > 0 trains the LoRA of the last N decoder layers only (0: all);
+    #                                   the layers below run without gradient and the teacher reruns the N alone
+    #                                   (models.train_new_rows_only, distill.TopLayers: a cheaper step)
 
 
 @dataclass
@@ -182,7 +188,7 @@ POSITIVE = {"r", "alpha", "learning_rate", "max_length", "per_device_batch_size"
             "logging_steps", "pack_to_multiple_of", "epochs", "rrf_k", "prior_weight", "memorization_repeats",
             "multi_queries_per_api"}
 NOT_NEGATIVE = {"dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "save_steps", "num_workers", "gc_every",
-                "seed", "lora_learning_rate", "distill_weight"}
+                "seed", "lora_learning_rate", "distill_weight", "lora_layers"}
 BELOW_ONE = {"add_tools.replay_fraction"}   # a share in [0, 1): 1 would leave no room for the new tools' examples
 
 
@@ -294,6 +300,12 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{where}: add_tools.lora_learning_rate={cfg.add_tools.lora_learning_rate} with "
                           f"add_tools.train={cfg.add_tools.train}: it is the LoRA weights' rate of new_rows_lora only "
                           "(> 0 there, 0 otherwise)")
+    if cfg.add_tools.distill_new_tools and not cfg.add_tools.distill_weight:
+        raise ConfigError(f"{where}: add_tools.distill_new_tools=true needs add_tools.distill_weight > 0 (it widens "
+                          "the distillation's KL to the new tools)")
+    if cfg.add_tools.lora_layers and cfg.add_tools.train != "new_rows_lora":
+        raise ConfigError(f"{where}: add_tools.lora_layers={cfg.add_tools.lora_layers} with add_tools.train="
+                          f"{cfg.add_tools.train}: it chooses the LoRA layers that new_rows_lora trains (0 otherwise)")
     if cfg.add_tools.distill_weight and cfg.add_tools.train not in ("all", "new_rows_lora"):
         raise ConfigError(f"{where}: add_tools.distill_weight={cfg.add_tools.distill_weight} with add_tools.train="
                           f"{cfg.add_tools.train}: the LoRA and the old rows are frozen there, so the old tools' "

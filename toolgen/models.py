@@ -254,7 +254,15 @@ def load_stage(stage_dir, model_cfg=None, trainable=False, device_map=None):
     return tokenizer, model, tool_ids
 
 
-def train_new_rows_only(model, n_old, head_only=False, keep_lora=False):
+def decoder_layers(model):
+    """A peft model's decoder layers and the norm after them (Llama, Qwen2, Mistral: model.model.layers / .norm)."""
+    decoder = model.get_base_model().get_decoder()
+    if not (isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList) and hasattr(decoder, "norm")):
+        raise ValueError(f"{type(decoder).__name__} has no .layers list and .norm: add_tools.lora_layers needs them")
+    return decoder.layers, decoder.norm
+
+
+def train_new_rows_only(model, n_old, head_only=False, keep_lora=False, lora_layers=0):
     """add_tools.train=new_rows: every parameter frozen but the tool-row deltas, and in those the first n_old rows (the
     parent's tools: extend_adapter puts them first) get a zero gradient. With no weight decay, Adam then leaves them
     exactly as they were (zero moments, zero update): the parent's LoRA and rows are bit-identical after the stage.
@@ -265,14 +273,29 @@ def train_new_rows_only(model, n_old, head_only=False, keep_lora=False):
     ones that read it (in stage 1-2 examples a tool token is almost only a target). A tied table still shows the
     trained rows at the input; an untied model's input rows of the new tools keep their initialisation.
     keep_lora (add_tools.train=new_rows_lora): the LoRA weights stay trainable too (lora_param_groups gives them
-    their own learning rate); the old rows are still held."""
+    their own learning rate); the old rows are still held.
+    lora_layers (add_tools.lora_layers, with keep_lora): only the LoRA weights of the last lora_layers decoder layers
+    train. The input embeddings leave the graph as in head_only, so the layers below (the trunk) run without gradient
+    and the backward pass covers the top layers alone; the trunk's LoRA dropout is switched off: its weights are the
+    parent's, its output is then exactly the parent's, and the distillation's teacher can start from it
+    (distill.TopLayers)."""
     for name, p in model.named_parameters():
         if "trainable_tokens_delta" in name:
             if p.requires_grad:   # the parent's rows come first: their gradient is held at zero
                 p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:n_old]), g[n_old:]]))
         elif not (keep_lora and "lora_" in name):
             p.requires_grad_(False)
-    if head_only:
+    if lora_layers:
+        layers, _ = decoder_layers(model)
+        if not 0 < lora_layers <= len(layers):
+            raise ValueError(f"add_tools.lora_layers={lora_layers}: the model has {len(layers)} decoder layers")
+        for layer in layers[:len(layers) - lora_layers]:
+            layer.requires_grad_(False)
+            for module in layer.modules():
+                dropout = getattr(module, "lora_dropout", None)
+                for key in dropout or ():   # peft's ModuleDict of the adapters' dropouts
+                    dropout[key] = torch.nn.Identity()
+    if head_only or lora_layers:
         model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.detach())
 
 

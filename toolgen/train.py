@@ -37,7 +37,7 @@ from toolgen.config import ADD_TOOLS, ALL_STAGES, STAGES, ConfigError, flatten, 
 from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
                                  uses_deepspeed)
-from toolgen.distill import OldToolDistillation, old_tool_ids  # noqa: E402
+from toolgen.distill import OldToolDistillation, TopLayers, old_tool_ids  # noqa: E402
 from toolgen.head_loss import chunked_target_loss  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
@@ -216,8 +216,12 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         old = tokens.parent_token_count(parent_dir, data_dir) if args.stage == ADD_TOOLS.name else None
         model = models.stage_adapter(model, cfg.lora, tool_ids, parent_dir, old)
         if old is not None and cfg.add_tools.train != "all":
-            models.train_new_rows_only(model, old, head_only=cfg.add_tools.train == "new_rows_head",
-                                       keep_lora=cfg.add_tools.train == "new_rows_lora")
+            try:
+                models.train_new_rows_only(model, old, head_only=cfg.add_tools.train == "new_rows_head",
+                                           keep_lora=cfg.add_tools.train == "new_rows_lora",
+                                           lora_layers=cfg.add_tools.lora_layers)
+            except ValueError as e:   # lora_layers beyond the model's layers, or a model without a layer list
+                raise StageError(str(e)) from None
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)
@@ -246,8 +250,10 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     # add_tools with distillation: the parent's weights, as they are now, are the teacher of the old tools' order
     loss_fn = why = None
     if old is not None and cfg.add_tools.distill_weight > 0:
+        k = cfg.add_tools.lora_layers   # only the last k layers move: the teacher reruns those alone
+        top = TopLayers(accelerator.unwrap_model(model, keep_torch_compile=False), k) if k else None
         loss_fn = OldToolDistillation(params, tool_ids, old_tool_ids(data_dir, tool_tokens, tool_ids, old),
-                                      cfg.add_tools.distill_weight)
+                                      cfg.add_tools.distill_weight, top, cfg.add_tools.distill_new_tools)
         why = "the distillation reads the logits" if cfg.train.chunked_loss else None
     elif cfg.train.chunked_loss:
         zero3 = getattr(plugin, "zero_stage", 0) == 3

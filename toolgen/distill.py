@@ -146,9 +146,7 @@ def kl_to_wider(teacher_logits, student_logprobs):
 
 def kl_old_tools(teacher_logits, student_logits):
     """Sum over positions of KL(softmax(teacher) || softmax(student)), both [positions x old tools]."""
-    t = torch.log_softmax(teacher_logits.float(), -1)
-    s = torch.log_softmax(student_logits.float(), -1)
-    return (t.exp() * (t - s)).sum()
+    return kl_to_wider(teacher_logits, torch.log_softmax(student_logits.float(), -1))
 
 
 def old_tool_ids(data_dir, tool_tokens, tool_ids, n_old):

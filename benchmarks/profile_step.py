@@ -63,7 +63,7 @@ def ga_sweep(accelerator, step, sweep, timed):
     fixed = step.fetch(max(sweep) * timed)
     fetch = (time.perf_counter() - fetch0) / len(fixed)
     accelerator.print(f"[sweep] {len(fixed)} micro-batches fetched once: {fetch * 1e3:.1f} ms each")
-    points = []
+    points, configured = [], accelerator.gradient_accumulation_steps
     for ga in sweep:
         accelerator.gradient_accumulation_steps = ga
         accelerator.step = 0   # accelerate's micro-batch counter: the next update's last micro-batch syncs
@@ -74,6 +74,7 @@ def ga_sweep(accelerator, step, sweep, timed):
         points.append((ga, per_update))
         accelerator.print(f"[sweep] {ga} micro-batches/update: {per_update:.4f} s/update over the same "
                           f"{len(fixed)} micro-batches")
+    accelerator.gradient_accumulation_steps, accelerator.step = configured, 0   # the profiled updates are the config's
     if len(set(sweep)) > 1:   # least squares: s/update = fixed + K x per micro-batch
         fit = linear_regression([k for k, _ in points], [t for _, t in points])
         accelerator.print(f"[sweep] fit: {fit.intercept * 1e3:.1f} ms per update + {fit.slope * 1e3:.1f} ms per "
@@ -173,7 +174,7 @@ def main():
     if args.updates:
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
         with torch.profiler.profile(activities=activities) as prof:
-            run_updates(step, args.updates, accelerator.gradient_accumulation_steps)
+            run_updates(step, args.updates, ga)
         for key in ("self_cpu_time_total",) + (("self_cuda_time_total",) if cuda else ()):
             accelerator.print(prof.key_averages().table(sort_by=key, row_limit=args.rows))
 

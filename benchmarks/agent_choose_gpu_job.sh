@@ -30,6 +30,9 @@
 # batch of stages 1-2 and the agent's accumulation divided by N), the variants' agent stages one after another.
 # Another base: QCONF=benchmarks/configs/quality-qwen15.yaml GGUF_IN=qwen15.gguf (the file's name in $IN; it is
 # linked where QCONF's model.name says).
+# A variant trained otherwise on another variant's data: VARIANT_DATA_<V>=<W> (V uses qdata_W.tar.xz; W=main:
+# qdata.tar.xz) and VARIANT_SETS_<V>="key=value ..." (more --set for V's agent stage), e.g. VARIANTS="ids idsfit"
+# VARIANT_DATA_idsfit=ids VARIANT_SETS_idsfit="stages.agent.long_examples=fit".
 # Runs (benchmarks/results/quality.md):
 #   - 2026-11-27 (1), one H100: the names stage's eight validation loops (plain, block) beside the params stage's
 #     training filled the GPU (100 %, 78 GB): training 1.7x slower, loops cut. The params stage was stopped, and
@@ -113,8 +116,14 @@ back() {   # STAGE_DIR NAME: the stage folder to bring back, in pieces under a r
 trap pack EXIT
 say "start on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 install_wheels
+data_of() { local d="VARIANT_DATA_$1"; echo "${!d:-$1}"; }   # the variant whose prepared folder V trains on
 for v in main "${ALL_V[@]}"; do   # the prepared folder of each variant: $RUN/data_V (main's trains stages 1-2 in any case)
   [ -d "$RUN/data_$v" ] && continue
+  w=$(data_of "$v")
+  if [ "$w" != "$v" ]; then   # another variant's folder (its own name, so that the loops and the packing find it)
+    [ -d "$RUN/data_$w" ] || { say "VARIANT_DATA_$v=$w: $w is not in main or VARIANTS before $v"; exit 2; }
+    ln -sfn "data_$w" "$RUN/data_$v"; continue
+  fi
   f=$IN/qdata.tar.xz; [ "$v" = main ] || f=$IN/qdata_$v.tar.xz
   waitfor "$f"; mkdir -p "$RUN/x_$v"; tar xJf "$f" -C "$RUN/x_$v"; mv "$RUN/x_$v/data" "$RUN/data_$v"
 done
@@ -141,6 +150,7 @@ fi
 running=() i=0
 for v in "${ALL_V[@]}"; do
   parent=(); [ "$v" = main ] || parent=(--parent "$RETR")
+  sets_of="VARIANT_SETS_$v"; for kv in ${!sets_of:-}; do parent+=(--set "$kv"); done
   ON=$(card $i) train "$RUN/$v" "$RUN/data_$v" agent "train_agent_$v" "${FAST[@]}" ${parent[@]+"${parent[@]}"} & running+=($!); i=$((i + 1))
   if [ "${#running[@]}" -ge "$PARALLEL" ]; then   # the oldest first (stages of one size end in about that order)
     wait "${running[0]}" || say "an agent stage failed"; running=("${running[@]:1}")

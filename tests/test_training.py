@@ -77,7 +77,7 @@ def test_what_max_length_cuts_is_counted_and_said(sample_data, tmp_path, capsys)
     dataset, cut = stage_dataset(tokenizer, str(tmp_path / "stage.json"), first_end + 5)
     assert dataset.column_names == ["input_ids", "labels"]
     assert cut == {"examples": 2, "examples_cut": 1, "target_tokens": n_targets(full["labels"]) + n_targets(
-        tokenize_messages(tokenizer, short)["labels"]), "target_tokens_cut": second}
+        tokenize_messages(tokenizer, short)["labels"]), "target_tokens_cut": second, "examples_fitted": 0}
     _, cut = stage_dataset(tokenizer, str(tmp_path / "stage.json"), len(full["input_ids"]))
     assert cut["examples_cut"] == cut["target_tokens_cut"] == 0
     data = tmp_path / "data"   # the two examples as a memorization file (any stage file would do)
@@ -127,7 +127,7 @@ def test_tokenized_stage_files_are_made_again_when_the_code_changes(sample_data,
     before, _ = collate.stage_dataset(tokenizer, str(path), 160)
     again, _ = collate.stage_dataset(tokenizer, str(path), 160)
     assert again.cache_files == before.cache_files   # unchanged code: the cached file is read
-    monkeypatch.setattr(collate, "_segments", lambda tok, messages: [(messages[0]["content"], True)])
+    monkeypatch.setattr(collate, "_segments", lambda tok, messages, owners=None: [(messages[0]["content"], True)])
     monkeypatch.setattr(collate, "CODE", "another version of collate.py")
     changed, _ = collate.stage_dataset(tokenizer, str(path), 160)
     assert changed["input_ids"] != before["input_ids"] and changed.cache_files != before.cache_files

@@ -8,6 +8,8 @@ learns the answer and the end-of-turn marker, never the prompt, the role headers
 
 import contextlib
 import hashlib
+import itertools
+import os
 
 import torch
 
@@ -44,12 +46,15 @@ def segment(tokenizer, messages, i, done):
     return out, full
 
 
-def _segments(tokenizer, messages):
-    """[(text, carries_loss)] whose concatenation is the rendering of the whole conversation."""
+def _segments(tokenizer, messages, owners=None):
+    """[(text, carries_loss)] whose concatenation is the rendering of the whole conversation; `owners`, a list,
+    receives the index of the message each segment belongs to."""
     out, done = [], ""
     for i in range(len(messages)):
         parts, done = segment(tokenizer, messages, i, done)
         out += parts
+        if owners is not None:
+            owners += [i] * len(parts)
     return out
 
 
@@ -86,19 +91,63 @@ def _targets(labels):
     return sum(l != IGNORE for l in labels[1:])   # loss.count_targets: the first label is never predicted
 
 
-def _tokenized_with_cut(tokenizer, batch, max_length):
+def _tokenized_with_cut(tokenizer, batch, max_length, fit_order=None):
     """A batch of conversations -> tokenize_messages of each (one tokenizer call for all their segments), plus how
-    many target tokens each has and how many max_length cut off."""
-    segments = [_segments(tokenizer, messages) for messages in batch]
+    many target tokens each has and how many max_length cut off. With fit_order (an observation order: the stage's
+    long_examples is "fit"), a conversation with tool results that max_length cuts also gives the answers cut off as
+    a second row, a "tail" (fitted_tail)."""
+    owners = [[] for _ in batch]
+    segments = [_segments(tokenizer, messages, own) for messages, own in zip(batch, owners)]
     ids = iter(_encode(tokenizer, [seg for segs in segments for seg in segs]))
-    out = {"input_ids": [], "labels": [], "targets": [], "targets_cut": []}
-    for segs in segments:
-        input_ids, labels = _joined(segs, [next(ids) for _ in segs])
-        cut = _truncated(input_ids, labels, max_length)
-        targets = _targets(labels)
-        for key, value in (*cut.items(), ("targets", targets), ("targets_cut", targets - _targets(cut["labels"]))):
-            out[key].append(value)
+    out = {"input_ids": [], "labels": [], "targets": [], "targets_cut": [], "tail": []}
+    for messages, segs, own in zip(batch, segments, owners):
+        seg_ids = [next(ids) for _ in segs]
+        input_ids, labels = _joined(segs, seg_ids)
+        rows = [_truncated(input_ids, labels, max_length)]
+        if fit_order and len(input_ids) > max_length and any(l != IGNORE for l in labels[:max_length]) \
+                and any(m["role"] == "tool" for m in messages):
+            rows = fitted_tail(tokenizer, messages, segs, seg_ids, own, max_length, fit_order)
+        targets, kept = _targets(labels), sum(_targets(row["labels"]) for row in rows)
+        for n, row in enumerate(rows):
+            for key, value in (*row.items(), ("targets", targets if n == 0 else 0),
+                               ("targets_cut", targets - kept if n == 0 else 0), ("tail", n > 0)):
+                out[key].append(value)
     return out
+
+
+def fitted_tail(tokenizer, messages, segments, seg_ids, owners, max_length, order):
+    """A conversation longer than max_length whose start holds a target -> [its start, its tail]:
+        - the start: its first max_length tokens, trained on the answers that end within them;
+        - the tail: the whole conversation with its older tool results shortened, oldest first, until it fits
+          (observations.fit_context: the agent loop's own shortening, in the stage data's observation order),
+          trained on the answers the start cut (so every answer is trained once).
+    Why: the agent loop shortens old results when a prompt outgrows its context budget (the stage's max_length), so
+    the later calls of a long trajectory run on a shortened history; cut at max_length instead, the stage never
+    trains them. The tail is shortened as much as its last answer needs, so its earlier answers see a little less
+    history than the loop would show them. [start] alone when even a stub in place of every result does not fit.
+    segments, seg_ids, owners: the conversation's (text, carries_loss), their token ids and their messages."""
+    from toolgen.observations import fit_context
+    ends = {}   # message index -> the token offset where it ends
+    for i, seg in zip(owners, itertools.accumulate(map(len, seg_ids))):
+        ends[i] = seg
+    start_ids, start_labels = [], []
+    for i, (_, loss), seg in zip(owners, segments, seg_ids):
+        start_ids += seg
+        start_labels += seg if loss and ends[i] <= max_length else [IGNORE] * len(seg)
+    start = {"input_ids": start_ids[:max_length], "labels": start_labels[:max_length]}
+    rest = [dict(m, loss=bool(m.get("loss")) and ends[i] > max_length) for i, m in enumerate(messages)]
+    if not any(m["loss"] for m in rest):   # what max_length cut holds no answer
+        return [start]
+    view = fit_context(rest, lambda v: len(_joined_messages(tokenizer, v)[0]) <= max_length, order)
+    if view is None:
+        return [start]
+    input_ids, labels = _joined_messages(tokenizer, view)
+    return [start, {"input_ids": input_ids, "labels": labels}]
+
+
+def _joined_messages(tokenizer, messages):
+    segments = _segments(tokenizer, messages)
+    return _joined(segments, _encode(tokenizer, segments))
 
 
 def prompt_ids(tokenizer, messages):
@@ -205,23 +254,29 @@ class LengthGroupedSampler(torch.utils.data.Sampler):
         return iter(grouped)
 
 
-def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextlib.nullcontext):
+def stage_dataset(tokenizer, data_file, max_length, main_process_first=contextlib.nullcontext, long_examples="cut"):
     """A stage file -> (datasets.Dataset of {"input_ids", "labels"}, tokenized with loss masks and cached by datasets;
-    what max_length cut: {"examples", "examples_cut", "target_tokens", "target_tokens_cut"}). A long example keeps its
-    start (its end when the start holds no target), so the targets cut are mostly its last turns (an agent
-    trajectory's later calls and Finish): the loop says so.
+    what max_length cut: {"examples", "examples_cut", "target_tokens", "target_tokens_cut", "examples_fitted"}). A
+    long example keeps its start (its end when the start holds no target), so the targets cut are mostly its last
+    turns (an agent trajectory's later calls and Finish): the loop says so. long_examples="fit": a long example with
+    tool results also gives a second row that trains those turns on a shortened history, as the agent loop shows it
+    (fitted_tail; the observation order is the one the data folder was prepared in).
     benchmarks/trainer_baseline.py feeds the same examples to the HF Trainer."""
     from datasets import load_dataset
     from datasets.fingerprint import Hasher
+    from toolgen.data.agent_sources import prepared_observation
+    fit_order = prepared_observation(os.path.dirname(data_file))[1] if long_examples == "fit" else None
     dataset = load_dataset("json", data_files=data_file, split="train")
-    fingerprint = Hasher.hash([dataset._fingerprint, CODE, tokenizer, max_length])
+    fingerprint = Hasher.hash([dataset._fingerprint, CODE, tokenizer, max_length, fit_order])
     with main_process_first():   # one process tokenizes, the others read its cache
-        dataset = dataset.map(lambda batch: _tokenized_with_cut(tokenizer, batch["messages"], max_length),
+        dataset = dataset.map(lambda batch: _tokenized_with_cut(tokenizer, batch["messages"], max_length, fit_order),
                               batched=True, batch_size=256, remove_columns=dataset.column_names,
                               new_fingerprint=fingerprint, desc=f"tokenizing {data_file}")
-    cut = {"examples": len(dataset), "examples_cut": sum(c > 0 for c in dataset["targets_cut"]),
-           "target_tokens": sum(dataset["targets"]), "target_tokens_cut": sum(dataset["targets_cut"])}
-    return dataset.remove_columns(["targets", "targets_cut"]), cut
+    tails = sum(dataset["tail"])
+    cut = {"examples": len(dataset) - tails, "examples_cut": sum(c > 0 for c in dataset["targets_cut"]),
+           "target_tokens": sum(dataset["targets"]), "target_tokens_cut": sum(dataset["targets_cut"]),
+           "examples_fitted": tails}
+    return dataset.remove_columns(["targets", "targets_cut", "tail"]), cut
 
 
 def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=contextlib.nullcontext,
@@ -231,7 +286,8 @@ def stage_loader(tokenizer, data_file, stage_cfg, train_cfg, main_process_first=
     `per_device_batch_size` examples; with several processes each update's examples re-dealt among them
     (toolgen/balance.py, train.balance_processes)."""
     from torch.utils.data import DataLoader, RandomSampler
-    dataset, cut = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first)
+    dataset, cut = stage_dataset(tokenizer, data_file, stage_cfg.max_length, main_process_first,
+                                 stage_cfg.long_examples)
     batch = stage_cfg.per_device_batch_size
     balance = processes > 1 and train_cfg.balance_processes
     lengths = [len(ids) for ids in dataset["input_ids"]] if train_cfg.group_by_length or balance else None

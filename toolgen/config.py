@@ -80,6 +80,9 @@ class StageConfig:
     gradient_accumulation_steps: int = 1
     max_steps: int = -1               # > 0 stops early (smoke runs)
     gradient_checkpointing: bool = False  # this stage only (e.g. the agent's long contexts); model.* turns it on for all
+    long_examples: str = "cut"        # cut: an example longer than max_length keeps its start; fit: one with tool
+    #                                   results also trains the answers cut off, on its history shortened as the agent
+    #                                   loop shortens it (old results first: collate.fitted_tail)
 
 
 @dataclass
@@ -178,6 +181,7 @@ CHOICES = {
     "retrieval.fusion": ("rrf", "weighted"),
     "add_tools.train": ("all", "new_rows", "new_rows_head", "new_rows_lora"),
 }
+CHOICES.update({f"stages.{s}.long_examples": ("cut", "fit") for s in ALL_STAGES})
 # Values torch accepts that the loop refuses, and why (the error says it).
 _CUDA_GRAPHS = ("a CUDA-graph mode: reduce-overhead crashed the loop (SIGSEGV before the first update, torch 2.11, "
                 "H200: benchmarks/results/throughput.md, 'How the loop compiles')")

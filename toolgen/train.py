@@ -235,7 +235,12 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
                           f"are longer than stages.{args.stage}.max_length={sc.max_length}: "
                           f"{cut['target_tokens_cut'] / max(cut['target_tokens'], 1):.1%} of the target tokens are "
                           "cut off and not trained (an example keeps its start); raise max_length (packing keeps it "
-                          "cheap)")
+                          "cheap)" + ("" if sc.long_examples == "fit" else
+                                      f", or set stages.{args.stage}.long_examples=fit"))
+    if cut["examples_fitted"]:
+        accelerator.print(f"[{args.stage}] {cut['examples_fitted']} long examples also train the answers max_length "
+                          "cut off, on a history shortened as the agent loop shortens it "
+                          f"(stages.{args.stage}.long_examples=fit)")
     fused = accelerator.device.type == "cuda" and not uses_deepspeed(accelerator)
     if fused:
         model.to(accelerator.device)   # fused AdamW needs its parameters on the GPU when it is built

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -53,6 +54,10 @@ def test_tensorboard_logs_each_step_once_after_a_resume(tmp_path, sample_data, m
         with pytest.raises(Interrupted):
             run_stage("memorization", tmp_path, sample_data, *common)
     shutil.rmtree(tmp_path / "tool_memorization.checkpoints" / "step-6")
+    # TensorBoard reads a folder's event files in name order: time in whole seconds, host, process, then a counter
+    # of the process's writers. A resume is a later process; in this one process, a resume within the same second
+    # sorts by that counter, as text ("10" before "9"), so the test waits for the next second as a resume would.
+    time.sleep(1)
     _, history = run_stage("memorization", tmp_path, sample_data, *common, resume=True)
     runs = glob.glob(os.path.join(tmp_path, "runs", "*", "tool_memorization"))
     assert len(runs) == 1 and len(glob.glob(os.path.join(runs[0], "events.out.tfevents.*"))) == 2

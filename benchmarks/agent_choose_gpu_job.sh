@@ -43,6 +43,10 @@
 #   - 2026-11-27 (3), 4 x H200, GPUS="0 1 2" VARIANTS="main params recovery" VAL_SHARDS=6 LOOPS=3 VAL_TIME_LIMIT=240
 #     TEST_SHARDS=9 TEST_TIME_LIMIT=420 (add_tools_gpu_job.sh on GPU 3): inputs 1.5 min, chain 4 min, three agent
 #     stages 4.5 min, validation 5 min, test 6 min: 22 min in all.
+#   - 2026-11-28 (ninth), 4 x H100, GPUS="0 1 2 3" TRAIN_GPUS=4 VARIANTS="ids idsfit" VARIANT_DATA_idsfit=ids
+#     VARIANT_SETS_idsfit="stages.agent.long_examples=fit" with the 1.5B: inputs 3.6 min (22 pieces of 52 MiB), chain
+#     4.2 min, two agent stages 6.3 min, validation 6 min, test 7.8 min: 28 min in all (75 s of the session's
+#     30 device minutes were left).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}

@@ -127,9 +127,7 @@ def fitted_tail(tokenizer, messages, segments, seg_ids, owners, max_length, orde
     history than the loop would show them. [start] alone when even a stub in place of every result does not fit.
     segments, seg_ids, owners: the conversation's (text, carries_loss), their token ids and their messages."""
     from toolgen.observations import fit_context
-    ends = {}   # message index -> the token offset where it ends
-    for i, seg in zip(owners, itertools.accumulate(map(len, seg_ids))):
-        ends[i] = seg
+    ends = dict(zip(owners, itertools.accumulate(map(len, seg_ids))))   # message index -> where its last segment ends
     start_ids, start_labels = [], []
     for i, (_, loss), seg in zip(owners, segments, seg_ids):
         start_ids += seg

@@ -67,10 +67,10 @@ class OldToolDistillation:
     def __init__(self, params, tool_ids, old_ids, weight, top=None, new_too=False):
         self.params, self.top = params, top   # top: TopLayers, the teacher's share of a forward (lora_layers)
         self.new_too = new_too                # add_tools.distill_new_tools
-        place = {t: k for k, t in enumerate(tool_ids)}
-        self.old_at = torch.as_tensor([place[i] for i in old_ids])   # old_ids' places in tool_ids
         self.teacher = [p.detach().clone() for p in params]
         device = params[0].device
+        place = {t: k for k, t in enumerate(tool_ids)}
+        self.old_at = torch.as_tensor([place[i] for i in old_ids], device=device)   # old_ids' places in tool_ids
         self.tools = torch.as_tensor(tool_ids, device=device)
         self.old = torch.as_tensor(old_ids, device=device)
         self.weight = weight
@@ -79,7 +79,7 @@ class OldToolDistillation:
         positions = target_positions(batch)
         logits, labels = target_logits(model, batch, vocab_size, positions)
         ce = summed_cross_entropy(logits, labels)
-        tools, old = self.tools.to(labels.device), self.old.to(labels.device)   # no copy once on the device
+        tools, old, old_at = (t.to(labels.device) for t in (self.tools, self.old, self.old_at))   # no copy once there
         at_tool = torch.isin(labels, tools)                   # [rows, positions]: this row's target is a tool
         keep = at_tool.any(0).nonzero().squeeze(-1)           # the positions the teacher is asked about
         # The teacher runs on every micro-batch, also one without a tool target: under DDP each forward takes part in
@@ -99,7 +99,7 @@ class OldToolDistillation:
             return ce + self.weight * kl_old_tools(teacher[mask], student[..., old][mask])
         on_old = torch.isin(labels[:, keep], old) & mask   # an old tool's target: the new tools get no mass
         rest = mask & ~on_old                              # a new tool's (or one learned anew): the old order only
-        wide = torch.log_softmax(student[on_old][..., tools], -1)[..., self.old_at.to(labels.device)]
+        wide = torch.log_softmax(student[on_old][..., tools], -1)[..., old_at]
         return ce + self.weight * (kl_to_wider(teacher[on_old], wide)
                                    + kl_old_tools(teacher[rest], student[..., old][rest]))
 

@@ -6,16 +6,18 @@
 #   PARTS="split train80" bash benchmarks/add_tools.sh   # some parts (a part keeps what an earlier run finished)
 # Parts: split (catalog and query files cut in two) | train80 (prepare + the chain on 80 %) | full (prepare + the
 #   chain on 100 %, timed) | sweep (CANDIDATES, e.g. "0.3:1e-3 0.7:3e-4:new_rows:1 0.5:1e-2:new_rows_lora::1e-4
-#   0.5:1e-3:all:2::5 0.5:1e-2:new_rows_lora:1:1e-3:5:4:new": replay_fraction:learning_rate[:add_tools.train[:epochs
-#   [:lora_learning_rate[:distill_weight[:lora_layers[:new = add_tools.distill_new_tools]]]]]],
-#   each added (timed) and scored on
+#   0.5:1e-3:all:2::5 0.5:1e-2:new_rows_lora:1:1e-3:5:4:new:align": replay_fraction:learning_rate[:add_tools.train
+#   [:epochs[:lora_learning_rate[:distill_weight[:lora_layers[:flags: new = add_tools.distill_new_tools, align =
+#   add_tools.align_new_rows]]]]]] (benchmarks/add_tools_report.py flags), each added (timed) and scored on
 #   the validation split;
 #   the best of those within TIME_SHARE (0.25) of the full retrain's seconds is used by add; nothing without
 #   CANDIDATES) | add (toolgen-add-tools, timed) | evaluate (before, after, full; baselines on the full catalog) |
 #   report. Delete $RUN (default add_tools_run) to start over.
 # Inputs: ../shared/toolbench or TOOLBENCH=DIR (StableToolBench queries, the derived catalog, ToolBench trajectories);
 # CATALOG, QUERIES (space-separated), TRAJECTORIES (space-separated) override them, CONFIG the training config,
-# UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split, RESULTS
+# UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split,
+# VAL_FRACTION (0.1) the validation share of every prepared folder's non-test queries (the sweep's score reads the
+# new-only ones among them: 1 at 0.1 on the real split, 11 at 0.25; both chains then train on fewer queries), RESULTS
 # the results' path without extension (default benchmarks/results/add_tools). WRITER_CACHE=FILE (a query_writer.jsonl
 # that answers for every API of the catalog, e.g. the quality run's): the llm view everywhere — both chains' stage 2
 # and the addition (add_tools.views + --query-writer-cache) — so that the new tools get requests worded as users word
@@ -59,7 +61,7 @@ WRITER=()
 [ -z "${WRITER_CACHE:-}" ] || { VIEWS=$VIEWS,llm; WRITER=(--query-writer-cache "$WRITER_CACHE"); }
 prepare() {
   local out=$1 catalog=$2; shift 2
-  $PY -m toolgen.prepare --api-catalog "$catalog" "$@" "${TRAJ_FLAGS[@]}" --val-fraction 0.1 \
+  $PY -m toolgen.prepare --api-catalog "$catalog" "$@" "${TRAJ_FLAGS[@]}" --val-fraction "${VAL_FRACTION:-0.1}" \
     --views "$VIEWS" ${WRITER[@]+"${WRITER[@]}"} --out "$out"
 }
 # chain RUN_SUBDIR DATA: the stages up to UNTIL, one process each, skipped when finished
@@ -105,19 +107,16 @@ if part full && [ ! -f "$RUN/m100/$FOLDER/stage.json" ]; then
   rm -rf "$RUN/data100" "$RUN/m100"   # the whole retrain is timed, from its data
   timed full_retrain full
 fi
-# sweep: each CANDIDATE (replay_fraction:learning_rate[:train[:epochs[:lora_lr[:distill[:layers[:new]]]]]]; train:
-# add_tools.train, epochs: stages.add_tools.epochs, the time the addition may take) added (timed) and scored on the
+# sweep: each CANDIDATE (add_tools_report.py's CANDIDATE_FORMAT: FIELDS, then the flags new and align; epochs is the
+# time the addition may take) added (timed) and scored on the
 # validation split (the parent's held-out validation queries and the new queries' own, cut into new-only and
 # old-only); the best one within the time target (full runs first: its seconds are the budget) is the timed addition's
 if part sweep && [ ${#CANDIDATES[@]} -gt 0 ] && [ ! -f "$RUN/chosen.json" ]; then
   for cand in "${CANDIDATES[@]}"; do
     folder="sweep_${cand//:/_}"
-    IFS=: read -r replay lr train epochs lora_lr distill layers new <<< "$cand"
-    [ -f "$RUN/m80/$folder/stage.json" ] || timed "$folder" add "$RUN/m80/$folder" \
-      --set "add_tools.replay_fraction=$replay" --set "stages.add_tools.learning_rate=$lr" --set "add_tools.train=${train:-all}" \
-      ${epochs:+--set "stages.add_tools.epochs=$epochs"} ${lora_lr:+--set "add_tools.lora_learning_rate=$lora_lr"} \
-      ${distill:+--set "add_tools.distill_weight=$distill"} ${layers:+--set "add_tools.lora_layers=$layers"} \
-      ${new:+--set "add_tools.distill_new_tools=true"}
+    flags=$($PY benchmarks/add_tools_report.py flags --candidate "$cand")   # a bad candidate stops here
+    read -ra sets <<< "$flags"
+    [ -f "$RUN/m80/$folder/stage.json" ] || timed "$folder" add "$RUN/m80/$folder" "${sets[@]}"
     [ -f "$RUN/valsets/val_new.json" ] || $PY benchmarks/add_tools_report.py testsets --data "$RUN/m80/$folder.data" \
       --split "$RUN/split" --out "$RUN/valsets" --file retrieval_val.json --prefix val
     $PY -m toolgen.evaluate --config "$CONFIG" --no-e2e --no-base --no-baselines --model "$RUN/m80/$folder" \

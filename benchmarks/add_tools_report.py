@@ -10,9 +10,11 @@
                            in the ToolBench query format that toolgen.evaluate --queries reads
     python benchmarks/add_tools_report.py testsets ... --file retrieval_val.json --prefix val
                         -> val_new.json, val_old.json: the same cut of a validation split (the sweep's)
-    python benchmarks/add_tools_report.py choose --run RUN \
-        --candidates REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL]]]] ...
+    python benchmarks/add_tools_report.py choose --run RUN --candidates CANDIDATE ...
                         -> RUN/chosen.json: the candidate with the best validation score (candidate_score)
+    python benchmarks/add_tools_report.py flags --candidate CANDIDATE    -> its train.py --set flags
+    python benchmarks/add_tools_report.py chosen-flags --run RUN          -> the chosen one's
+        CANDIDATE: REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL[:LAYERS[:FLAG...]]]]]] (FIELDS, FLAGS: new, align)
     python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
                         -> benchmarks/results/add_tools.{json,md}
 """
@@ -88,52 +90,79 @@ def testsets(args):
           "(left out)")
 
 
+# A sweep candidate: positional fields (an empty one: the config's value), then named flags.
+CANDIDATE_FORMAT = "REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL[:LAYERS[:FLAG...]]]]]]"
+FIELDS = (("replay_fraction", "add_tools.replay_fraction", float),
+          ("learning_rate", "stages.add_tools.learning_rate", float),
+          ("train", "add_tools.train", str),   # empty: all (add_tools.sh has always read it so)
+          ("epochs", "stages.add_tools.epochs", lambda v: int(float(v)) if float(v).is_integer() else float(v)),
+          ("lora_learning_rate", "add_tools.lora_learning_rate", float),   # new_rows_lora's rate for the LoRA
+          ("distill_weight", "add_tools.distill_weight", float),   # the KL keeping the old tools' order
+          ("lora_layers", "add_tools.lora_layers", int))   # only the last layers' LoRA moves
+FLAGS = {"new": ("distill_new_tools", "add_tools.distill_new_tools"),   # the KL holds the new tools down too
+         "align": ("align_new_rows", "add_tools.align_new_rows")}      # new rows scaled to the old rows' norm
+
+
+def candidate_settings(cand):
+    """'0.3:1e-2:new_rows_lora:2:1e-3:5:4:new' -> {"replay_fraction": 0.3, ..., "distill_new_tools": True}."""
+    values = cand.split(":")
+    if len(values) < 2 or not values[0] or not values[1]:
+        raise ValueError(f"candidate {cand!r}: expected {CANDIDATE_FORMAT}")
+    settings = {}
+    for (name, _, kind), value in zip(FIELDS, values):
+        if value:
+            try:
+                settings[name] = kind(value)
+            except ValueError:
+                raise ValueError(f"candidate {cand!r}: {name} {value!r} is not a number") from None
+    settings.setdefault("train", "all")
+    for flag in values[len(FIELDS):]:
+        if flag not in FLAGS:
+            raise ValueError(f"candidate {cand!r}: unknown flag {flag!r} (known: {', '.join(FLAGS)})")
+        settings[FLAGS[flag][0]] = True
+    return settings
+
+
+def settings_flags(settings):
+    """candidate_settings' dict (or chosen.json) -> ["--set", "key=value", ...] in FIELDS order, then the flags."""
+    keys = [(name, key) for name, key, _ in FIELDS] + list(FLAGS.values())
+    return [a for name, key in keys if name in settings
+            for a in ("--set", f"{key}={'true' if settings[name] is True else settings[name]}")]
+
+
 MIN_VAL_QUERIES = 10         # fewer new-only validation queries: their NDCG@5 is a few queries' luck, not a score
 MIN_NEW_MEMORIZATION = 0.95  # the issue's bar for the new tools
-RULE = (f"mean NDCG@5 (with the prior) of the new-only and old-only validation queries; with fewer than "
-        f"{MIN_VAL_QUERIES} new-only queries, the old-only NDCG@5 among candidates whose new-tool memorization is >= "
-        f"{MIN_NEW_MEMORIZATION}")
+RULE = (f"among candidates whose new-tool memorization is >= {MIN_NEW_MEMORIZATION} (else 0): the mean NDCG@5 "
+        f"(with the prior) of the new-only and old-only validation queries; with fewer than {MIN_VAL_QUERIES} "
+        "new-only queries, the old-only NDCG@5")
 
 
 def candidate_score(metrics, folder):
-    """A sweep candidate's validation score (RULE). The addition must learn the new tools and keep the old ones, and
-    neither may buy the other: the mean of the new-only and old-only NDCG@5. The real split leaves 1 new-only
-    validation query: there the new tools are checked by their documentation instead (memorization >= the bar, else
-    the candidate scores 0) and the old-only NDCG@5 (forgetting) decides."""
+    """A sweep candidate's validation score (RULE). The addition must memorize the new tools (the issue's bar, else
+    the candidate scores 0), learn them from requests and keep the old ones, and neither may buy the other: the mean
+    of the new-only and old-only NDCG@5. With too few new-only validation queries (1 at add_tools.sh's VAL_FRACTION
+    0.1 on the real split) their NDCG@5 is luck: the old-only NDCG@5 (forgetting) decides."""
     row, model = metrics["systems"][f"toolgen/{folder}+prior"], metrics["systems"][f"toolgen/{folder}"]
+    if model.get("memorization/new_tools_accuracy", 0.0) < MIN_NEW_MEMORIZATION:
+        return 0.0
     old = row["queries/val_old/ndcg@5"]
     if row.get("queries/val_new/queries", 0) >= MIN_VAL_QUERIES:
         return (row["queries/val_new/ndcg@5"] + old) / 2
-    return old if model.get("memorization/new_tools_accuracy", 0.0) >= MIN_NEW_MEMORIZATION else 0.0
+    return old
 
 
 def choose(args):
-    """The sweep's pick: among the candidates
-    (replay_fraction:learning_rate[:train[:epochs[:lora_lr[:distill[:layers[:new]]]]]]) that fit the time target
-    (within_time), the best validation score -> chosen.json, which the timed addition then uses. Test queries play
-    no part."""
+    """The sweep's pick: among the candidates (CANDIDATE_FORMAT) that fit the time target (within_time), the best
+    validation score -> chosen.json, which the timed addition then uses. Test queries play no part."""
     scores = {}
     for cand in args.candidates:
         folder = "sweep_" + cand.replace(":", "_")
         scores[cand] = candidate_score(systems_file(os.path.join(args.run, f"eval_{folder}", "metrics.json")), folder)
     fits, time_note = within_time(args.run, args.candidates, args.time_share)
     best = max(fits, key=scores.get)
-    replay, lr, train, epochs, lora_lr, distill, layers, new = (best.split(":") + [""] * 6)[:8]   # the docstring
-    chosen = {"replay_fraction": float(replay), "learning_rate": float(lr),
-              "train": train or "all"}   # "0.3:5e-3:" trains with all too (add_tools.sh: ${train:-all})
-    if epochs:   # else the config's stages.add_tools.epochs
-        e = float(epochs)   # stages.add_tools.epochs is a float: "0.5" is half an epoch
-        chosen["epochs"] = int(e) if e.is_integer() else e
-    if lora_lr:   # add_tools.train=new_rows_lora's rate for the LoRA weights
-        chosen["lora_learning_rate"] = float(lora_lr)
-    if distill:   # add_tools.distill_weight: the KL that keeps the old tools' order (toolgen/distill.py)
-        chosen["distill_weight"] = float(distill)
-    if layers:   # add_tools.lora_layers: only the last layers' LoRA moves (the teacher reruns those alone)
-        chosen["lora_layers"] = int(layers)
-    if new:   # add_tools.distill_new_tools: at old targets the KL holds the new tools down too
-        chosen["distill_new_tools"] = True
-    write_json(os.path.join(args.run, "chosen.json"), {**chosen, "validation_scores": scores, "rule": RULE,
-                                                       "time": time_note,
+    chosen = candidate_settings(best)
+    write_json(os.path.join(args.run, "chosen.json"), {**chosen, "candidate": best, "validation_scores": scores,
+                                                       "rule": RULE, "time": time_note,
                                                        "validation_old_only": old_only(args.run, args.candidates)})
     print(f"chosen on the validation split: {chosen} ({scores})")
 
@@ -271,14 +300,15 @@ def chosen_flags(args):
     path = os.path.join(args.run, "chosen.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            c = json.load(f)
-        print(f"--set add_tools.replay_fraction={c['replay_fraction']} "
-              f"--set stages.add_tools.learning_rate={c['learning_rate']} --set add_tools.train={c.get('train', 'all')}"
-              + (f" --set stages.add_tools.epochs={c['epochs']}" if "epochs" in c else "")
-              + (f" --set add_tools.lora_learning_rate={c['lora_learning_rate']}" if "lora_learning_rate" in c else "")
-              + (f" --set add_tools.distill_weight={c['distill_weight']}" if "distill_weight" in c else "")
-              + (f" --set add_tools.lora_layers={c['lora_layers']}" if "lora_layers" in c else "")
-              + (" --set add_tools.distill_new_tools=true" if c.get("distill_new_tools") else ""))
+            print(" ".join(settings_flags(json.load(f))))
+
+
+def candidate_flags(args):
+    """One candidate's --set flags (add_tools.sh's sweep), or its error: the format lives here alone."""
+    try:
+        print(" ".join(settings_flags(candidate_settings(args.candidate))))
+    except ValueError as e:
+        raise SystemExit(f"add_tools_report.py: {e}") from None
 
 
 def main(argv=None):
@@ -298,11 +328,13 @@ def main(argv=None):
     t.add_argument("--prefix", default="test", help="names of the two sets: <prefix>_new, <prefix>_old")
     c = sub.add_parser("choose")
     c.add_argument("--run", required=True)
-    c.add_argument("--candidates", nargs="+", required=True, metavar="REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL]]]]")
+    c.add_argument("--candidates", nargs="+", required=True, metavar=CANDIDATE_FORMAT)
     c.add_argument("--time-share", type=float, default=0.25,
                    help="a candidate must add the tools within this share of the full retrain's seconds")
     f = sub.add_parser("chosen-flags")
     f.add_argument("--run", required=True)
+    g = sub.add_parser("flags")
+    g.add_argument("--candidate", required=True, metavar=CANDIDATE_FORMAT)
     r = sub.add_parser("report")
     r.add_argument("--run", required=True)
     r.add_argument("--stage", required=True, help="the stage folder compared (e.g. agent_tuning)")
@@ -310,9 +342,9 @@ def main(argv=None):
     r.add_argument("--config", default="")
     r.add_argument("--out", help="results path without extension (default benchmarks/results/add_tools)")
     args = p.parse_args(argv)
-    if args.command not in ("report", "choose", "chosen-flags"):
+    if args.command not in ("report", "choose", "chosen-flags", "flags"):
         os.makedirs(args.out, exist_ok=True)
-    {"split": split, "testsets": testsets, "choose": choose, "chosen-flags": chosen_flags,
+    {"split": split, "testsets": testsets, "choose": choose, "chosen-flags": chosen_flags, "flags": candidate_flags,
      "report": report}[args.command](args)
 
 

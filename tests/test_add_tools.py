@@ -245,6 +245,39 @@ def test_new_rows_lora_moves_the_lora_and_the_new_rows_but_no_old_row(parent, tm
                                   *[a for s in sets for a in ("--set", s)])
 
 
+def test_align_new_rows_scales_the_new_rows_to_the_old_rows_mean_norm(parent, tmp_path, monkeypatch):
+    """add_tools.align_new_rows (weight aligning): the stage ends with its new rows scaled by one factor, the old rows'
+    mean norm over the new rows' mean norm. The same run without it gives the same rows up to that factor, the old
+    rows stay the parent's, and stage.json records the factor."""
+    from safetensors.torch import load_file
+    rows = {}
+    for align in ("false", "true"):
+        out = tmp_path / f"align_{align}"
+        add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out,
+            *[a for s in FAST + ["add_tools.train=new_rows", f"add_tools.align_new_rows={align}"]
+              for a in ("--set", s)])
+        rows[align] = load_file(os.path.join(out, "adapter", "adapter_model.safetensors"))
+    factor = read(tmp_path / "align_true" / "stage.json")["new_rows_scale"]
+    assert "new_rows_scale" not in read(tmp_path / "align_false" / "stage.json")
+    before = load_file(os.path.join(parent["dir"], "adapter", "adapter_model.safetensors"))
+    n_old = len(read(os.path.join(parent["dir"], "tool_tokens.json")))
+    keys = [k for k in before if "trainable_tokens_delta" in k]
+    assert keys
+    for key in keys:
+        plain, aligned = rows["false"][key], rows["true"][key]
+        assert torch.equal(aligned[:n_old], before[key]) and torch.equal(plain[:n_old], before[key])
+        norms = plain.float().norm(dim=-1)
+        assert factor == pytest.approx((norms[:n_old].mean() / norms[n_old:].mean()).item(), rel=1e-5)
+        torch.testing.assert_close(aligned[n_old:], plain[n_old:] * factor)
+        norms = aligned.float().norm(dim=-1)
+        assert norms[n_old:].mean().item() == pytest.approx(norms[:n_old].mean().item(), rel=1e-5)
+    assert abs(factor - 1) > 0.05   # the short stage's rows are not already at the old rows' norm
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")   # refused before any work
+    assert "align_new_rows runs without DeepSpeed" in error_of(
+        "--model", parent["dir"], "--api-catalog", parent["a"], "--out", tmp_path / "zero", "--set",
+        "add_tools.align_new_rows=true")
+
+
 def test_new_rows_head_runs_the_decoder_without_gradient(parent):
     """new_rows_head: the decoder's activations need no gradient (autograd keeps none of them); the logits do, through
     the tool rows of the LM head, and only the new rows' gradient is not zero."""
@@ -445,6 +478,28 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
                             str(tmp_path / "guard")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert flags.split()[-2:] == ["--set", "add_tools.distill_new_tools=true"]
+    # flags after the positional fields, in any order: "align" for add_tools.align_new_rows; the sweep's own
+    # candidates get their flags from the same parser (add_tools.sh: add_tools_report.py flags)
+    scores = {"0.3:1e-2:new_rows_lora:2:1e-3:1:4:align:new": (1.0, 0.80), "0.3:1e-2:new_rows_lora:2:1e-3:1:4": (1.0, 0.7)}
+    chosen = sweep_choice(tmp_path / "align", scores, 1, dict.fromkeys(scores, 0.97))
+    assert (chosen["align_new_rows"], chosen["distill_new_tools"]) == (True, True)
+    assert chosen["candidate"] == "0.3:1e-2:new_rows_lora:2:1e-3:1:4:align:new"
+    flags = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "chosen-flags", "--run",
+                            str(tmp_path / "align")], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    sweep = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "flags", "--candidate",
+                            chosen["candidate"]], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert flags == sweep and flags.split()[-4:] == ["--set", "add_tools.distill_new_tools=true",
+                                                     "--set", "add_tools.align_new_rows=true"]
+    for bad, needle in (("0.3:1e-2:new_rows_lora:2:1e-3:1:4:nwe", "unknown flag 'nwe' (known: new, align)"),
+                        ("0.3", "expected REPLAY:LR"), ("0.3:fast", "learning_rate 'fast' is not a number")):
+        run = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "flags", "--candidate", bad],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert run.returncode != 0 and needle in run.stderr and "Traceback" not in run.stderr, run.stderr
+    # with enough new-only validation queries the memorization bar still holds: the best mean that does not
+    # memorize the new tools scores 0
+    scores = {"0.3:1e-3": (0.95, 0.80), "0.7:3e-4": (0.80, 0.70)}
+    chosen = sweep_choice(tmp_path / "bar", scores, 12, {"0.3:1e-3": 0.90, "0.7:3e-4": 0.96})
+    assert chosen["candidate"] == "0.7:3e-4" and chosen["validation_scores"]["0.3:1e-3"] == 0.0
 
 
 def test_the_sweep_keeps_to_the_time_target(tmp_path):

@@ -153,6 +153,9 @@ class AddToolsConfig:
     lora_layers: int = 0              # new_rows_lora: > 0 trains the LoRA of the last N decoder layers only (0: all);
     #                                   the layers below run without gradient and the teacher reruns the N alone
     #                                   (models.train_new_rows_only, distill.TopLayers: a cheaper step)
+    align_new_rows: bool = False      # at the stage's end, scale the new tools' LM-head rows to the old rows' mean
+    #                                   norm (weight aligning: models.align_new_rows), so that rows trained in one
+    #                                   short stage do not outscore old tools on the old tools' requests
 
 
 @dataclass

@@ -299,6 +299,34 @@ def train_new_rows_only(model, n_old, head_only=False, keep_lora=False, lora_lay
         model.get_input_embeddings().register_forward_hook(lambda module, inputs, output: output.detach())
 
 
+def tool_head(model):
+    """The LM head's trainable-token layer of a peft model (the tool rows the logits read); ValueError if not one."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+    heads = [m for m in model.modules() if isinstance(m, TrainableTokensLayer)
+             and isinstance(m.base_layer, torch.nn.Linear)]
+    if len(heads) != 1:
+        raise ValueError(f"add_tools.align_new_rows: expected one LM head with tool rows, found {len(heads)}")
+    return heads[0]
+
+
+def align_new_rows(model, n_old):
+    """add_tools.align_new_rows: weight aligning (Zhao et al., CVPR 2020, for class-incremental classifiers). The new
+    tools' LM-head rows are scaled so that their mean L2 norm is the old tool rows' -> the factor. Rows trained in
+    one short stage at a high rate end up longer than the parent's, and a longer row scores higher on every request
+    whose hidden state points its way: new tools climb over old ones on the old tools' own requests. Scaling keeps
+    each row's direction. A tied table shares its rows with the input embeddings, so there the new tokens' input
+    rows are scaled too. Peft keeps the tool rows whole in `trainable_tokens_delta` (the parent's first)."""
+    head = tool_head(model)
+    delta = head.trainable_tokens_delta[head.active_adapters[0]]
+    norms = delta.detach().float().norm(dim=-1)
+    if not 0 < n_old < len(norms) or norms[n_old:].mean() == 0:
+        raise ValueError(f"add_tools.align_new_rows: {len(norms)} tool rows of which {n_old} old: nothing to align")
+    factor = (norms[:n_old].mean() / norms[n_old:].mean()).item()
+    with torch.no_grad():
+        delta[n_old:] *= factor
+    return factor
+
+
 def lora_param_groups(model, rows_lr, lora_lr):
     """Optimizer groups of add_tools.train=new_rows_lora: the tool rows at the stage's rate, the LoRA weights at theirs."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -87,6 +87,8 @@ def check_start(args, run, paths):
         add = run["config"]["add_tools"]
         if add["train"] != "all" and launched_with_deepspeed():
             raise StageError(f"add_tools.train={add['train']} runs without DeepSpeed (its gradient hook is not ZeRO's)")
+        if add["align_new_rows"] and launched_with_deepspeed():
+            raise StageError("add_tools.align_new_rows runs without DeepSpeed (ZeRO-3 partitions the rows it scales)")
         if add["distill_weight"] and launched_with_deepspeed():
             raise StageError("add_tools.distill_weight runs without DeepSpeed (the teacher's weights are swapped in "
                              "place; ZeRO partitions them)")
@@ -222,6 +224,11 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
                                            lora_layers=cfg.add_tools.lora_layers)
             except ValueError as e:   # lora_layers beyond the model's layers, or a model without a layer list
                 raise StageError(str(e)) from None
+        if old is not None and cfg.add_tools.align_new_rows:
+            try:
+                models.tool_head(model)   # before any work: finish() scales its rows
+            except ValueError as e:
+                raise StageError(str(e)) from None
     if cfg.train.sparse_tool_rows:
         from toolgen.tool_rows import sparse_tool_rows
         sparse_tool_rows(model)
@@ -273,12 +280,12 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
     stage, out_dir, parent_dir, data_file = where
     step = len(history)
     # non-pad tokens of every update of this run (since it started or resumed), summed over the processes
-    tokens = accelerator.gather(clock["tokens"].reshape(1, -1)).sum(0).tolist()
+    counts = accelerator.gather(clock["tokens"].reshape(1, -1)).sum(0).tolist()
     cuda = torch.cuda.is_available()
-    speed = {"tokens_per_s": sum(tokens) / max(seconds, 1e-9),
+    speed = {"tokens_per_s": sum(counts) / max(seconds, 1e-9),
              "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
              "peak_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
-             "clock": {"update_end_s": [round(t, 4) for t in clock["update_end_s"]], "tokens": tokens}}
+             "clock": {"update_end_s": [round(t, 4) for t in clock["update_end_s"]], "tokens": counts}}
     metrics = {"loss_first": history[0], "loss_last": history[-1], "loss_history": history, "steps": step,
                "seconds": seconds, **speed}
     info = {"stage": stage.name, "base_model": cfg.model.name, "model": cfg.to_dict()["model"],
@@ -289,6 +296,12 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
         with open(os.path.join(os.path.dirname(data_file), "add_tools_report.json"), encoding="utf-8") as f:
             added = json.load(f)
         info.update({k: added[k] for k in ("parent", "chain_stage", "tools_added", "tools_replaced", "data_hashes")})
+        if cfg.add_tools.align_new_rows:   # every process scales its own copy alike; process 0 saves it
+            n_old = tokens.parent_token_count(parent_dir, os.path.dirname(data_file))
+            info["new_rows_scale"] = models.align_new_rows(accelerator.unwrap_model(model, keep_torch_compile=False),
+                                                           n_old)
+            accelerator.print(f"[{stage.name}] new tool rows scaled by {info['new_rows_scale']:.4f} to the old rows' "
+                              "mean norm (add_tools.align_new_rows)")
     checkpoint.save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, cfg.to_dict(), metrics, info)
     accelerator.print(f"[{stage.name}] {step} steps in {seconds:.0f}s ({speed['tokens_per_s']:.0f} tokens/s): "
                       f"loss {history[0]:.4f} -> {history[-1]:.4f}; saved {out_dir}")

@@ -12,8 +12,10 @@
 # sweep), and CANDIDATES="0.3:1e-2:new_rows_head 0.5:1e-2:new_rows_head 0.5:1e-2:new_rows_head:3" (16 min).
 # Then on GPU 3 of a 4 x H200 host (CUDA_VISIBLE_DEVICES=3 RUN_DIR=/tmp/addrun; the agent job on GPUs 0-2), four
 # candidates (three new_rows_lora, one new_rows_head): 22 min; its times are slowed by the shared CPU.
-# Latest (one H200, 16.5 min): CANDIDATES="0.5:1e-2:new_rows_lora:1:1e-3:5:4 0.5:1e-2:new_rows_lora:1:1e-3:5:8
+# Then (one H200, 16.5 min): CANDIDATES="0.5:1e-2:new_rows_lora:1:1e-3:5:4 0.5:1e-2:new_rows_lora:1:1e-3:5:8
 # 0.3:1e-2:new_rows_lora:2:1e-3:5:4" (the LoRA of the last 4 or 8 layers, add_tools.lora_layers).
+# Latest (one H200, 19.9 min): VAL_FRACTION=0.25 CANDIDATES="0.3:1e-2:new_rows_lora:2:1e-3:5:4
+# 0.3:1e-2:new_rows_lora:2:1e-3:5:4:align 0.3:1e-2:new_rows_lora:2:1e-3:1:4:new 0.3:1e-2:new_rows_lora:2:1e-3:0.3:4:new"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30

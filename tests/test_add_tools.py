@@ -415,14 +415,25 @@ def sweep_choice(tmp_path, scores, new_queries, memorization, parent=None):
 
 
 def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path):
-    """benchmarks/add_tools.sh's sweep: with enough new-only validation queries a candidate's score is the mean of its
-    new-only and old-only validation NDCG@5 with the prior; with too few (the real split has 1) it is the old-only
-    NDCG@5 of the candidates that memorize the new tools (>= 0.95). choose writes the pick for the timed addition."""
-    scores = {"0.3:1e-3": (0.90, 0.40), "0.7:3e-4": (0.80, 0.70), "0.5:5e-4": (0.85, 0.60)}   # means .65 .75 .725
-    memorization = {"0.3:1e-3": 0.99, "0.7:3e-4": 0.97, "0.5:5e-4": 0.98}
-    chosen = sweep_choice(tmp_path / "many", scores, 12, memorization)
+    """benchmarks/add_tools.sh's sweep, among the candidates that memorize the new tools (>= 0.95): with enough
+    new-only validation queries, the best new-only NDCG@5 (with the prior) among those whose old-only NDCG@5 stays
+    within the target's 1 point of the parent's, else the smallest drop; with too few (1 at VAL_FRACTION 0.1) the
+    best old-only NDCG@5. choose writes the pick for the timed addition."""
+    scores = {"0.3:1e-3": (0.90, 0.40), "0.7:3e-4": (0.80, 0.70), "0.5:5e-4": (0.85, 0.60), "0.9:1e-4": (0.6, 0.71)}
+    memorization = {"0.3:1e-3": 0.99, "0.7:3e-4": 0.97, "0.5:5e-4": 0.98, "0.9:1e-4": 0.97}
+    # parent 0.71 with the prior: 0.7:3e-4 loses exactly 1 point (within), 0.9:1e-4 none; the best new-only wins
+    chosen = sweep_choice(tmp_path / "many", scores, 12, memorization, parent=(0.70, 0.71))
     assert (chosen["replay_fraction"], chosen["learning_rate"]) == (0.7, 3e-4)
-    assert chosen["validation_scores"]["0.3:1e-3"] == pytest.approx(0.65) and "old-only" in chosen["rule"]
+    assert chosen["validation_scores"] == {"0.3:1e-3": pytest.approx(-31.0), "0.7:3e-4": 0.80,
+                                           "0.5:5e-4": pytest.approx(-11.0), "0.9:1e-4": 0.6}
+    assert chosen["validation_tiers"]["0.7:3e-4"].startswith("new-only") and "old-only" in chosen["rule"]
+    # no candidate keeps the old tools within the target: the smallest drop, not the best new-only score
+    chosen = sweep_choice(tmp_path / "none_within", {"0.3:1e-3": (0.95, 0.60), "0.7:3e-4": (0.70, 0.80)}, 12,
+                          dict.fromkeys(("0.3:1e-3", "0.7:3e-4"), 0.97), parent=(0.80, 0.85))
+    assert chosen["candidate"] == "0.7:3e-4" and chosen["validation_scores"]["0.7:3e-4"] == pytest.approx(-5.0)
+    # the rule reads the parent's old-only score: without its evaluation it stops, naming the file
+    with pytest.raises(SystemExit, match="eval_sweep_parent"):
+        sweep_choice(tmp_path / "no_parent", scores, 12, memorization)
     scores = {"0.3:1e-3": (1.0, 0.40), "0.7:3e-4": (0.0, 0.80), "0.5:5e-4": (1.0, 0.70)}   # one new-only query
     memorization["0.7:3e-4"] = 0.90   # the best old-only score, but it does not learn the new tools
     chosen = sweep_choice(tmp_path / "few", scores, 1, memorization, parent=(0.72, 0.85))
@@ -480,7 +491,8 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     assert flags.split()[-2:] == ["--set", "add_tools.distill_new_tools=true"]
     # flags after the positional fields, in any order: "align" for add_tools.align_new_rows; the sweep's own
     # candidates get their flags from the same parser (add_tools.sh: add_tools_report.py flags)
-    scores = {"0.3:1e-2:new_rows_lora:2:1e-3:1:4:align:new": (1.0, 0.80), "0.3:1e-2:new_rows_lora:2:1e-3:1:4": (1.0, 0.7)}
+    scores = {"0.3:1e-2:new_rows_lora:2:1e-3:1:4:align:new": (1.0, 0.80),
+              "0.3:1e-2:new_rows_lora:2:1e-3:1:4": (1.0, 0.70)}
     chosen = sweep_choice(tmp_path / "align", scores, 1, dict.fromkeys(scores, 0.97))
     assert (chosen["align_new_rows"], chosen["distill_new_tools"]) == (True, True)
     assert chosen["candidate"] == "0.3:1e-2:new_rows_lora:2:1e-3:1:4:align:new"
@@ -498,7 +510,7 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
     # with enough new-only validation queries the memorization bar still holds: the best mean that does not
     # memorize the new tools scores 0
     scores = {"0.3:1e-3": (0.95, 0.80), "0.7:3e-4": (0.80, 0.70)}
-    chosen = sweep_choice(tmp_path / "bar", scores, 12, {"0.3:1e-3": 0.90, "0.7:3e-4": 0.96})
+    chosen = sweep_choice(tmp_path / "bar", scores, 12, {"0.3:1e-3": 0.90, "0.7:3e-4": 0.96}, parent=(0.7, 0.7))
     assert chosen["candidate"] == "0.7:3e-4" and chosen["validation_scores"]["0.3:1e-3"] == 0.0
 
 

@@ -16,8 +16,8 @@
 # Inputs: ../shared/toolbench or TOOLBENCH=DIR (StableToolBench queries, the derived catalog, ToolBench trajectories);
 # CATALOG, QUERIES (space-separated), TRAJECTORIES (space-separated) override them, CONFIG the training config,
 # UNTIL the last chain stage trained and added to (default agent), NEW_SHARE (0.2) and SEED (0) the split,
-# VAL_FRACTION (0.1) the validation share of every prepared folder's non-test queries (the sweep's score reads the
-# new-only ones among them: 1 at 0.1 on the real split, 11 at 0.25; both chains then train on fewer queries), RESULTS
+# VAL_FRACTION (0.25) the validation share of every prepared folder's non-test queries (the sweep's score reads the
+# new-only ones among them: 11 at 0.25 on the real split, 1 at quality.sh's 0.1; both chains train on the rest), RESULTS
 # the results' path without extension (default benchmarks/results/add_tools). WRITER_CACHE=FILE (a query_writer.jsonl
 # that answers for every API of the catalog, e.g. the quality run's): the llm view everywhere — both chains' stage 2
 # and the addition (add_tools.views + --query-writer-cache) — so that the new tools get requests worded as users word
@@ -61,7 +61,7 @@ WRITER=()
 [ -z "${WRITER_CACHE:-}" ] || { VIEWS=$VIEWS,llm; WRITER=(--query-writer-cache "$WRITER_CACHE"); }
 prepare() {
   local out=$1 catalog=$2; shift 2
-  $PY -m toolgen.prepare --api-catalog "$catalog" "$@" "${TRAJ_FLAGS[@]}" --val-fraction "${VAL_FRACTION:-0.1}" \
+  $PY -m toolgen.prepare --api-catalog "$catalog" "$@" "${TRAJ_FLAGS[@]}" --val-fraction "${VAL_FRACTION:-0.25}" \
     --views "$VIEWS" ${WRITER[@]+"${WRITER[@]}"} --out "$out"
 }
 # chain RUN_SUBDIR DATA: the stages up to UNTIL, one process each, skipped when finished

@@ -278,6 +278,31 @@ def test_align_new_rows_scales_the_new_rows_to_the_old_rows_mean_norm(parent, tm
         "add_tools.align_new_rows=true")
 
 
+def test_align_new_rows_of_an_untied_model_scales_the_head_rows_only(parent, tmp_path):
+    """An untied model keeps the tool rows of its input embeddings apart from its LM head's: align_new_rows scales the
+    head's new rows and leaves every input row as the same run without it trains them."""
+    from safetensors.torch import load_file
+    run_stage("memorization", tmp_path, parent["data"], "stages.memorization.max_steps=2",
+              "model.tie_word_embeddings=false")
+    rows = {}
+    for align in ("false", "true"):
+        out = tmp_path / f"align_{align}"
+        add("--model", tmp_path / "tool_memorization", "--api-catalog", parent["a"], "--out", out,
+            *[a for s in FAST + ["stages.add_tools.epochs=2", f"add_tools.align_new_rows={align}"]
+              for a in ("--set", s)])
+        rows[align] = {k: v for k, v in load_file(os.path.join(out, "adapter", "adapter_model.safetensors")).items()
+                       if "trainable_tokens_delta" in k}
+    factor = read(tmp_path / "align_true" / "stage.json")["new_rows_scale"]
+    n_old = len(read(tmp_path / "tool_memorization" / "tool_tokens.json"))
+    head = [k for k in rows["true"] if "lm_head" in k]
+    assert len(head) == 1 and len(rows["true"]) == 2 and abs(factor - 1) > 0.01
+    for key, aligned in rows["true"].items():
+        plain = rows["false"][key]
+        expected = plain[n_old:] * factor if key in head else plain[n_old:]
+        torch.testing.assert_close(aligned[n_old:], expected)
+        assert torch.equal(aligned[:n_old], plain[:n_old])
+
+
 def test_new_rows_head_runs_the_decoder_without_gradient(parent):
     """new_rows_head: the decoder's activations need no gradient (autograd keeps none of them); the logits do, through
     the tool rows of the LM head, and only the new rows' gradient is not zero."""

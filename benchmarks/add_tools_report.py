@@ -123,6 +123,11 @@ def candidate_settings(cand):
     return settings
 
 
+def sweep_folder(cand):
+    """A candidate's name in add_tools.sh's run: m80/<it>, eval_<it>, seconds_<it> (its folder="sweep_${cand//:/_}")."""
+    return "sweep_" + cand.replace(":", "_")
+
+
 def settings_flags(settings):
     """candidate_settings' dict (or chosen.json) -> ["--set", "key=value", ...] in FIELDS order, then the flags."""
     keys = [(name, key) for name, key, _ in FIELDS] + list(FLAGS.values())
@@ -164,16 +169,17 @@ def candidate_key(metrics, folder, parent_old):
 def choose(args):
     """The sweep's pick: among the candidates (CANDIDATE_FORMAT) that fit the time target (within_time), the best
     under RULE (candidate_key) -> chosen.json, which the timed addition then uses. Test queries play no part."""
-    parent_old = old_only(args.run, args.candidates).get("parent", {}).get("model+prior")
-    keys = {c: candidate_key(systems_file(os.path.join(args.run, f"eval_sweep_{c.replace(':', '_')}", "metrics.json")),
-                             "sweep_" + c.replace(":", "_"), parent_old) for c in args.candidates}
+    old_scores = old_only(args.run, args.candidates)
+    parent_old = old_scores.get("parent", {}).get("model+prior")
+    keys = {c: candidate_key(systems_file(os.path.join(args.run, f"eval_{sweep_folder(c)}", "metrics.json")),
+                             sweep_folder(c), parent_old) for c in args.candidates}
     fits, time_note = within_time(args.run, args.candidates, args.time_share)
     best = max(fits, key=keys.get)   # ties: the first candidate given
     chosen = candidate_settings(best)
     write_json(os.path.join(args.run, "chosen.json"), {
         **chosen, "candidate": best, "validation_scores": {c: v for c, (_, v) in keys.items()},
         "validation_tiers": {c: TIERS[t] for c, (t, _) in keys.items()}, "rule": RULE, "time": time_note,
-        "validation_old_only": old_only(args.run, args.candidates)})
+        "validation_old_only": old_scores})
     print(f"chosen on the validation split: {chosen} ({keys})")
 
 
@@ -182,7 +188,7 @@ def within_time(run, candidates, share):
     full retrain (seconds_full_retrain): the time target is a constraint on the choice, not a score. Without the full
     retrain's or a candidate's time, or when none fits, every candidate stays in (the note says which)."""
     full = seconds(run, "full_retrain")
-    took = {c: seconds(run, "sweep_" + c.replace(":", "_")) for c in candidates}
+    took = {c: seconds(run, sweep_folder(c)) for c in candidates}
     if not full or None in took.values():
         return candidates, {"checked": False, "why": "the full retrain's or a candidate's time is missing",
                             "seconds": took, "seconds_full_retrain": full}
@@ -195,7 +201,7 @@ def old_only(run, candidates):
     """{candidate or "parent": {"model", "model+prior"}}: the old-only validation NDCG@5 of each candidate and of the
     parent (eval_sweep_parent, where add_tools.sh ran it), so that the forgetting on validation can be read."""
     out = {}
-    for name, folder in [("parent", None)] + [(c, "sweep_" + c.replace(":", "_")) for c in candidates]:
+    for name, folder in [("parent", None)] + [(c, sweep_folder(c)) for c in candidates]:
         path = os.path.join(run, f"eval_{folder or 'sweep_parent'}", "metrics.json")
         if not os.path.exists(path):
             continue

@@ -8,8 +8,8 @@
 #   chain on 100 %, timed) | sweep (CANDIDATES, e.g. "0.3:1e-3 0.7:3e-4:new_rows:1 0.5:1e-2:new_rows_lora::1e-4
 #   0.5:1e-3:all:2::5 0.5:1e-2:new_rows_lora:1:1e-3:5:4:new:align": replay_fraction:learning_rate[:add_tools.train
 #   [:epochs[:lora_learning_rate[:distill_weight[:lora_layers[:flags: new = add_tools.distill_new_tools, align =
-#   add_tools.align_new_rows]]]]]] (benchmarks/add_tools_report.py flags), each added (timed) and scored on
-#   the validation split;
+#   add_tools.align_new_rows, parent = add_tools.parent_scores]]]]]] (benchmarks/add_tools_report.py flags), each
+#   added (timed) and scored on the validation split;
 #   the best of those within TIME_SHARE (0.25) of the full retrain's seconds is used by add; nothing without
 #   CANDIDATES) | add (toolgen-add-tools, timed) | evaluate (before, after, full; baselines on the full catalog) |
 #   report. Delete $RUN (default add_tools_run) to start over.

@@ -14,7 +14,7 @@
                         -> RUN/chosen.json: the best candidate on the validation split (candidate_key)
     python benchmarks/add_tools_report.py flags --candidate CANDIDATE    -> its train.py --set flags
     python benchmarks/add_tools_report.py chosen-flags --run RUN          -> the chosen one's
-        CANDIDATE: REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL[:LAYERS[:FLAG...]]]]]] (FIELDS, FLAGS: new, align)
+        CANDIDATE: REPLAY:LR[:TRAIN[:EPOCHS[:LORA_LR[:DISTILL[:LAYERS[:FLAG...]]]]]] (FIELDS, FLAGS: new, align, parent)
     python benchmarks/add_tools_report.py report --run RUN --stage FOLDER [--card NAME] [--config FILE]
                         -> benchmarks/results/add_tools.{json,md}
 """
@@ -100,7 +100,8 @@ FIELDS = (("replay_fraction", "add_tools.replay_fraction", float),
           ("distill_weight", "add_tools.distill_weight", float),   # the KL keeping the old tools' order
           ("lora_layers", "add_tools.lora_layers", int))   # only the last layers' LoRA moves
 FLAGS = {"new": ("distill_new_tools", "add_tools.distill_new_tools"),   # the KL holds the new tools down too
-         "align": ("align_new_rows", "add_tools.align_new_rows")}      # new rows scaled to the old rows' norm
+         "align": ("align_new_rows", "add_tools.align_new_rows"),      # new rows scaled to the old rows' norm
+         "parent": ("parent_scores", "add_tools.parent_scores")}       # the old tools keep the parent's scores
 
 
 def candidate_settings(cand):

@@ -527,7 +527,11 @@ def test_the_sweep_picks_the_best_validation_score_and_never_reads_test(tmp_path
                             chosen["candidate"]], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert flags == sweep and flags.split()[-4:] == ["--set", "add_tools.distill_new_tools=true",
                                                      "--set", "add_tools.align_new_rows=true"]
-    for bad, needle in (("0.3:1e-2:new_rows_lora:2:1e-3:1:4:nwe", "unknown flag 'nwe' (known: new, align)"),
+    parent = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "flags", "--candidate",
+                             "0.3:1e-2:new_rows_lora:2:1e-3:0:4:parent"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout   # "parent" for add_tools.parent_scores
+    assert parent.split()[-4:] == ["--set", "add_tools.lora_layers=4", "--set", "add_tools.parent_scores=true"]
+    for bad, needle in (("0.3:1e-2:new_rows_lora:2:1e-3:1:4:nwe", "unknown flag 'nwe' (known: new, align, parent)"),
                         ("0.3", "expected REPLAY:LR"), ("0.3:fast", "learning_rate 'fast' is not a number")):
         run = subprocess.run([sys.executable, "benchmarks/add_tools_report.py", "flags", "--candidate", bad],
                              cwd=ROOT, capture_output=True, text=True)

@@ -101,7 +101,9 @@ def main(argv=None):
         tools, executor, request = check_inputs(args)
         from toolgen import quiet  # noqa: F401  (before the libraries load: silences their start-up notices)
         from toolgen.models import load_stage, merge_for_inference
+        from toolgen.parent_scores import attach
         tokenizer, model, _ = load_stage(args.model)
+        attach(model, args.model)   # an addition that keeps the parent's scores of the old tools (before the merge)
         merge_for_inference(model)
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,

@@ -202,10 +202,10 @@ def _uncompiled_name(key):
     return ".".join(parts[1:] if parts[0] == "module" else parts)
 
 
-def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metrics, info):
+def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metrics, info, tensors=None):
     """adapter/ + tokenizer/ + tool_tokens.json + config.json + metrics.json + stage.json, as one atomic folder
     (stage.json, which later stages check for, is written last). Every process calls it: under ZeRO-3 the state dict
-    is gathered from the shards."""
+    is gathered from the shards. tensors: {file name: {key: tensor}} saved beside them (safetensors)."""
     state = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         # names as one uncompiled process has them: under data parallel accelerate compiles the regions of the DDP
@@ -219,5 +219,8 @@ def save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, config, metr
             write_json(os.path.join(tmp, "tool_tokens.json"), tool_tokens, indent=None)
             write_json(os.path.join(tmp, "config.json"), config)
             write_json(os.path.join(tmp, "metrics.json"), metrics)
+            for name, state in (tensors or {}).items():
+                from safetensors.torch import save_file   # here: the module's other readers need no torch
+                save_file(state, os.path.join(tmp, name))
             write_json(os.path.join(tmp, "stage.json"), info)
     accelerator.wait_for_everyone()

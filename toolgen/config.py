@@ -156,6 +156,9 @@ class AddToolsConfig:
     align_new_rows: bool = False      # at the stage's end, scale the new tools' LM-head rows to the old rows' mean
     #                                   norm (weight aligning: models.align_new_rows), so that rows trained in one
     #                                   short stage do not outscore old tools on the old tools' requests
+    parent_scores: bool = False       # new_rows_lora with lora_layers: the old tools keep the parent's scores exactly
+    #                                   (its last layers rerun beside the stage's), the new ones get the stage's
+    #                                   (toolgen/parent_scores.py; the stage folder keeps what inference needs)
 
 
 @dataclass
@@ -317,6 +320,11 @@ def load_config(path=None, overrides=()):
         raise ConfigError(f"{where}: add_tools.distill_weight={cfg.add_tools.distill_weight} with add_tools.train="
                           f"{cfg.add_tools.train}: the LoRA and the old rows are frozen there, so the old tools' "
                           "scores cannot move (train all or new_rows_lora, or distill_weight 0)")
+    if cfg.add_tools.parent_scores and not (cfg.add_tools.lora_layers and not cfg.add_tools.distill_weight):
+        raise ConfigError(f"{where}: add_tools.parent_scores=true needs add_tools.train=new_rows_lora with "
+                          f"add_tools.lora_layers > 0 (it is {cfg.add_tools.lora_layers}: the parent reruns those "
+                          f"layers) and add_tools.distill_weight 0 (it is {cfg.add_tools.distill_weight}: the old "
+                          "tools' scores are the parent's already)")
     if cfg.add_tools.train != "all" and cfg.train.weight_decay:
         raise ConfigError(f"{where}: add_tools.train={cfg.add_tools.train} needs train.weight_decay=0 (it is "
                           f"{cfg.train.weight_decay}): AdamW would decay the parent's rows, which get no gradient")

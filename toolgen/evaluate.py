@@ -16,7 +16,7 @@ from toolgen import quiet  # noqa: F401  (first: it silences start-up notices be
 
 import torch  # noqa: E402
 
-from toolgen import baselines, decoding, e2e_merge, metrics, models, retrieval  # noqa: E402
+from toolgen import baselines, decoding, e2e_merge, metrics, models, parent_scores, retrieval  # noqa: E402
 from toolgen.checkpoint import read_json  # noqa: E402
 from toolgen.config import STAGES, ConfigError, load_config  # noqa: E402
 from toolgen.data.agent_sources import (E2E_FILES, e2e_prefix, prepared_observation,  # noqa: E402
@@ -369,6 +369,7 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
             rows["base"] = ({**found, **agent}, ranked, transcripts)
     if args.base_only:
         return rows
+    parent_scores.attach(model, stage_dir)   # an addition that keeps the parent's scores of the old tools
     models.merge_for_inference(model)   # after the base rows: disable_adapter would unmerge it again
     name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
     info = load_json(os.path.join(stage_dir, "stage.json"))

@@ -38,6 +38,7 @@ from toolgen.config import data_dir as config_data_dir  # noqa: E402
 from toolgen.distributed import (build_accelerator, device_map, launched_with_deepspeed, unpartitioned,  # noqa: E402
                                  uses_deepspeed)
 from toolgen.distill import OldToolDistillation, TopLayers, old_tool_ids  # noqa: E402
+from toolgen.parent_scores import FILE as PARENT_SCORES, ParentScoresLoss  # noqa: E402
 from toolgen.head_loss import chunked_target_loss  # noqa: E402
 from toolgen.step import NonFiniteLoss, build_optimizer, build_scheduler, update  # noqa: E402
 
@@ -176,7 +177,7 @@ def main(argv=None):
             epoch += 1
     bar.close()
     finish(accelerator, model, tokenizer, tool_tokens, cfg, (stage, out_dir, parent_dir, data_file), run, history,
-           time.perf_counter() - t0, clock)
+           time.perf_counter() - t0, clock, loss_fn)
     return accelerator.unwrap_model(model, keep_torch_compile=False), history
 
 
@@ -267,6 +268,12 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
         loss_fn = OldToolDistillation(params, tool_ids, old_tool_ids(data_dir, tool_tokens, tool_ids, old),
                                       cfg.add_tools.distill_weight, top, cfg.add_tools.distill_new_tools)
         why = "the distillation reads the logits" if cfg.train.chunked_loss else None
+    elif old is not None and cfg.add_tools.parent_scores:   # the old tools scored by the parent's last layers
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+        kept = set(old_tool_ids(data_dir, tool_tokens, tool_ids, old))
+        loss_fn = ParentScoresLoss(unwrapped, TopLayers(unwrapped, cfg.add_tools.lora_layers), tool_ids,
+                                   [i for i in tool_ids if i not in kept])
+        why = "the spliced scores read the logits" if cfg.train.chunked_loss else None
     elif cfg.train.chunked_loss:
         zero3 = getattr(plugin, "zero_stage", 0) == 3
         loss_fn, why = chunked_target_loss(accelerator.unwrap_model(model, keep_torch_compile=False), zero3)
@@ -275,7 +282,7 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     return accelerator, tokenizer, model, optimizer, loader, params, tool_tokens, loss_fn
 
 
-def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history, seconds, clock):
+def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history, seconds, clock, loss_fn=None):
     """The stage folder, with the loss history, the speed and what ran (stage.json)."""
     stage, out_dir, parent_dir, data_file = where
     step = len(history)
@@ -302,7 +309,12 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
                                                            n_old)
             accelerator.print(f"[{stage.name}] new tool rows scaled by {info['new_rows_scale']:.4f} to the old rows' "
                               "mean norm (add_tools.align_new_rows)")
-    checkpoint.save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, cfg.to_dict(), metrics, info)
+    tensors = {}
+    if isinstance(loss_fn, ParentScoresLoss):   # what inference needs to score the old tools as the parent did
+        tensors[PARENT_SCORES] = loss_fn.state()
+        info["parent_scores"] = {"file": PARENT_SCORES, "layers": cfg.add_tools.lora_layers,
+                                 "own_columns": len(tensors[PARENT_SCORES]["own_columns"])}
+    checkpoint.save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, cfg.to_dict(), metrics, info, tensors)
     accelerator.print(f"[{stage.name}] {step} steps in {seconds:.0f}s ({speed['tokens_per_s']:.0f} tokens/s): "
                       f"loss {history[0]:.4f} -> {history[-1]:.4f}; saved {out_dir}")
     accelerator.end_training()   # last: it also ends the process group

@@ -33,7 +33,7 @@ def test_the_loss_reads_the_parent_at_tool_targets_and_the_stage_elsewhere(paren
     n_old = len(tool_ids) - 3
     models.train_new_rows_only(model, n_old, keep_lora=True, lora_layers=1)
     params = [p for p in model.parameters() if p.requires_grad]
-    loss_fn = parent_scores.ParentScoresLoss(model, TopLayers(model, 1), tool_ids, tool_ids[n_old:])
+    loss_fn = parent_scores.ParentScoresLoss(model, TopLayers(model, 1), tool_ids, tool_ids[n_old:], parent["dir"])
     batch, vocab = retrieval_batch(tokenizer, parent["data"]), len(tokenizer)
     model.eval()   # no dropout: the losses below see the same stage
     start = loss_fn(model, batch, vocab).item()
@@ -66,7 +66,7 @@ def test_the_loss_reads_the_parent_at_tool_targets_and_the_stage_elsewhere(paren
 
 
 def old_tool_logprobs(stage_dir, prompts, old, attach):
-    """Log-softmax over the old tools alone of the next token after each prompt (merged, as evaluate runs it)."""
+    """Log-softmax over the tools `old` alone of the next token after each prompt (merged, as evaluate runs it)."""
     tokenizer, model, _ = models.load_stage(stage_dir)
     if attach:
         assert parent_scores.attach(model, stage_dir)
@@ -83,7 +83,7 @@ def test_an_addition_with_parent_scores_keeps_the_old_tools_scores_and_learns_th
     out = tmp_path / "parent_scores"
     add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out, *[a for s in SETS for a in ("--set", s)])
     stage = read(os.path.join(out, "stage.json"))
-    assert stage["parent_scores"] == {"file": parent_scores.FILE, "layers": 1,
+    assert stage["parent_scores"] == {"file": parent_scores.FILE, "layers": 1, "levels": 1,
                                       "own_columns": len(stage["tools_added"])}
     metrics = read(os.path.join(out, "metrics.json"))
     assert metrics["loss_last"] < metrics["loss_first"]
@@ -104,6 +104,33 @@ def test_an_addition_with_parent_scores_keeps_the_old_tools_scores_and_learns_th
         models.merge_for_inference(plain)
         assert torch.allclose(cached, plain.eval()(input_ids=ids, use_cache=True).logits[0, -1], atol=1e-5)
     assert not torch.allclose(cached, spliced_row, atol=1e-3)
+
+
+def test_two_additions_in_a_row_keep_every_level(parent, tmp_path):  # noqa: F811
+    """A parent_scores addition to a parent_scores addition: its file holds two levels (the first parent; the first
+    addition with its own columns). Attached, on the parent's queries the first parent's tools are ranked as the
+    first parent ranks them and the first addition's tools as the first addition (attached) ranks them."""
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    add("--model", parent["dir"], "--api-catalog", parent["a"], "--out", out1, *[a for s in SETS for a in ("--set", s)])
+    add("--model", out1, "--api-catalog", parent["b"], "--out", out2, *[a for s in SETS for a in ("--set", s)])
+    stage1, stage2 = read(os.path.join(out1, "stage.json")), read(os.path.join(out2, "stage.json"))
+    assert stage2["parent_scores"]["levels"] == 2 and stage2["parent"]["path"] == str(out1)
+    levels, own = parent_scores.read_levels(os.path.join(out2, parent_scores.FILE))
+    _, own1 = parent_scores.read_levels(os.path.join(out1, parent_scores.FILE))
+    assert levels[0][1] is None and torch.equal(levels[1][1], own1) and len(own) == len(stage2["tools_added"])
+    prompts = [ex["messages"][:-1] for ex in read(os.path.join(parent["data"], "retrieval_training.json"))]
+    first = read(os.path.join(parent["dir"], "tool_tokens.json"))
+    for tokens, reference in ((first, parent["dir"]), (stage1["tools_added"], str(out1))):
+        want, _ = old_tool_logprobs(reference, prompts, tokens, attach=reference != parent["dir"])
+        got, _ = old_tool_logprobs(str(out2), prompts, tokens, attach=True)
+        assert torch.allclose(got, want, atol=1e-4), (tokens[:2], (got - want).abs().max())
+    ranks = memorization_ranks(str(out2), f"{out2}.data", stage2["tools_added"])
+    assert (ranks == 0).float().mean() >= 0.6, ranks.tolist()
+    # the levels below were scored by the last layer: an addition that reruns the last two cannot keep them
+    assert "its levels hold other layers' LoRA than add_tools.lora_layers=2" in error_of(
+        "--model", out1, "--api-catalog", parent["b"], "--out", tmp_path / "deeper",
+        *[a for s in SETS + ["add_tools.lora_layers=2"] for a in ("--set", s)])
+    assert not os.path.exists(tmp_path / "deeper")
 
 
 def test_parent_scores_needs_the_top_layers_and_no_distillation(parent, tmp_path):  # noqa: F811

@@ -123,9 +123,10 @@ class TopLayers:
             device = (args[0] if args else kwargs["hidden_states"]).device.type
             self.seen = args, kwargs, (device, torch.get_autocast_dtype(device), torch.is_autocast_enabled(device))
 
-    def logits(self, positions, columns):
-        """[rows, positions, columns] fp32 logits of the last student input seen (then forgotten)."""
-        (args, kwargs, (device, dtype, enabled)), self.seen = self.seen, None
+    def logits(self, positions, columns, again=False):
+        """[rows, positions, columns] fp32 logits of the last student input seen (then forgotten, unless it is to be
+        read again: parent_scores reruns the layers once per level of its parent)."""
+        (args, kwargs, (device, dtype, enabled)), self.seen = self.seen, self.seen if again else None
         with torch.autocast(device, dtype=dtype, enabled=enabled):
             hidden = args[0] if args else kwargs["hidden_states"]
             kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}

@@ -271,8 +271,11 @@ def build(args, cfg, sc, parent_dir, data_dir, ckpt_root):
     elif old is not None and cfg.add_tools.parent_scores:   # the old tools scored by the parent's last layers
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         kept = set(old_tool_ids(data_dir, tool_tokens, tool_ids, old))
-        loss_fn = ParentScoresLoss(unwrapped, TopLayers(unwrapped, cfg.add_tools.lora_layers), tool_ids,
-                                   [i for i in tool_ids if i not in kept])
+        try:
+            loss_fn = ParentScoresLoss(unwrapped, TopLayers(unwrapped, cfg.add_tools.lora_layers), tool_ids,
+                                       [i for i in tool_ids if i not in kept], parent_dir)
+        except ValueError as e:   # a parent whose parent_scores file does not fit these layers
+            raise StageError(str(e)) from None
         why = "the spliced scores read the logits" if cfg.train.chunked_loss else None
     elif cfg.train.chunked_loss:
         zero3 = getattr(plugin, "zero_stage", 0) == 3
@@ -313,7 +316,7 @@ def finish(accelerator, model, tokenizer, tool_tokens, cfg, where, run, history,
     if isinstance(loss_fn, ParentScoresLoss):   # what inference needs to score the old tools as the parent did
         tensors[PARENT_SCORES] = loss_fn.state()
         info["parent_scores"] = {"file": PARENT_SCORES, "layers": cfg.add_tools.lora_layers,
-                                 "own_columns": len(tensors[PARENT_SCORES]["own_columns"])}
+                                 "levels": len(loss_fn.levels), "own_columns": len(loss_fn.own_ids)}
     checkpoint.save_stage(accelerator, model, tokenizer, out_dir, tool_tokens, cfg.to_dict(), metrics, info, tensors)
     accelerator.print(f"[{stage.name}] {step} steps in {seconds:.0f}s ({speed['tokens_per_s']:.0f} tokens/s): "
                       f"loss {history[0]:.4f} -> {history[-1]:.4f}; saved {out_dir}")

@@ -145,3 +145,18 @@ def test_parent_scores_needs_the_top_layers_and_no_distillation(parent, tmp_path
         *[a for s in SETS[:-2] + ["add_tools.parent_scores=true"] for a in ("--set", s)])
     assert not os.path.exists(tmp_path / "bad")
     assert not parent_scores.attach(models.load_stage(parent["dir"])[1], parent["dir"])   # a folder without FILE
+
+
+def test_a_parent_scores_file_that_is_not_one_is_named(parent, tmp_path):  # noqa: F811
+    """read_levels and attach refuse a file of another shape or of other layers, naming it (toolgen.evaluate and
+    toolgen.agent turn that into their error message)."""
+    from safetensors.torch import save_file
+    bad = tmp_path / parent_scores.FILE
+    for state, needle in (({"x": torch.zeros(1)}, "unexpected key 'x'"),
+                          ({"0/0.w.lora_A.default.weight": torch.zeros(1)}, "not a parent-scores file"),
+                          ({parent_scores.OWN: torch.tensor([3]), "0/0.mlp.up_proj.lora_A.other.weight": torch.zeros(1)},
+                           "do not fit the last 1 layers' LoRA")):
+        save_file(state, str(bad))
+        with pytest.raises(ValueError, match=needle) as e:
+            parent_scores.attach(models.load_stage(parent["dir"])[1], str(tmp_path))
+        assert str(bad) in str(e.value)

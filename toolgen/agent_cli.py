@@ -103,7 +103,10 @@ def main(argv=None):
         from toolgen.models import load_stage, merge_for_inference
         from toolgen.parent_scores import attach
         tokenizer, model, _ = load_stage(args.model)
-        attach(model, args.model)   # an addition that keeps the parent's scores of the old tools (before the merge)
+        try:
+            attach(model, args.model)   # an addition that keeps the parent's scores of the old tools (before merging)
+        except ValueError as e:   # its parent-scores file does not fit the model
+            raise AgentError(str(e)) from None
         merge_for_inference(model)
         model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         config = AgentConfig(max_steps=args.max_steps, timeout=args.timeout, think=args.think,

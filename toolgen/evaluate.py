@@ -369,7 +369,10 @@ def evaluate_stage(stage_dir, args, inputs, prior, retrieval_cfg, with_base):
             rows["base"] = ({**found, **agent}, ranked, transcripts)
     if args.base_only:
         return rows
-    parent_scores.attach(model, stage_dir)   # an addition that keeps the parent's scores of the old tools
+    try:
+        parent_scores.attach(model, stage_dir)   # an addition that keeps the parent's scores of the old tools
+    except ValueError as e:   # its parent-scores file does not fit the model
+        raise EvalError(str(e)) from None
     models.merge_for_inference(model)   # after the base rows: disable_adapter would unmerge it again
     name = f"toolgen/{os.path.basename(os.path.normpath(stage_dir))}"
     info = load_json(os.path.join(stage_dir, "stage.json"))

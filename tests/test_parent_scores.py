@@ -152,10 +152,10 @@ def test_a_parent_scores_file_that_is_not_one_is_named(parent, tmp_path):  # noq
     toolgen.agent turn that into their error message)."""
     from safetensors.torch import save_file
     bad = tmp_path / parent_scores.FILE
+    other = {parent_scores.OWN: torch.tensor([3]), "0/0.mlp.up_proj.lora_A.other.weight": torch.zeros(1)}
     for state, needle in (({"x": torch.zeros(1)}, "unexpected key 'x'"),
                           ({"0/0.w.lora_A.default.weight": torch.zeros(1)}, "not a parent-scores file"),
-                          ({parent_scores.OWN: torch.tensor([3]), "0/0.mlp.up_proj.lora_A.other.weight": torch.zeros(1)},
-                           "do not fit the last 1 layers' LoRA")):
+                          (other, "do not fit the last 1 layers' LoRA")):
         save_file(state, str(bad))
         with pytest.raises(ValueError, match=needle) as e:
             parent_scores.attach(models.load_stage(parent["dir"])[1], str(tmp_path))

@@ -3,10 +3,10 @@ their own.
 
 Every addition that moved the parent's LoRA so far lost old tools' NDCG@5 (8-15 points with the model alone:
 benchmarks/results/add_tools.md), because every query's hidden state moves with those weights; one that moved only
-the new rows kept the old tools but did not learn how requests word the new ones. Here both hold at once. With
-add_tools.lora_layers = k only the last k decoder layers' LoRA trains and the layers below compute exactly what the
-parent computes (models.train_new_rows_only); the parent's last k layers are run beside the stage's on the same input
-(distill.TopLayers), and wherever a tool is chosen the logits are spliced:
+the new rows kept the old tools but did not learn how requests word the new ones. This aims at both (not measured
+on the real catalog yet). With add_tools.lora_layers = k only the last k decoder layers' LoRA trains and the layers
+below compute exactly what the parent computes (models.train_new_rows_only); the parent's last k layers are run
+beside the stage's on the same input (distill.TopLayers), and wherever a tool is chosen the logits are spliced:
 
     logit(t) = stage's logit(t)   for t in the stage's own columns (the new tools, and those it learns anew)
                parent's logit(t)  for every other token (the old tools among them)

@@ -170,7 +170,8 @@ class _Splice:
 
     @torch.no_grad()
     def _splice(self, module, call_args, call_kwargs, output):
-        if self.seen is None:
+        if self.seen is None or getattr(output, "logits", None) is None:   # a cached step, or no logits asked for
+            self.seen = None
             return output
         kept = call_kwargs.get("logits_to_keep", 0)   # the positions the model's logits are of (its own rule)
         if isinstance(kept, int):

@@ -128,13 +128,19 @@ class TopLayers:
         read again: parent_scores reruns the layers once per level of its parent)."""
         (args, kwargs, (device, dtype, enabled)), self.seen = self.seen, self.seen if again else None
         with torch.autocast(device, dtype=dtype, enabled=enabled):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            for layer in self.layers:
-                hidden = layer(hidden, *args[1:], **kwargs)
-                hidden = hidden[0] if isinstance(hidden, tuple) else hidden   # older transformers return tuples
-            # the norm is per position: only the asked ones go through it and the head
-            return self.head(self.norm(hidden[:, positions]))[..., columns].float()
+            return rerun(self.layers, self.norm, self.head, (args, kwargs), positions)[..., columns].float()
+
+
+def rerun(layers, norm, head, seen, positions):
+    """`layers`, the final norm and the LM head run again from a kept input of the first layer (seen: the (args,
+    kwargs) a forward pre-hook got) -> the logits at `positions` (TopLayers; parent_scores' inference splice)."""
+    args, kwargs = seen
+    hidden = args[0] if args else kwargs["hidden_states"]
+    kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+    for layer in layers:
+        hidden = layer(hidden, *args[1:], **kwargs)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden   # older transformers return tuples
+    return head(norm(hidden[:, positions]))   # the norm is per position: only the asked ones go through it and the head
 
 
 def kl_to_wider(teacher_logits, student_logprobs):

@@ -32,7 +32,7 @@ import os
 
 import torch
 
-from toolgen.distill import swapped
+from toolgen.distill import rerun, swapped
 from toolgen.loss import summed_cross_entropy, target_logits, target_positions
 from toolgen.models import decoder_layers
 
@@ -159,15 +159,6 @@ class _Splice:
         cached = kwargs.get("past_key_values", kwargs.get("past_key_value")) is not None
         self.seen = None if cached or torch.is_grad_enabled() else (args, kwargs)
 
-    def _rerun(self, layers, kept):
-        args, kwargs = self.seen
-        hidden = args[0] if args else kwargs["hidden_states"]
-        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        for layer in layers:
-            hidden = layer(hidden, *args[1:], **kwargs)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return self.head(self.norm(hidden[:, kept]))
-
     @torch.no_grad()
     def _splice(self, module, call_args, call_kwargs, output):
         if self.seen is None or getattr(output, "logits", None) is None:   # a cached step, or no logits asked for
@@ -178,7 +169,7 @@ class _Splice:
             kept = slice(-kept if kept else 0, None)
         parent = None
         for layers, mask in self.levels:
-            logits = self._rerun(layers, kept)
+            logits = rerun(layers, self.norm, self.head, self.seen, kept)
             parent = logits if mask is None else splice(mask.to(logits.device), logits, parent)
         self.seen = None
         width = min(parent.shape[-1], output.logits.shape[-1], len(self.own))
